@@ -1,0 +1,268 @@
+//! `check`: verify structure and, optionally, every byte of data.
+
+use std::collections::{HashMap, HashSet};
+
+use futures::StreamExt;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::blob::{self, BlobHeader};
+use crate::error::{Error, Result};
+use crate::format::{ObjectKind, PREAMBLE_LEN};
+use crate::id::{DataKeyId, IndexId, PackId};
+use crate::index::Index;
+use crate::key::KeySlot;
+use crate::pack::{self, PackEntry};
+use crate::repo::{Repository, on_rayon};
+use crate::tree::NodeKind;
+
+/// Packs verified at once.
+const CHECK_CONCURRENCY: usize = 4;
+
+/// What `check` found.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CheckReport {
+    /// Problems: each names the object (and the snapshots it affects).
+    pub errors: Vec<String>,
+    /// Harmless findings (e.g. unindexed packs left by an interrupted backup).
+    pub warnings: Vec<String>,
+    /// Snapshots checked.
+    pub snapshots: usize,
+    /// Packs checked.
+    pub packs: usize,
+    /// Blobs in the index.
+    pub blobs: usize,
+    /// Blobs whose data was read and verified.
+    pub blobs_verified: usize,
+    /// Pack bytes read.
+    pub bytes_read: u64,
+}
+
+impl CheckReport {
+    /// Whether no error was found.
+    pub fn is_ok(&self) -> bool {
+        self.errors.is_empty()
+    }
+}
+
+struct IndexedPack {
+    key_id: DataKeyId,
+    blobs: Vec<PackEntry>,
+    segment: IndexId,
+}
+
+impl Repository {
+    /// Checks the repository: key slots, index segments, pack headers
+    /// against the index, snapshots and their trees, and with `read_data`
+    /// every blob (decrypted, decompressed, hashed).
+    ///
+    /// # Errors
+    /// Only when storage cannot be listed; damage is reported in the report.
+    pub async fn check(&self, read_data: bool) -> Result<CheckReport> {
+        let mut report = CheckReport::default();
+        let backend = &self.inner.backend;
+
+        for info in backend.list(ObjectKind::Key).await? {
+            let object = ObjectKind::Key.object_name(&info.name);
+            match backend.get(ObjectKind::Key, &info.name).await {
+                Ok(bytes) => {
+                    if let Err(e) = KeySlot::decode(&bytes, &object) {
+                        report.errors.push(e.to_string());
+                    }
+                }
+                Err(e) => report.errors.push(Error::from(e).to_string()),
+            }
+        }
+
+        let mut indexed: HashMap<PackId, IndexedPack> = HashMap::new();
+        let mut index = Index::new();
+        for info in backend.list(ObjectKind::Index).await? {
+            match self.read_index_segment(&info.name).await {
+                Ok((id, segment)) => {
+                    index.add_segment(&segment)?;
+                    for p in segment.packs {
+                        indexed.entry(p.id).or_insert(IndexedPack {
+                            key_id: p.key_id,
+                            blobs: p.blobs,
+                            segment: id,
+                        });
+                    }
+                }
+                Err(e) => report.errors.push(e.to_string()),
+            }
+        }
+        index.finish_loading();
+        report.blobs = index.len();
+
+        let stored: HashMap<String, u64> = backend
+            .list(ObjectKind::Pack)
+            .await?
+            .into_iter()
+            .map(|o| (o.name, o.size))
+            .collect();
+        for name in stored.keys() {
+            let known = name.parse::<PackId>().map(|id| indexed.contains_key(&id)).unwrap_or(false);
+            if !known {
+                report.warnings.push(format!(
+                    "{} is in no index segment (left by an interrupted backup; unused)",
+                    ObjectKind::Pack.object_name(name)
+                ));
+            }
+        }
+
+        report.packs = indexed.len();
+        let work: Vec<(PackId, IndexedPack, Option<u64>)> = indexed
+            .into_iter()
+            .map(|(id, p)| {
+                let size = stored.get(&id.to_hex()).copied();
+                (id, p, size)
+            })
+            .collect();
+        let results: Vec<(Vec<String>, usize, u64)> = futures::stream::iter(work)
+            .map(|(id, p, size)| {
+                let repo = self.clone();
+                async move { repo.check_pack(id, &p, size, read_data).await }
+            })
+            .buffer_unordered(CHECK_CONCURRENCY)
+            .collect()
+            .await;
+        for (errors, verified, read) in results {
+            report.errors.extend(errors);
+            report.blobs_verified += verified;
+            report.bytes_read += read;
+        }
+
+        self.check_snapshots(&index, &mut report).await?;
+        Ok(report)
+    }
+
+    async fn check_snapshots(&self, index: &Index, report: &mut CheckReport) -> Result<()> {
+        let mut missing: HashMap<String, Vec<String>> = HashMap::new();
+        for info in self.inner.backend.list(ObjectKind::Snapshot).await? {
+            report.snapshots += 1;
+            let snap = match info.name.parse() {
+                Ok(id) => self.read_snapshot(id).await,
+                Err(_) => Err(Error::corrupt(ObjectKind::Snapshot.object_name(&info.name), "name is not a hex id")),
+            };
+            let snap = match snap {
+                Ok(s) => s,
+                Err(e) => {
+                    report.errors.push(e.to_string());
+                    continue;
+                }
+            };
+            let short = info.name.get(..8).unwrap_or(&info.name).to_string();
+            if index.lookup(&snap.tree).is_none() {
+                report
+                    .errors
+                    .push(format!("snapshot {short}: root tree {} is not in the index", snap.tree));
+                continue;
+            }
+            let tree = match self.read_tree(snap.tree, &format!("snapshot {short}")).await {
+                Ok(t) => t,
+                Err(e) => {
+                    report.errors.push(format!("snapshot {short}: {e}"));
+                    continue;
+                }
+            };
+            for node in &tree.nodes {
+                if let NodeKind::Stream { content } = &node.kind {
+                    let mut seen = HashSet::new();
+                    for id in content.iter().filter(|id| seen.insert(**id)) {
+                        if index.lookup(id).is_none() {
+                            missing
+                                .entry(format!("blob {id} of stream {:?}", node.name))
+                                .or_default()
+                                .push(short.clone());
+                        }
+                    }
+                }
+            }
+        }
+        let mut missing: Vec<_> = missing.into_iter().collect();
+        missing.sort();
+        for (what, snaps) in missing {
+            report
+                .errors
+                .push(format!("{what} is not in the index (snapshots affected: {})", snaps.join(", ")));
+        }
+        Ok(())
+    }
+
+    /// Returns (errors, blobs verified, bytes read).
+    async fn check_pack(&self, id: PackId, p: &IndexedPack, size: Option<u64>, read_data: bool) -> (Vec<String>, usize, u64) {
+        let object = ObjectKind::Pack.object_name(&id.to_hex());
+        let Some(size) = size else {
+            return (
+                vec![format!("{object} is missing (listed in index segment {})", p.segment.short())],
+                0,
+                0,
+            );
+        };
+        match self.verify_pack(id, p, size, read_data).await {
+            Ok((verified, read)) => (Vec::new(), verified, read),
+            Err(e) => (vec![e.to_string()], 0, 0),
+        }
+    }
+
+    async fn verify_pack(&self, id: PackId, p: &IndexedPack, size: u64, read_data: bool) -> Result<(usize, u64)> {
+        let name = id.to_hex();
+        let object = ObjectKind::Pack.object_name(&name);
+        let backend = &self.inner.backend;
+        let (header, whole) = if read_data {
+            let bytes = backend.get(ObjectKind::Pack, &name).await?;
+            let inner = self.inner.clone();
+            let b = bytes.clone();
+            (on_rayon(move || pack::open_header_of(&inner.keyring, id, &b)).await?, Some(bytes))
+        } else {
+            if size < (PREAMBLE_LEN + 4) as u64 {
+                return Err(Error::corrupt(&object, format!("truncated: {size} bytes")));
+            }
+            let last4 = backend.get_range(ObjectKind::Pack, &name, size - 4..size).await?;
+            let trailer_len = pack::trailer_len(&last4, size, &object)?;
+            let trailer = backend.get_range(ObjectKind::Pack, &name, size - trailer_len..size).await?;
+            let pre = backend.get_range(ObjectKind::Pack, &name, 0..PREAMBLE_LEN as u64).await?;
+            (pack::open_header(&self.inner.keyring, id, &pre, &trailer, size)?, None)
+        };
+        let (key_id, entries) = header;
+        if key_id != p.key_id {
+            return Err(Error::corrupt(&object, "sealed with another data key than the index records"));
+        }
+        let in_header: HashSet<&PackEntry> = entries.iter().collect();
+        if let Some(e) = p.blobs.iter().find(|e| !in_header.contains(e)) {
+            return Err(Error::corrupt(
+                &object,
+                format!("index lists blob {} at offset {} but the pack header disagrees", e.id, e.offset),
+            ));
+        }
+        let Some(bytes) = whole else {
+            return Ok((0, 0));
+        };
+        let inner = self.inner.clone();
+        let read = bytes.len() as u64;
+        let verified = on_rayon(move || {
+            let key = inner
+                .keyring
+                .data_key(key_id)
+                .ok_or_else(|| Error::corrupt(&object, "unknown data key"))?;
+            entries
+                .par_iter()
+                .map(|e| {
+                    let sealed = bytes
+                        .get(e.offset as usize..(e.offset + e.stored_len) as usize)
+                        .ok_or_else(|| Error::corrupt(&object, format!("blob {} lies outside the pack", e.id)))?;
+                    let h = BlobHeader {
+                        id: e.id,
+                        blob_type: e.blob_type,
+                        flags: e.flags,
+                        raw_len: e.raw_len,
+                    };
+                    blob::open(&inner.keyring, key, &h, sealed, &object).map(|_| ())
+                })
+                .collect::<Result<Vec<()>>>()
+                .map(|v| v.len())
+        })
+        .await?;
+        Ok((verified, read))
+    }
+}

@@ -1,0 +1,138 @@
+//! The one error type of the engine.
+//!
+//! Every variant that concerns stored data names the object (`packs/ab/ab12…`,
+//! `snapshots/…`, `config`, `keys/…`) so that an operator can find it.
+
+use std::io;
+
+/// Errors from the engine. Non-exhaustive: new failure kinds may be added.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No key slot could be unlocked with the given password or key file.
+    #[error("wrong password or key file: no key slot of the repository accepts it ({tried} slot(s) tried)")]
+    WrongPassword {
+        /// How many slots were tried.
+        tried: usize,
+    },
+    /// The repository has no key slots at all.
+    #[error("the repository at {location} has no key slots (keys/ is empty or missing)")]
+    NoKeySlots {
+        /// Repository location.
+        location: String,
+    },
+    /// There is no repository (no `config` object) at the location.
+    #[error("no repository at {location}: the object `config` does not exist")]
+    NoRepository {
+        /// Repository location.
+        location: String,
+    },
+    /// `init` found an existing repository.
+    #[error("a repository already exists at {location}")]
+    AlreadyInitialized {
+        /// Repository location.
+        location: String,
+    },
+    /// An object uses a format version this build cannot read.
+    #[error("{object}: unsupported format version {found} (this build reads versions {oldest} to {newest}); upgrade tessera")]
+    UnsupportedVersion {
+        /// Object name.
+        object: String,
+        /// Version found in the object.
+        found: u32,
+        /// Oldest version this build reads.
+        oldest: u32,
+        /// Newest version this build reads.
+        newest: u32,
+    },
+    /// A stored object failed authentication or could not be decoded.
+    #[error("{object} is corrupt: {reason}")]
+    Corrupt {
+        /// Object name, e.g. `packs/ab/ab12…` or `packs/ab/ab12… blob 1f2e…`.
+        object: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The object needed is not in the repository.
+    #[error("{object} is missing from the repository")]
+    Missing {
+        /// Object name.
+        object: String,
+    },
+    /// A blob is referenced but absent from the index.
+    #[error("blob {blob} is not in the index (referenced by {referrer})")]
+    BlobNotIndexed {
+        /// Blob id (hex).
+        blob: String,
+        /// What referenced it.
+        referrer: String,
+    },
+    /// A snapshot reference did not resolve.
+    #[error("no snapshot matches {reference:?}")]
+    SnapshotNotFound {
+        /// The reference as given.
+        reference: String,
+    },
+    /// A snapshot prefix matched more than one snapshot.
+    #[error("snapshot prefix {prefix:?} is ambiguous: it matches {count} snapshots")]
+    AmbiguousSnapshot {
+        /// The prefix.
+        prefix: String,
+        /// How many matched.
+        count: usize,
+    },
+    /// A stream name is not in the snapshot.
+    #[error("snapshot {snapshot} has no stream named {name:?}")]
+    StreamNotFound {
+        /// Snapshot id (short).
+        snapshot: String,
+        /// The name asked for.
+        name: String,
+    },
+    /// A key-management operation was refused.
+    #[error("{0}")]
+    KeyRefused(String),
+    /// Invalid argument or configuration.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The storage backend failed.
+    #[error("storage error on {object}: {source}")]
+    Storage {
+        /// Object name (or prefix for listings).
+        object: String,
+        /// Underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Reading the input or writing the output failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// Underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// An internal invariant broke (a bug); the message says which.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub(crate) fn corrupt(object: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Corrupt {
+            object: object.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// Result alias used throughout the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,321 @@
+//! Index segments (on storage) and the in-memory blob index.
+//!
+//! A segment lists packs and their blobs. It is written after its packs are
+//! durable and is never modified. In memory, all segments are merged into
+//! one sorted array of fixed 48-byte entries (id, pack number with type and
+//! compression bits, offset, stored and plaintext length): no per-entry heap
+//! object, binary search for lookups.
+#![deny(clippy::indexing_slicing, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+
+use crate::blob::{BlobType, FLAG_ZSTD};
+use crate::error::{Error, Result};
+use crate::format::Reader;
+use crate::id::{BlobId, DataKeyId, PackId};
+use crate::pack::PackEntry;
+
+/// Encoded size of one blob entry in a segment.
+pub const SEGMENT_BLOB_LEN: usize = 1 + 1 + 4 + 4 + 4 + 32;
+
+/// One pack as an index segment records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexPack {
+    /// The pack.
+    pub id: PackId,
+    /// Data key its blobs are sealed with.
+    pub key_id: DataKeyId,
+    /// Its blobs.
+    pub blobs: Vec<PackEntry>,
+}
+
+/// The content of one index segment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IndexSegment {
+    /// Packs described.
+    pub packs: Vec<IndexPack>,
+}
+
+impl IndexSegment {
+    /// Encodes the plaintext (before sealing).
+    pub fn encode(&self) -> Vec<u8> {
+        let blobs: usize = self.packs.iter().map(|p| p.blobs.len()).sum();
+        let mut out = Vec::with_capacity(4 + self.packs.len() * 52 + blobs * SEGMENT_BLOB_LEN);
+        out.extend_from_slice(&(self.packs.len() as u32).to_le_bytes());
+        for p in &self.packs {
+            out.extend_from_slice(p.id.as_bytes());
+            out.extend_from_slice(p.key_id.as_bytes());
+            out.extend_from_slice(&(p.blobs.len() as u32).to_le_bytes());
+            for b in &p.blobs {
+                out.push(b.blob_type as u8);
+                out.push(b.flags);
+                out.extend_from_slice(&b.offset.to_le_bytes());
+                out.extend_from_slice(&b.stored_len.to_le_bytes());
+                out.extend_from_slice(&b.raw_len.to_le_bytes());
+                out.extend_from_slice(b.id.as_bytes());
+            }
+        }
+        out
+    }
+
+    /// Decodes a segment's plaintext.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] naming `object`.
+    pub fn decode(plain: &[u8], object: &str) -> Result<Self> {
+        let mut r = Reader::new(plain, object);
+        let npacks = r.u32()? as usize;
+        // Every pack takes at least 52 bytes: bound allocations by the input.
+        let mut packs = Vec::with_capacity(npacks.min(r.remaining() / 52));
+        for _ in 0..npacks {
+            let id = PackId(r.array()?);
+            let key_id = DataKeyId(r.array()?);
+            let nblobs = r.u32()? as usize;
+            let mut blobs = Vec::with_capacity(nblobs.min(r.remaining() / SEGMENT_BLOB_LEN));
+            for _ in 0..nblobs {
+                let t = r.u8()?;
+                let blob_type =
+                    BlobType::from_byte(t).ok_or_else(|| Error::corrupt(object, format!("unknown blob type {t}")))?;
+                let flags = r.u8()?;
+                if flags & !FLAG_ZSTD != 0 {
+                    return Err(Error::corrupt(object, format!("unknown blob flags {flags:#x}")));
+                }
+                let offset = r.u32()?;
+                let stored_len = r.u32()?;
+                let raw_len = r.u32()?;
+                let id = BlobId(r.array()?);
+                blobs.push(PackEntry {
+                    id,
+                    blob_type,
+                    flags,
+                    offset,
+                    stored_len,
+                    raw_len,
+                });
+            }
+            packs.push(IndexPack { id, key_id, blobs });
+        }
+        r.finish()?;
+        Ok(IndexSegment { packs })
+    }
+}
+
+/// Where a blob is stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlobLocation {
+    /// The pack holding it.
+    pub pack: PackId,
+    /// Data key sealing it.
+    pub key_id: DataKeyId,
+    /// Data or tree.
+    pub blob_type: BlobType,
+    /// Flags.
+    pub flags: u8,
+    /// Offset in the pack.
+    pub offset: u32,
+    /// Sealed length.
+    pub stored_len: u32,
+    /// Plaintext length.
+    pub raw_len: u32,
+}
+
+/// One in-memory entry: 48 bytes.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    id: [u8; 32],
+    /// Pack number << 2 | tree bit << 1 | zstd bit.
+    pack_bits: u32,
+    offset: u32,
+    stored_len: u32,
+    raw_len: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<Entry>() == 48);
+const MAX_PACKS: usize = 1 << 30;
+
+/// Pack metadata shared by all entries of a pack.
+#[derive(Clone, Copy, Debug)]
+struct PackRef {
+    id: PackId,
+    key_id: DataKeyId,
+}
+
+/// The in-memory blob index.
+#[derive(Default)]
+pub struct Index {
+    sorted: Vec<Entry>,
+    packs: Vec<PackRef>,
+    pack_numbers: HashMap<PackId, u32>,
+    /// Blobs added since the last [`Index::commit_pending`] (this session).
+    pending: HashMap<BlobId, Entry>,
+}
+
+impl Index {
+    /// An empty index.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn pack_number(&mut self, id: PackId, key_id: DataKeyId) -> Result<u32> {
+        if let Some(n) = self.pack_numbers.get(&id) {
+            return Ok(*n);
+        }
+        if self.packs.len() >= MAX_PACKS {
+            return Err(Error::Internal("more than 2^30 packs".into()));
+        }
+        let n = self.packs.len() as u32;
+        self.packs.push(PackRef { id, key_id });
+        self.pack_numbers.insert(id, n);
+        Ok(n)
+    }
+
+    fn entry(pack: u32, e: &PackEntry) -> Entry {
+        let tree = u32::from(e.blob_type == BlobType::Tree);
+        let zstd = u32::from(e.flags & FLAG_ZSTD != 0);
+        Entry {
+            id: e.id.0,
+            pack_bits: pack << 2 | tree << 1 | zstd,
+            offset: e.offset,
+            stored_len: e.stored_len,
+            raw_len: e.raw_len,
+        }
+    }
+
+    /// Adds a segment's packs; call [`Index::finish_loading`] afterwards.
+    ///
+    /// # Errors
+    /// When the pack count limit is reached.
+    pub fn add_segment(&mut self, segment: &IndexSegment) -> Result<()> {
+        for p in &segment.packs {
+            let n = self.pack_number(p.id, p.key_id)?;
+            self.sorted.extend(p.blobs.iter().map(|b| Self::entry(n, b)));
+        }
+        Ok(())
+    }
+
+    /// Sorts the entries (and drops duplicate blobs) after loading.
+    pub fn finish_loading(&mut self) {
+        self.sorted.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        self.sorted.dedup_by(|a, b| a.id == b.id);
+        self.sorted.shrink_to_fit();
+    }
+
+    /// Records a blob written in this session (visible to lookups at once).
+    ///
+    /// # Errors
+    /// When the pack count limit is reached.
+    pub fn add_pending(&mut self, pack: PackId, key_id: DataKeyId, e: &PackEntry) -> Result<()> {
+        let n = self.pack_number(pack, key_id)?;
+        self.pending.insert(e.id, Self::entry(n, e));
+        Ok(())
+    }
+
+    /// Makes this session's blobs permanent (after their index segment is stored).
+    pub fn commit_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        self.sorted.extend(self.pending.drain().map(|(_, e)| e));
+        self.finish_loading();
+    }
+
+    /// Forgets this session's blobs (the backup failed).
+    pub fn discard_pending(&mut self) {
+        self.pending.clear();
+    }
+
+    fn find(&self, id: &BlobId) -> Option<&Entry> {
+        self.sorted
+            .binary_search_by(|e| e.id.cmp(&id.0))
+            .ok()
+            .and_then(|i| self.sorted.get(i))
+            .or_else(|| self.pending.get(id))
+    }
+
+    /// Whether the blob is stored (or being stored by this session).
+    pub fn contains(&self, id: &BlobId) -> bool {
+        self.find(id).is_some()
+    }
+
+    /// Where the blob is.
+    pub fn lookup(&self, id: &BlobId) -> Option<BlobLocation> {
+        let e = self.find(id)?;
+        let pack = self.packs.get((e.pack_bits >> 2) as usize)?;
+        Some(BlobLocation {
+            pack: pack.id,
+            key_id: pack.key_id,
+            blob_type: if e.pack_bits & 2 != 0 { BlobType::Tree } else { BlobType::Data },
+            flags: if e.pack_bits & 1 != 0 { FLAG_ZSTD } else { 0 },
+            offset: e.offset,
+            stored_len: e.stored_len,
+            raw_len: e.raw_len,
+        })
+    }
+
+    /// Number of distinct blobs.
+    pub fn len(&self) -> usize {
+        self.sorted.len() + self.pending.len()
+    }
+
+    /// Whether the index is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of packs referenced.
+    pub fn pack_count(&self) -> usize {
+        self.packs.len()
+    }
+
+    /// Heap bytes held by the committed entries and pack table.
+    pub fn memory_bytes(&self) -> usize {
+        self.sorted.capacity() * std::mem::size_of::<Entry>()
+            + self.packs.capacity() * std::mem::size_of::<PackRef>()
+            + self.pack_numbers.capacity() * (std::mem::size_of::<(PackId, u32)>() + 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(i: u8, t: BlobType) -> PackEntry {
+        PackEntry { id: BlobId([i; 32]), blob_type: t, flags: i & 1, offset: u32::from(i) * 100, stored_len: 60, raw_len: 50 }
+    }
+
+    #[test]
+    fn segment_round_trip_and_truncation() {
+        let seg = IndexSegment {
+            packs: vec![
+                IndexPack { id: PackId([1; 32]), key_id: DataKeyId([9; 16]), blobs: vec![entry(1, BlobType::Data), entry(2, BlobType::Data)] },
+                IndexPack { id: PackId([2; 32]), key_id: DataKeyId([9; 16]), blobs: vec![entry(3, BlobType::Tree)] },
+            ],
+        };
+        let bytes = seg.encode();
+        assert_eq!(IndexSegment::decode(&bytes, "i").unwrap(), seg);
+        for cut in 0..bytes.len() {
+            assert!(IndexSegment::decode(&bytes[..cut], "i").is_err());
+        }
+    }
+
+    #[test]
+    fn lookups_sorted_and_pending() {
+        let mut idx = Index::new();
+        let seg = IndexSegment {
+            packs: vec![IndexPack { id: PackId([1; 32]), key_id: DataKeyId([0; 16]), blobs: (1..=50).rev().map(|i| entry(i, BlobType::Data)).collect() }],
+        };
+        idx.add_segment(&seg).unwrap();
+        idx.finish_loading();
+        let loc = idx.lookup(&BlobId([7; 32])).unwrap();
+        assert_eq!((loc.pack, loc.offset, loc.flags, loc.blob_type), (PackId([1; 32]), 700, 1, BlobType::Data));
+        assert!(!idx.contains(&BlobId([99; 32])));
+        idx.add_pending(PackId([2; 32]), DataKeyId([0; 16]), &entry(99, BlobType::Tree)).unwrap();
+        assert_eq!(idx.lookup(&BlobId([99; 32])).unwrap().blob_type, BlobType::Tree);
+        idx.discard_pending();
+        assert!(!idx.contains(&BlobId([99; 32])));
+        idx.add_pending(PackId([2; 32]), DataKeyId([0; 16]), &entry(99, BlobType::Tree)).unwrap();
+        idx.commit_pending();
+        assert_eq!(idx.len(), 51);
+        assert_eq!(idx.lookup(&BlobId([99; 32])).unwrap().pack, PackId([2; 32]));
+    }
+}

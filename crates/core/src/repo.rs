@@ -1,0 +1,473 @@
+//! The repository: opening, keys, snapshots, blob reads.
+
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+
+use crate::blob::{self, BlobHeader};
+use crate::chunker::{Chunker, ChunkerParams};
+use crate::config::{self, Compression, CompressionAlgorithm, PackSizes, RepoConfig};
+use crate::crypto::Keyring;
+use crate::error::{Error, Result};
+use crate::format::ObjectKind;
+use crate::id::{BlobId, IndexId, KeySlotId, SnapshotId};
+use crate::index::{Index, IndexSegment};
+use crate::key::{Credential, KdfParams, KeySlot};
+use crate::sealed;
+use crate::snapshot::{self, Snapshot, SnapshotEntry};
+use crate::storage::{Backend, StorageError};
+use crate::tree::Tree;
+
+/// How many objects are fetched at once when listing snapshots or loading
+/// the index.
+pub(crate) const METADATA_CONCURRENCY: usize = 16;
+
+/// Options for [`Repository::init`].
+#[derive(Clone, Debug)]
+pub struct InitOptions {
+    /// Chunking parameters.
+    pub chunker: ChunkerParams,
+    /// zstd level (0 = no compression).
+    pub compression_level: i32,
+    /// Target size of data packs.
+    pub data_pack_size: u32,
+    /// Target size of tree packs.
+    pub tree_pack_size: u32,
+    /// Argon2id cost of the first password slot.
+    pub kdf: KdfParams,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions {
+            chunker: ChunkerParams::default(),
+            compression_level: config::DEFAULT_COMPRESSION_LEVEL,
+            data_pack_size: config::DEFAULT_DATA_PACK_SIZE,
+            tree_pack_size: config::DEFAULT_TREE_PACK_SIZE,
+            kdf: KdfParams::default(),
+        }
+    }
+}
+
+/// A key slot as listed by [`Repository::keys`].
+#[derive(Clone, Debug)]
+pub struct KeyInfo {
+    /// Slot id.
+    pub id: KeySlotId,
+    /// The slot's public fields.
+    pub slot: KeySlot,
+    /// Whether this repository handle was opened with it.
+    pub current: bool,
+}
+
+pub(crate) struct Inner {
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) keyring: Keyring,
+    pub(crate) config: RepoConfig,
+    pub(crate) chunker: Chunker,
+    pub(crate) slot: std::sync::Mutex<KeySlotId>,
+    pub(crate) index: tokio::sync::OnceCell<RwLock<Index>>,
+    pub(crate) backup_lock: tokio::sync::Mutex<()>,
+}
+
+/// An open repository. Cheap to clone; all methods take `&self`.
+///
+/// The async methods need a Tokio runtime (the storage layer uses it); see
+/// [`crate::blocking::Repository`] for a blocking wrapper.
+#[derive(Clone)]
+pub struct Repository {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("location", &self.inner.backend.location())
+            .field("id", &self.inner.config.id)
+            .finish()
+    }
+}
+
+impl Repository {
+    /// Creates a repository in an empty location, with one key slot for
+    /// `credential`.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyInitialized`] when a `config` exists; storage errors.
+    pub async fn init(backend: Arc<dyn Backend>, credential: &Credential, options: InitOptions) -> Result<Self> {
+        let location = backend.location().to_string();
+        match backend.get(ObjectKind::Config, "").await {
+            Ok(_) => return Err(Error::AlreadyInitialized { location }),
+            Err(StorageError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        options.chunker.validate()?;
+        if !(0..=22).contains(&options.compression_level) {
+            return Err(Error::InvalidArgument(format!("zstd level {} not in 0..=22", options.compression_level)));
+        }
+        if options.data_pack_size < 1024 || options.tree_pack_size < 1024 {
+            return Err(Error::InvalidArgument("pack sizes must be at least 1 KiB".into()));
+        }
+        let keyring = Keyring::generate();
+        let config = RepoConfig {
+            version: config::CONFIG_VERSION,
+            id: hex::encode(crate::id::random_bytes::<16>()),
+            created: jiff::Timestamp::now(),
+            chunker: options.chunker,
+            compression: Compression {
+                algorithm: CompressionAlgorithm::Zstd,
+                level: options.compression_level,
+            },
+            pack_size: PackSizes {
+                data: options.data_pack_size,
+                tree: options.tree_pack_size,
+            },
+        };
+        let slot_id = KeySlotId::random();
+        let slot_name = ObjectKind::Key.object_name(&slot_id.to_hex());
+        let slot = KeySlot::create(&keyring, credential, options.kdf, &slot_name)?;
+        backend
+            .put(ObjectKind::Key, &slot_id.to_hex(), Bytes::from(slot.encode()))
+            .await?;
+        let sealed_config = sealed::seal(&keyring, ObjectKind::Config, "", &config.encode());
+        match backend.put(ObjectKind::Config, "", Bytes::from(sealed_config)).await {
+            Ok(()) => {}
+            Err(StorageError::AlreadyExists { .. }) => {
+                // Another init won the race: withdraw our slot.
+                let _ = backend.delete(ObjectKind::Key, &slot_id.to_hex()).await;
+                return Err(Error::AlreadyInitialized { location });
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Self::assemble(backend, keyring, config, slot_id)
+    }
+
+    fn assemble(backend: Arc<dyn Backend>, keyring: Keyring, config: RepoConfig, slot: KeySlotId) -> Result<Self> {
+        let chunker = Chunker::new(config.chunker, keyring.chunker_key())?;
+        Ok(Repository {
+            inner: Arc::new(Inner {
+                backend,
+                keyring,
+                config,
+                chunker,
+                slot: std::sync::Mutex::new(slot),
+                index: tokio::sync::OnceCell::new(),
+                backup_lock: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// Opens a repository with a password or key file.
+    ///
+    /// # Errors
+    /// [`Error::NoRepository`], [`Error::NoKeySlots`], [`Error::WrongPassword`],
+    /// [`Error::Corrupt`] (naming the object), [`Error::UnsupportedVersion`].
+    pub async fn open(backend: Arc<dyn Backend>, credential: &Credential) -> Result<Self> {
+        let location = backend.location().to_string();
+        let config_bytes = match backend.get(ObjectKind::Config, "").await {
+            Ok(b) => b,
+            Err(StorageError::NotFound { .. }) => return Err(Error::NoRepository { location }),
+            Err(e) => return Err(e.into()),
+        };
+        let slots = backend.list(ObjectKind::Key).await?;
+        if slots.is_empty() {
+            return Err(Error::NoKeySlots { location });
+        }
+        let mut damaged = None;
+        let mut opened = None;
+        for info in &slots {
+            let object = ObjectKind::Key.object_name(&info.name);
+            let attempt = async {
+                let id: KeySlotId = info
+                    .name
+                    .parse()
+                    .map_err(|_| Error::corrupt(&object, "key slot name is not a 64-digit hex id"))?;
+                let bytes = backend.get(ObjectKind::Key, &info.name).await?;
+                let slot = KeySlot::decode(&bytes, &object)?;
+                // Argon2 takes a fraction of a second: keep it off the executor.
+                let credential = credential.clone();
+                let unlocked = on_rayon(move || slot.unlock(&credential, &object)).await?;
+                Ok::<_, Error>(unlocked.map(|k| (id, k)))
+            };
+            match attempt.await {
+                Ok(Some(found)) => {
+                    opened = Some(found);
+                    break;
+                }
+                Ok(None) => {}
+                Err(e @ (Error::Corrupt { .. } | Error::UnsupportedVersion { .. })) => {
+                    damaged.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let Some((slot, keyring)) = opened else {
+            return Err(damaged.unwrap_or(Error::WrongPassword { tried: slots.len() }));
+        };
+        let plain = sealed::open(&keyring, ObjectKind::Config, "", &config_bytes)?;
+        let config = RepoConfig::decode(&plain)?;
+        Self::assemble(backend, keyring, config, slot)
+    }
+
+    /// The storage backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+
+    /// The repository configuration.
+    pub fn config(&self) -> &RepoConfig {
+        &self.inner.config
+    }
+
+    /// The in-memory index, loaded from all segments on first use.
+    ///
+    /// # Errors
+    /// Storage errors and corrupt segments (naming the segment).
+    pub(crate) async fn index(&self) -> Result<&RwLock<Index>> {
+        self.inner
+            .index
+            .get_or_try_init(|| async {
+                let mut index = Index::new();
+                for (_, segment) in self.index_segments().await? {
+                    index.add_segment(&segment)?;
+                }
+                index.finish_loading();
+                Ok(RwLock::new(index))
+            })
+            .await
+    }
+
+    /// Loads and decodes every index segment.
+    ///
+    /// # Errors
+    /// Storage errors and corrupt segments.
+    pub async fn index_segments(&self) -> Result<Vec<(IndexId, IndexSegment)>> {
+        let names = self.inner.backend.list(ObjectKind::Index).await?;
+        futures::stream::iter(names)
+            .map(|info| async move { self.read_index_segment(&info.name).await })
+            .buffer_unordered(METADATA_CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
+    pub(crate) async fn read_index_segment(&self, name: &str) -> Result<(IndexId, IndexSegment)> {
+        let object = ObjectKind::Index.object_name(name);
+        let id: IndexId = name
+            .parse()
+            .map_err(|_| Error::corrupt(&object, "index segment name is not a 64-digit hex id"))?;
+        let bytes = self.inner.backend.get(ObjectKind::Index, name).await?;
+        let keyring = self.inner.clone();
+        let name = name.to_string();
+        let segment = on_rayon(move || {
+            let plain = sealed::open(&keyring.keyring, ObjectKind::Index, &name, &bytes)?;
+            IndexSegment::decode(&plain, &object)
+        })
+        .await?;
+        Ok((id, segment))
+    }
+
+    /// Number of blobs in the index and the heap bytes it takes.
+    ///
+    /// # Errors
+    /// As for loading the index.
+    pub async fn index_footprint(&self) -> Result<(usize, usize)> {
+        let index = self.index().await?.read().map_err(|_| poisoned())?;
+        Ok((index.len(), index.memory_bytes()))
+    }
+
+    /// Every snapshot, oldest first.
+    ///
+    /// # Errors
+    /// Storage errors; a corrupt snapshot (named).
+    pub async fn snapshots(&self) -> Result<Vec<SnapshotEntry>> {
+        let names = self.inner.backend.list(ObjectKind::Snapshot).await?;
+        let mut all: Vec<SnapshotEntry> = futures::stream::iter(names)
+            .map(|info| async move {
+                let id: SnapshotId = info.name.parse().map_err(|_| {
+                    Error::corrupt(ObjectKind::Snapshot.object_name(&info.name), "snapshot name is not a hex id")
+                })?;
+                let snapshot = self.read_snapshot(id).await?;
+                Ok::<_, Error>(SnapshotEntry { id, snapshot })
+            })
+            .buffer_unordered(METADATA_CONCURRENCY)
+            .try_collect()
+            .await?;
+        all.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
+        Ok(all)
+    }
+
+    /// Reads one snapshot.
+    ///
+    /// # Errors
+    /// [`Error::Missing`], [`Error::Corrupt`].
+    pub async fn read_snapshot(&self, id: SnapshotId) -> Result<Snapshot> {
+        let name = id.to_hex();
+        let bytes = self.inner.backend.get(ObjectKind::Snapshot, &name).await?;
+        let plain = sealed::open(&self.inner.keyring, ObjectKind::Snapshot, &name, &bytes)?;
+        Snapshot::decode(&plain, &ObjectKind::Snapshot.object_name(&name))
+    }
+
+    /// Resolves a full id, unique prefix or `latest`.
+    ///
+    /// # Errors
+    /// [`Error::SnapshotNotFound`], [`Error::AmbiguousSnapshot`].
+    pub async fn find_snapshot(&self, reference: &str) -> Result<SnapshotEntry> {
+        let all = self.snapshots().await?;
+        snapshot::resolve(&all, reference).cloned()
+    }
+
+    /// Reads, authenticates, decompresses and verifies one blob.
+    ///
+    /// # Errors
+    /// [`Error::BlobNotIndexed`], storage errors, [`Error::Corrupt`].
+    pub async fn read_blob(&self, id: BlobId, referrer: &str) -> Result<Vec<u8>> {
+        let loc = self
+            .index()
+            .await?
+            .read()
+            .map_err(|_| poisoned())?
+            .lookup(&id)
+            .ok_or_else(|| Error::BlobNotIndexed {
+                blob: id.to_hex(),
+                referrer: referrer.to_string(),
+            })?;
+        let range = u64::from(loc.offset)..u64::from(loc.offset) + u64::from(loc.stored_len);
+        let sealed = self
+            .inner
+            .backend
+            .get_range(ObjectKind::Pack, &loc.pack.to_hex(), range)
+            .await?;
+        let inner = self.inner.clone();
+        on_rayon(move || {
+            let object = ObjectKind::Pack.object_name(&loc.pack.to_hex());
+            let key = inner
+                .keyring
+                .data_key(loc.key_id)
+                .ok_or_else(|| Error::corrupt(&object, format!("sealed with unknown data key {}", loc.key_id)))?;
+            let h = BlobHeader {
+                id,
+                blob_type: loc.blob_type,
+                flags: loc.flags,
+                raw_len: loc.raw_len,
+            };
+            blob::open(&inner.keyring, key, &h, &sealed, &object)
+        })
+        .await
+    }
+
+    /// Reads and decodes a tree blob.
+    ///
+    /// # Errors
+    /// As [`Repository::read_blob`], plus a tree that does not decode.
+    pub async fn read_tree(&self, id: BlobId, referrer: &str) -> Result<Tree> {
+        let plain = self.read_blob(id, referrer).await?;
+        Tree::decode(&plain, &format!("tree {id} (of {referrer})"))
+    }
+
+    /// Every key slot.
+    ///
+    /// # Errors
+    /// Storage errors; corrupt slots (named).
+    pub async fn keys(&self) -> Result<Vec<KeyInfo>> {
+        let current = *self.inner.slot.lock().map_err(|_| poisoned())?;
+        let mut out = Vec::new();
+        for info in self.inner.backend.list(ObjectKind::Key).await? {
+            let object = ObjectKind::Key.object_name(&info.name);
+            let id: KeySlotId = info
+                .name
+                .parse()
+                .map_err(|_| Error::corrupt(&object, "key slot name is not a hex id"))?;
+            let bytes = self.inner.backend.get(ObjectKind::Key, &info.name).await?;
+            out.push(KeyInfo {
+                id,
+                slot: KeySlot::decode(&bytes, &object)?,
+                current: id == current,
+            });
+        }
+        out.sort_by(|a, b| a.slot.created.cmp(&b.slot.created).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Adds a key slot for `credential`.
+    ///
+    /// # Errors
+    /// Storage errors; invalid KDF parameters.
+    pub async fn add_key(&self, credential: &Credential, kdf: KdfParams) -> Result<KeySlotId> {
+        let id = KeySlotId::random();
+        let object = ObjectKind::Key.object_name(&id.to_hex());
+        let slot = KeySlot::create(&self.inner.keyring, credential, kdf, &object)?;
+        self.inner
+            .backend
+            .put(ObjectKind::Key, &id.to_hex(), Bytes::from(slot.encode()))
+            .await?;
+        Ok(id)
+    }
+
+    /// Removes a key slot given by id or unique prefix. Refuses to remove
+    /// the last slot and the slot this handle was opened with.
+    ///
+    /// # Errors
+    /// [`Error::KeyRefused`] with the reason.
+    pub async fn remove_key(&self, reference: &str) -> Result<KeySlotId> {
+        let keys = self.keys().await?;
+        let matches: Vec<&KeyInfo> = keys.iter().filter(|k| k.id.to_hex().starts_with(reference)).collect();
+        let target = match matches.as_slice() {
+            [one] if !reference.is_empty() => *one,
+            [] => return Err(Error::KeyRefused(format!("no key slot matches {reference:?}"))),
+            _ => return Err(Error::KeyRefused(format!("{reference:?} matches {} key slots", matches.len()))),
+        };
+        if keys.len() <= 1 {
+            return Err(Error::KeyRefused(
+                "refusing to remove the last key slot: the repository would become unreadable".into(),
+            ));
+        }
+        if target.current {
+            return Err(Error::KeyRefused(format!(
+                "refusing to remove key slot {} : it is the one in use; open the repository with another key to remove it",
+                target.id.short()
+            )));
+        }
+        self.inner.backend.delete(ObjectKind::Key, &target.id.to_hex()).await?;
+        Ok(target.id)
+    }
+
+    /// Replaces the slot in use with one for `credential` (the new slot is
+    /// stored before the old one is removed).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn change_key(&self, credential: &Credential, kdf: KdfParams) -> Result<KeySlotId> {
+        let new = self.add_key(credential, kdf).await?;
+        let old = std::mem::replace(&mut *self.inner.slot.lock().map_err(|_| poisoned())?, new);
+        self.inner.backend.delete(ObjectKind::Key, &old.to_hex()).await?;
+        Ok(new)
+    }
+
+    /// The decrypted plaintext of an object, for debugging (`tessera cat`).
+    ///
+    /// # Errors
+    /// Storage errors, [`Error::Corrupt`].
+    pub async fn cat_object(&self, kind: ObjectKind, name: &str) -> Result<Vec<u8>> {
+        let bytes = self.inner.backend.get(kind, name).await?;
+        match kind {
+            ObjectKind::Key => Ok(bytes.to_vec()),
+            _ => sealed::open(&self.inner.keyring, kind, name, &bytes),
+        }
+    }
+}
+
+pub(crate) fn poisoned() -> Error {
+    Error::Internal("a thread panicked while holding the index lock".into())
+}
+
+/// Runs CPU-bound work on the rayon pool and awaits its result without
+/// blocking the async executor.
+pub(crate) async fn on_rayon<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    rayon::spawn(move || {
+        let _ = tx.send(f());
+    });
+    #[allow(clippy::expect_used)]
+    rx.await.expect("rayon task panicked")
+}

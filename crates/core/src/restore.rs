@@ -1,0 +1,157 @@
+//! The read path: stream content back out of packs.
+//!
+//! Consecutive blobs stored next to each other in one pack are fetched with
+//! one range request (up to 8 MiB); a few requests run ahead of the writer
+//! and blobs are opened on rayon, so reading, decrypting and writing overlap.
+
+use std::io::Write;
+
+use futures::{StreamExt, TryStreamExt};
+use rayon::prelude::*;
+
+use crate::blob::{self, BlobHeader};
+use crate::error::{Error, Result};
+use crate::format::ObjectKind;
+use crate::id::{BlobId, DataKeyId, PackId};
+use crate::index::{BlobLocation, Index};
+use crate::repo::{Repository, on_rayon, poisoned};
+use crate::snapshot::Snapshot;
+use crate::tree::{Node, NodeKind};
+
+/// Largest single range request.
+const MAX_READ: u64 = 8 * 1024 * 1024;
+/// Range requests in flight ahead of the writer.
+const READ_AHEAD: usize = 4;
+
+/// Consecutive blobs of one pack, read with one request.
+struct ReadSpan {
+    pack: PackId,
+    key_id: DataKeyId,
+    start: u64,
+    end: u64,
+    blobs: Vec<(BlobId, BlobLocation)>,
+}
+
+fn plan(index: &Index, content: &[BlobId], referrer: &str) -> Result<Vec<ReadSpan>> {
+    let mut spans: Vec<ReadSpan> = Vec::new();
+    for id in content {
+        let loc = index.lookup(id).ok_or_else(|| Error::BlobNotIndexed {
+            blob: id.to_hex(),
+            referrer: referrer.to_string(),
+        })?;
+        let start = u64::from(loc.offset);
+        let end = start + u64::from(loc.stored_len);
+        match spans.last_mut() {
+            Some(s) if s.pack == loc.pack && s.end == start && end - s.start <= MAX_READ => {
+                s.end = end;
+                s.blobs.push((*id, loc));
+            }
+            _ => spans.push(ReadSpan {
+                pack: loc.pack,
+                key_id: loc.key_id,
+                start,
+                end,
+                blobs: vec![(*id, loc)],
+            }),
+        }
+    }
+    Ok(spans)
+}
+
+impl Repository {
+    /// Names and sizes of the streams in a snapshot.
+    ///
+    /// # Errors
+    /// When the root tree cannot be read.
+    pub async fn streams(&self, snapshot: &Snapshot) -> Result<Vec<(String, u64)>> {
+        let tree = self.read_tree(snapshot.tree, "snapshot root").await?;
+        Ok(tree.nodes.into_iter().map(|n| (n.name, n.size)).collect())
+    }
+
+    /// Writes stream `name` of `snapshot` to `out`; returns the bytes written.
+    ///
+    /// Writes to `out` happen on the calling task: give a fast writer (a
+    /// file, a buffer, a pipe) or call this from a blocking context.
+    ///
+    /// # Errors
+    /// [`Error::StreamNotFound`], missing or corrupt blobs (named), write errors.
+    pub async fn restore_stream<W: Write + Send>(&self, snapshot: &Snapshot, name: &str, out: &mut W) -> Result<u64> {
+        let tree = self.read_tree(snapshot.tree, "snapshot root").await?;
+        let node = tree.get(name).ok_or_else(|| Error::StreamNotFound {
+            snapshot: snapshot.tree.short(),
+            name: name.to_string(),
+        })?;
+        self.restore_node(node, out).await
+    }
+
+    /// Writes the content of a stream node to `out`.
+    ///
+    /// # Errors
+    /// As [`Repository::restore_stream`].
+    pub async fn restore_node<W: Write + Send>(&self, node: &Node, out: &mut W) -> Result<u64> {
+        let NodeKind::Stream { content } = &node.kind else {
+            return Err(Error::InvalidArgument(format!("{:?} is a directory, not a stream", node.name)));
+        };
+        let referrer = format!("stream {:?}", node.name);
+        let spans = {
+            let index = self.index().await?.read().map_err(|_| poisoned())?;
+            plan(&index, content, &referrer)?
+        };
+        let mut written = 0u64;
+        let mut chunks = futures::stream::iter(spans)
+            .map(|span| self.fetch_span(span))
+            .buffered(READ_AHEAD);
+        while let Some(plains) = chunks.try_next().await? {
+            for p in plains {
+                out.write_all(&p)
+                    .map_err(|e| Error::io(format!("writing restored stream {:?}", node.name), e))?;
+                written += p.len() as u64;
+            }
+        }
+        out.flush()
+            .map_err(|e| Error::io(format!("writing restored stream {:?}", node.name), e))?;
+        if written != node.size {
+            return Err(Error::corrupt(
+                format!("tree entry {:?}", node.name),
+                format!("records {} bytes but its chunks hold {written}", node.size),
+            ));
+        }
+        Ok(written)
+    }
+
+    async fn fetch_span(&self, span: ReadSpan) -> Result<Vec<Vec<u8>>> {
+        let bytes = self
+            .inner
+            .backend
+            .get_range(ObjectKind::Pack, &span.pack.to_hex(), span.start..span.end)
+            .await?;
+        let inner = self.inner.clone();
+        on_rayon(move || {
+            let object = ObjectKind::Pack.object_name(&span.pack.to_hex());
+            if bytes.len() as u64 != span.end - span.start {
+                return Err(Error::corrupt(&object, "truncated: short range read"));
+            }
+            let key = inner
+                .keyring
+                .data_key(span.key_id)
+                .ok_or_else(|| Error::corrupt(&object, format!("sealed with unknown data key {}", span.key_id)))?;
+            span.blobs
+                .par_iter()
+                .map(|(id, loc)| {
+                    let from = (u64::from(loc.offset) - span.start) as usize;
+                    let sealed = bytes
+                        .get(from..from + loc.stored_len as usize)
+                        .ok_or_else(|| Error::corrupt(&object, "blob outside the range read"))?;
+                    let h = BlobHeader {
+                        id: *id,
+                        blob_type: loc.blob_type,
+                        flags: loc.flags,
+                        raw_len: loc.raw_len,
+                    };
+                    blob::open(&inner.keyring, key, &h, sealed, &object)
+                })
+                .collect()
+        })
+        .await
+    }
+}

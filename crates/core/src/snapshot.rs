@@ -1,0 +1,144 @@
+//! Snapshots: the last object a backup writes, naming its root tree.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::id::{BlobId, SnapshotId};
+
+/// Current snapshot encoding version.
+pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// Figures recorded with a snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotStats {
+    /// Bytes read from the sources.
+    pub total_bytes: u64,
+    /// Chunks in the sources.
+    pub total_chunks: u64,
+    /// Chunks not already in the repository.
+    pub new_chunks: u64,
+    /// Plaintext bytes of the new chunks.
+    pub new_bytes: u64,
+    /// Bytes written to storage (packs, index, snapshot excluded).
+    pub stored_bytes: u64,
+    /// Packs written.
+    pub packs_written: u64,
+    /// Wall-clock duration of the backup in seconds.
+    pub duration_secs: f64,
+}
+
+/// A snapshot.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Encoding version.
+    pub version: u32,
+    /// When the backup was taken (or the time given with `--time`).
+    pub time: jiff::Timestamp,
+    /// Host name.
+    pub hostname: String,
+    /// User name.
+    pub username: String,
+    /// Tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// What was backed up (stream names, paths, database names, ...).
+    pub paths: Vec<String>,
+    /// Which adapter produced it (`stream`, `fs`, `postgres`, ...).
+    pub source_kind: String,
+    /// Adapter-specific metadata, opaque to the engine.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub source_meta: serde_json::Value,
+    /// The root tree blob.
+    pub tree: BlobId,
+    /// Figures of the backup.
+    pub stats: SnapshotStats,
+    /// Program that wrote it.
+    pub program_version: String,
+}
+
+impl Snapshot {
+    /// Serializes the snapshot (the sealed object's plaintext).
+    pub fn encode(&self) -> Vec<u8> {
+        #[allow(clippy::expect_used)]
+        serde_json::to_vec(self).expect("snapshot serializes")
+    }
+
+    /// Parses a snapshot's plaintext.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] naming `object`; [`Error::UnsupportedVersion`].
+    pub fn decode(bytes: &[u8], object: &str) -> Result<Self> {
+        let s: Snapshot = serde_json::from_slice(bytes)
+            .map_err(|e| Error::corrupt(object, format!("snapshot does not decode: {e}")))?;
+        if s.version != SNAPSHOT_VERSION {
+            return Err(Error::UnsupportedVersion {
+                object: object.to_string(),
+                found: s.version,
+                oldest: SNAPSHOT_VERSION,
+                newest: SNAPSHOT_VERSION,
+            });
+        }
+        Ok(s)
+    }
+}
+
+/// A snapshot with its id.
+#[derive(Clone, Debug)]
+pub struct SnapshotEntry {
+    /// Id (object name).
+    pub id: SnapshotId,
+    /// Content.
+    pub snapshot: Snapshot,
+}
+
+/// Resolves a user's snapshot reference among `snapshots`: a full id, a
+/// unique prefix of at least 4 hex digits, or `latest`.
+///
+/// # Errors
+/// [`Error::SnapshotNotFound`] or [`Error::AmbiguousSnapshot`].
+pub fn resolve<'a>(snapshots: &'a [SnapshotEntry], reference: &str) -> Result<&'a SnapshotEntry> {
+    let not_found = || Error::SnapshotNotFound {
+        reference: reference.to_string(),
+    };
+    if reference == "latest" {
+        return snapshots
+            .iter()
+            .max_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)))
+            .ok_or_else(not_found);
+    }
+    let prefix = reference.to_ascii_lowercase();
+    if prefix.len() < 4 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Error::InvalidArgument(format!(
+            "snapshot reference {reference:?}: give `latest` or at least 4 hex digits of an id"
+        )));
+    }
+    let mut matches = snapshots.iter().filter(|s| s.id.to_hex().starts_with(&prefix));
+    let first = matches.next().ok_or_else(not_found)?;
+    let rest = matches.count();
+    if rest > 0 {
+        return Err(Error::AmbiguousSnapshot {
+            prefix: reference.to_string(),
+            count: rest + 1,
+        });
+    }
+    Ok(first)
+}
+
+/// This machine's host name (`HOSTNAME` env, `/etc/hostname`, or `unknown`).
+pub fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The current user's name (`USER`/`LOGNAME`, or `unknown`).
+pub fn username() -> String {
+    std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into())
+}

@@ -1,0 +1,97 @@
+//! Trees: content-addressed listings (JSON) stored as tree blobs, forming a
+//! Merkle tree under each snapshot.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::id::BlobId;
+
+/// Current tree encoding version.
+pub const TREE_VERSION: u32 = 1;
+
+/// What a tree entry is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum NodeKind {
+    /// A named byte stream: its content is the concatenation of `content`.
+    Stream {
+        /// Chunk ids in order.
+        content: Vec<BlobId>,
+    },
+    /// A sub-tree.
+    Dir {
+        /// The sub-tree's blob id.
+        subtree: BlobId,
+    },
+}
+
+/// One entry of a tree.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    /// Name within the tree.
+    pub name: String,
+    /// Logical size in bytes (for streams).
+    pub size: u64,
+    /// Kind and content.
+    #[serde(flatten)]
+    pub kind: NodeKind,
+}
+
+/// A tree: entries sorted by name, names unique.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tree {
+    /// Encoding version.
+    pub version: u32,
+    /// Entries.
+    pub nodes: Vec<Node>,
+}
+
+impl Tree {
+    /// A tree of `nodes`, sorted by name.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for duplicate names.
+    pub fn new(mut nodes: Vec<Node>) -> Result<Self> {
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        if let Some(w) = nodes.windows(2).find(|w| w.first().map(|n| &n.name) == w.get(1).map(|n| &n.name)) {
+            let name = w.first().map(|n| n.name.clone()).unwrap_or_default();
+            return Err(Error::InvalidArgument(format!("stream name {name:?} given twice")));
+        }
+        Ok(Tree {
+            version: TREE_VERSION,
+            nodes,
+        })
+    }
+
+    /// Serializes the tree (the tree blob's plaintext).
+    pub fn encode(&self) -> Vec<u8> {
+        #[allow(clippy::expect_used)]
+        serde_json::to_vec(self).expect("tree serializes")
+    }
+
+    /// Parses a tree blob's plaintext.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] naming `object`, [`Error::UnsupportedVersion`].
+    pub fn decode(bytes: &[u8], object: &str) -> Result<Self> {
+        let tree: Tree =
+            serde_json::from_slice(bytes).map_err(|e| Error::corrupt(object, format!("tree does not decode: {e}")))?;
+        if tree.version != TREE_VERSION {
+            return Err(Error::UnsupportedVersion {
+                object: object.to_string(),
+                found: tree.version,
+                oldest: TREE_VERSION,
+                newest: TREE_VERSION,
+            });
+        }
+        Ok(tree)
+    }
+
+    /// The entry named `name`.
+    pub fn get(&self, name: &str) -> Option<&Node> {
+        self.nodes
+            .binary_search_by(|n| n.name.as_str().cmp(name))
+            .ok()
+            .and_then(|i| self.nodes.get(i))
+    }
+}
