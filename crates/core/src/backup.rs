@@ -128,7 +128,11 @@ impl Repository {
     /// Reading a stream, storage errors, invalid names. On error no
     /// snapshot is written and the repository stays valid (at worst it holds
     /// unreferenced packs).
-    pub async fn backup(&self, streams: Vec<StreamSource>, options: BackupOptions) -> Result<BackupSummary> {
+    pub async fn backup(
+        &self,
+        streams: Vec<StreamSource>,
+        options: BackupOptions,
+    ) -> Result<BackupSummary> {
         for s in &streams {
             validate_stream_name(&s.name)?;
         }
@@ -141,7 +145,11 @@ impl Repository {
         result
     }
 
-    async fn run_backup(&self, streams: Vec<StreamSource>, options: BackupOptions) -> Result<BackupSummary> {
+    async fn run_backup(
+        &self,
+        streams: Vec<StreamSource>,
+        options: BackupOptions,
+    ) -> Result<BackupSummary> {
         let started = Instant::now();
         let paths: Vec<String> = streams.iter().map(|s| s.name.clone()).collect();
         // Duplicate names fail here, before any work.
@@ -151,7 +159,9 @@ impl Repository {
                 .map(|n| Node {
                     name: n.clone(),
                     size: 0,
-                    kind: NodeKind::Stream { content: Vec::new() },
+                    kind: NodeKind::Stream {
+                        content: Vec::new(),
+                    },
                 })
                 .collect(),
         )?;
@@ -167,14 +177,20 @@ impl Repository {
                 let _ = done_tx.send(result);
             })
             .map_err(|e| Error::io("starting the backup thread", e))?;
-        let uploaded = self.upload_packs(pack_rx, options.progress.as_deref()).await;
+        let uploaded = self
+            .upload_packs(pack_rx, options.progress.as_deref())
+            .await;
         let cpu = done_rx
             .await
             .map_err(|_| Error::Internal("the backup thread panicked".into()))?;
         // An upload error explains a stopped backup thread better than its own error.
         let (packs_written, stored_bytes) = uploaded?;
         let mut cpu = cpu?;
-        self.index().await?.write().map_err(|_| poisoned())?.commit_pending();
+        self.index()
+            .await?
+            .write()
+            .map_err(|_| poisoned())?
+            .commit_pending();
 
         cpu.stats.packs_written = packs_written;
         cpu.stats.stored_bytes = stored_bytes;
@@ -193,7 +209,12 @@ impl Repository {
             program_version: format!("tessera {}", env!("CARGO_PKG_VERSION")),
         };
         let id = SnapshotId::random();
-        let bytes = sealed::seal(&self.inner.keyring, ObjectKind::Snapshot, &id.to_hex(), &snapshot.encode());
+        let bytes = sealed::seal(
+            &self.inner.keyring,
+            ObjectKind::Snapshot,
+            &id.to_hex(),
+            &snapshot.encode(),
+        );
         self.inner
             .backend
             .put(ObjectKind::Snapshot, &id.to_hex(), Bytes::from(bytes))
@@ -226,7 +247,10 @@ impl Repository {
                 len,
             ))
         };
-        let done = |(p, len): (IndexPack, u64), segment: &mut Vec<IndexPack>, packs: &mut u64, bytes: &mut u64| {
+        let done = |(p, len): (IndexPack, u64),
+                    segment: &mut Vec<IndexPack>,
+                    packs: &mut u64,
+                    bytes: &mut u64| {
             *packs += 1;
             *bytes += len;
             if let Some(progress) = progress {
@@ -242,7 +266,9 @@ impl Repository {
             }
             inflight.push(upload(pack));
             if segment.len() >= PACKS_PER_SEGMENT {
-                bytes += self.write_index_segment(std::mem::take(&mut segment)).await?;
+                bytes += self
+                    .write_index_segment(std::mem::take(&mut segment))
+                    .await?;
             }
         }
         while let Some(r) = inflight.next().await {
@@ -277,7 +303,11 @@ struct Packer<'a> {
 }
 
 /// Seals a pack's header and queues it for upload (waits while the queue is full).
-fn send_pack(inner: &Inner, tx: &tokio::sync::mpsc::Sender<FinishedPack>, pack: PackWriter) -> Result<()> {
+fn send_pack(
+    inner: &Inner,
+    tx: &tokio::sync::mpsc::Sender<FinishedPack>,
+    pack: PackWriter,
+) -> Result<()> {
     let finished = pack.finish(&inner.keyring)?;
     tx.blocking_send(finished)
         .map_err(|_| Error::Internal("the upload stage stopped".into()))
@@ -291,7 +321,11 @@ impl Packer<'_> {
             BlobType::Data => self.inner.config.pack_size.data,
             BlobType::Tree => self.inner.config.pack_size.tree,
         } as usize;
-        let index = self.inner.index.get().ok_or_else(|| Error::Internal("index not loaded".into()))?;
+        let index = self
+            .inner
+            .index
+            .get()
+            .ok_or_else(|| Error::Internal("index not loaded".into()))?;
         let mut tree_pack = None;
         let slot = match blob_type {
             BlobType::Data => &mut self.data,
@@ -299,12 +333,16 @@ impl Packer<'_> {
         };
         let mut added = Vec::with_capacity(blobs.len());
         for b in &blobs {
-            if slot.as_ref().is_some_and(|p| !p.is_empty() && p.len() + b.bytes.len() > target) {
+            if slot
+                .as_ref()
+                .is_some_and(|p| !p.is_empty() && p.len() + b.bytes.len() > target)
+            {
                 if let Some(full) = slot.take() {
                     send_pack(self.inner, self.tx, full)?;
                 }
             }
-            let pack = slot.get_or_insert_with(|| PackWriter::new(blob_type, key, target + target / 8));
+            let pack =
+                slot.get_or_insert_with(|| PackWriter::new(blob_type, key, target + target / 8));
             let entry = pack.add(b)?;
             added.push((pack.id(), entry));
             self.stats.new_chunks += u64::from(blob_type == BlobType::Data);
@@ -413,7 +451,8 @@ fn chunk_stream(
             size += batch.data.len() as u64;
             process_batch(inner, &batch, packer, &mut content)?;
             if let Some(p) = progress {
-                p.bytes_read.fetch_add(batch.data.len() as u64, Ordering::Relaxed);
+                p.bytes_read
+                    .fetch_add(batch.data.len() as u64, Ordering::Relaxed);
                 p.bytes_new.store(packer.stats.new_bytes, Ordering::Relaxed);
             }
         }
@@ -423,7 +462,12 @@ fn chunk_stream(
 }
 
 /// Hash, dedup, seal and pack one batch; append its ids to `content`.
-fn process_batch(inner: &Inner, batch: &Batch, packer: &mut Packer<'_>, content: &mut Vec<BlobId>) -> Result<()> {
+fn process_batch(
+    inner: &Inner,
+    batch: &Batch,
+    packer: &mut Packer<'_>,
+    content: &mut Vec<BlobId>,
+) -> Result<()> {
     let chunk = |r: &std::ops::Range<usize>| batch.data.get(r.clone()).unwrap_or_default();
     let ids: Vec<BlobId> = batch
         .chunks

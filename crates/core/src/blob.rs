@@ -76,10 +76,21 @@ fn compress(plaintext: &[u8], level: i32) -> Option<Vec<u8>> {
 ///
 /// # Errors
 /// [`Error::InvalidArgument`] for a blob larger than 4 GiB.
-pub fn seal(key: &DataKey, id: BlobId, blob_type: BlobType, plaintext: &[u8], level: i32) -> Result<SealedBlob> {
-    let raw_len = u32::try_from(plaintext.len())
-        .map_err(|_| Error::InvalidArgument(format!("blob of {} bytes exceeds 4 GiB", plaintext.len())))?;
-    let compressed = if level > 0 { compress(plaintext, level) } else { None };
+pub fn seal(
+    key: &DataKey,
+    id: BlobId,
+    blob_type: BlobType,
+    plaintext: &[u8],
+    level: i32,
+) -> Result<SealedBlob> {
+    let raw_len = u32::try_from(plaintext.len()).map_err(|_| {
+        Error::InvalidArgument(format!("blob of {} bytes exceeds 4 GiB", plaintext.len()))
+    })?;
+    let compressed = if level > 0 {
+        compress(plaintext, level)
+    } else {
+        None
+    };
     let (flags, body): (u8, &[u8]) = match &compressed {
         Some(c) if c.len() < plaintext.len() => (FLAG_ZSTD, c),
         _ => (0, plaintext),
@@ -112,11 +123,19 @@ pub struct BlobHeader {
 ///
 /// # Errors
 /// [`Error::Corrupt`] naming `object` (the pack) and the blob.
-pub fn open(keyring: &Keyring, key: &DataKey, h: &BlobHeader, sealed: &[u8], object: &str) -> Result<Vec<u8>> {
+pub fn open(
+    keyring: &Keyring,
+    key: &DataKey,
+    h: &BlobHeader,
+    sealed: &[u8],
+    object: &str,
+) -> Result<Vec<u8>> {
     let name = || format!("{object} blob {}", h.id);
     let body = key
         .open(&aad(h.blob_type, h.flags, &h.id), sealed)
-        .ok_or_else(|| Error::corrupt(name(), "authentication failed (modified or damaged bytes)"))?;
+        .ok_or_else(|| {
+            Error::corrupt(name(), "authentication failed (modified or damaged bytes)")
+        })?;
     let plain = if h.flags & FLAG_ZSTD != 0 {
         zstd::bulk::decompress(&body, h.raw_len as usize)
             .map_err(|e| Error::corrupt(name(), format!("zstd: {e}")))?
@@ -126,11 +145,18 @@ pub fn open(keyring: &Keyring, key: &DataKey, h: &BlobHeader, sealed: &[u8], obj
     if plain.len() != h.raw_len as usize {
         return Err(Error::corrupt(
             name(),
-            format!("plaintext is {} bytes, index says {}", plain.len(), h.raw_len),
+            format!(
+                "plaintext is {} bytes, index says {}",
+                plain.len(),
+                h.raw_len
+            ),
         ));
     }
     if keyring.blob_id(&plain) != h.id {
-        return Err(Error::corrupt(name(), "content does not hash to the blob id"));
+        return Err(Error::corrupt(
+            name(),
+            "content does not hash to the blob id",
+        ));
     }
     Ok(plain)
 }
@@ -148,7 +174,12 @@ mod tests {
         let s = seal(key, id, BlobType::Data, &text, 3).unwrap();
         assert_eq!(s.flags, FLAG_ZSTD);
         assert!(s.bytes.len() < text.len());
-        let h = BlobHeader { id, blob_type: BlobType::Data, flags: s.flags, raw_len: s.raw_len };
+        let h = BlobHeader {
+            id,
+            blob_type: BlobType::Data,
+            flags: s.flags,
+            raw_len: s.raw_len,
+        };
         assert_eq!(open(&ring, key, &h, &s.bytes, "p").unwrap(), text);
 
         let mut noise = vec![0u8; 5000];
@@ -156,10 +187,18 @@ mod tests {
         let id = ring.blob_id(&noise);
         let s = seal(key, id, BlobType::Data, &noise, 3).unwrap();
         assert_eq!(s.flags, 0, "incompressible data is stored raw");
-        let h = BlobHeader { id, blob_type: BlobType::Data, flags: 0, raw_len: s.raw_len };
+        let h = BlobHeader {
+            id,
+            blob_type: BlobType::Data,
+            flags: 0,
+            raw_len: s.raw_len,
+        };
         assert_eq!(open(&ring, key, &h, &s.bytes, "p").unwrap(), noise);
         // Claiming another type or flags fails authentication.
-        let wrong = BlobHeader { blob_type: BlobType::Tree, ..h };
+        let wrong = BlobHeader {
+            blob_type: BlobType::Tree,
+            ..h
+        };
         assert!(open(&ring, key, &wrong, &s.bytes, "p").is_err());
     }
 }

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::{
-    BackupOptions, BackupSummary, Backend, CheckReport, Credential, InitOptions, RepoStats, Snapshot, SnapshotEntry,
-    StreamSource,
+    Backend, BackupOptions, BackupSummary, CheckReport, Credential, InitOptions, RepoStats,
+    Snapshot, SnapshotEntry, StreamSource,
 };
 
 /// A repository handle with blocking methods.
@@ -41,7 +41,9 @@ where
         // from a helper thread that is outside any runtime instead.
         std::thread::scope(|s| {
             #[allow(clippy::expect_used)]
-            s.spawn(|| rt.block_on(fut)).join().expect("tessera I/O thread panicked")
+            s.spawn(|| rt.block_on(fut))
+                .join()
+                .expect("tessera I/O thread panicked")
         })
     } else {
         rt.block_on(fut)
@@ -53,10 +55,17 @@ impl Repository {
     ///
     /// # Errors
     /// As the async version.
-    pub fn init(backend: Arc<dyn Backend>, credential: &Credential, options: InitOptions) -> Result<Self> {
+    pub fn init(
+        backend: Arc<dyn Backend>,
+        credential: &Credential,
+        options: InitOptions,
+    ) -> Result<Self> {
         let rt = runtime()?;
         let repo = run(&rt, crate::Repository::init(backend, credential, options))?;
-        Ok(Repository { repo, runtime: Some(rt) })
+        Ok(Repository {
+            repo,
+            runtime: Some(rt),
+        })
     }
 
     /// See [`crate::Repository::open`].
@@ -66,7 +75,10 @@ impl Repository {
     pub fn open(backend: Arc<dyn Backend>, credential: &Credential) -> Result<Self> {
         let rt = runtime()?;
         let repo = run(&rt, crate::Repository::open(backend, credential))?;
-        Ok(Repository { repo, runtime: Some(rt) })
+        Ok(Repository {
+            repo,
+            runtime: Some(rt),
+        })
     }
 
     fn block<F>(&self, fut: F) -> F::Output
@@ -88,7 +100,11 @@ impl Repository {
     ///
     /// # Errors
     /// As the async version.
-    pub fn backup(&self, streams: Vec<StreamSource>, options: BackupOptions) -> Result<BackupSummary> {
+    pub fn backup(
+        &self,
+        streams: Vec<StreamSource>,
+        options: BackupOptions,
+    ) -> Result<BackupSummary> {
         self.block(self.repo.backup(streams, options))
     }
 
@@ -112,7 +128,12 @@ impl Repository {
     ///
     /// # Errors
     /// As the async version.
-    pub fn restore_stream<W: Write + Send>(&self, snapshot: &Snapshot, name: &str, out: &mut W) -> Result<u64> {
+    pub fn restore_stream<W: Write + Send>(
+        &self,
+        snapshot: &Snapshot,
+        name: &str,
+        out: &mut W,
+    ) -> Result<u64> {
         self.block(self.repo.restore_stream(snapshot, name, out))
     }
 

@@ -101,7 +101,10 @@ impl Repository {
             .map(|o| (o.name, o.size))
             .collect();
         for name in stored.keys() {
-            let known = name.parse::<PackId>().map(|id| indexed.contains_key(&id)).unwrap_or(false);
+            let known = name
+                .parse::<PackId>()
+                .map(|id| indexed.contains_key(&id))
+                .unwrap_or(false);
             if !known {
                 report.warnings.push(format!(
                     "{} is in no index segment (left by an interrupted backup; unused)",
@@ -142,7 +145,10 @@ impl Repository {
             report.snapshots += 1;
             let snap = match info.name.parse() {
                 Ok(id) => self.read_snapshot(id).await,
-                Err(_) => Err(Error::corrupt(ObjectKind::Snapshot.object_name(&info.name), "name is not a hex id")),
+                Err(_) => Err(Error::corrupt(
+                    ObjectKind::Snapshot.object_name(&info.name),
+                    "name is not a hex id",
+                )),
             };
             let snap = match snap {
                 Ok(s) => s,
@@ -153,12 +159,16 @@ impl Repository {
             };
             let short = info.name.get(..8).unwrap_or(&info.name).to_string();
             if index.lookup(&snap.tree).is_none() {
-                report
-                    .errors
-                    .push(format!("snapshot {short}: root tree {} is not in the index", snap.tree));
+                report.errors.push(format!(
+                    "snapshot {short}: root tree {} is not in the index",
+                    snap.tree
+                ));
                 continue;
             }
-            let tree = match self.read_tree(snap.tree, &format!("snapshot {short}")).await {
+            let tree = match self
+                .read_tree(snap.tree, &format!("snapshot {short}"))
+                .await
+            {
                 Ok(t) => t,
                 Err(e) => {
                     report.errors.push(format!("snapshot {short}: {e}"));
@@ -182,19 +192,29 @@ impl Repository {
         let mut missing: Vec<_> = missing.into_iter().collect();
         missing.sort();
         for (what, snaps) in missing {
-            report
-                .errors
-                .push(format!("{what} is not in the index (snapshots affected: {})", snaps.join(", ")));
+            report.errors.push(format!(
+                "{what} is not in the index (snapshots affected: {})",
+                snaps.join(", ")
+            ));
         }
         Ok(())
     }
 
     /// Returns (errors, blobs verified, bytes read).
-    async fn check_pack(&self, id: PackId, p: &IndexedPack, size: Option<u64>, read_data: bool) -> (Vec<String>, usize, u64) {
+    async fn check_pack(
+        &self,
+        id: PackId,
+        p: &IndexedPack,
+        size: Option<u64>,
+        read_data: bool,
+    ) -> (Vec<String>, usize, u64) {
         let object = ObjectKind::Pack.object_name(&id.to_hex());
         let Some(size) = size else {
             return (
-                vec![format!("{object} is missing (listed in index segment {})", p.segment.short())],
+                vec![format!(
+                    "{object} is missing (listed in index segment {})",
+                    p.segment.short()
+                )],
                 0,
                 0,
             );
@@ -205,7 +225,13 @@ impl Repository {
         }
     }
 
-    async fn verify_pack(&self, id: PackId, p: &IndexedPack, size: u64, read_data: bool) -> Result<(usize, u64)> {
+    async fn verify_pack(
+        &self,
+        id: PackId,
+        p: &IndexedPack,
+        size: u64,
+        read_data: bool,
+    ) -> Result<(usize, u64)> {
         let name = id.to_hex();
         let object = ObjectKind::Pack.object_name(&name);
         let backend = &self.inner.backend;
@@ -213,26 +239,44 @@ impl Repository {
             let bytes = backend.get(ObjectKind::Pack, &name).await?;
             let inner = self.inner.clone();
             let b = bytes.clone();
-            (on_rayon(move || pack::open_header_of(&inner.keyring, id, &b)).await?, Some(bytes))
+            (
+                on_rayon(move || pack::open_header_of(&inner.keyring, id, &b)).await?,
+                Some(bytes),
+            )
         } else {
             if size < (PREAMBLE_LEN + 4) as u64 {
                 return Err(Error::corrupt(&object, format!("truncated: {size} bytes")));
             }
-            let last4 = backend.get_range(ObjectKind::Pack, &name, size - 4..size).await?;
+            let last4 = backend
+                .get_range(ObjectKind::Pack, &name, size - 4..size)
+                .await?;
             let trailer_len = pack::trailer_len(&last4, size, &object)?;
-            let trailer = backend.get_range(ObjectKind::Pack, &name, size - trailer_len..size).await?;
-            let pre = backend.get_range(ObjectKind::Pack, &name, 0..PREAMBLE_LEN as u64).await?;
-            (pack::open_header(&self.inner.keyring, id, &pre, &trailer, size)?, None)
+            let trailer = backend
+                .get_range(ObjectKind::Pack, &name, size - trailer_len..size)
+                .await?;
+            let pre = backend
+                .get_range(ObjectKind::Pack, &name, 0..PREAMBLE_LEN as u64)
+                .await?;
+            (
+                pack::open_header(&self.inner.keyring, id, &pre, &trailer, size)?,
+                None,
+            )
         };
         let (key_id, entries) = header;
         if key_id != p.key_id {
-            return Err(Error::corrupt(&object, "sealed with another data key than the index records"));
+            return Err(Error::corrupt(
+                &object,
+                "sealed with another data key than the index records",
+            ));
         }
         let in_header: HashSet<&PackEntry> = entries.iter().collect();
         if let Some(e) = p.blobs.iter().find(|e| !in_header.contains(e)) {
             return Err(Error::corrupt(
                 &object,
-                format!("index lists blob {} at offset {} but the pack header disagrees", e.id, e.offset),
+                format!(
+                    "index lists blob {} at offset {} but the pack header disagrees",
+                    e.id, e.offset
+                ),
             ));
         }
         let Some(bytes) = whole else {
@@ -250,7 +294,9 @@ impl Repository {
                 .map(|e| {
                     let sealed = bytes
                         .get(e.offset as usize..(e.offset + e.stored_len) as usize)
-                        .ok_or_else(|| Error::corrupt(&object, format!("blob {} lies outside the pack", e.id)))?;
+                        .ok_or_else(|| {
+                            Error::corrupt(&object, format!("blob {} lies outside the pack", e.id))
+                        })?;
                     let h = BlobHeader {
                         id: e.id,
                         blob_type: e.blob_type,

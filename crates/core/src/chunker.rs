@@ -74,7 +74,9 @@ impl ChunkerParams {
             }
             ChunkerParams::Fixed { size } => {
                 if !(4096..=CDC_MAX_HIGHEST).contains(&size) {
-                    return Err(Error::InvalidArgument(format!("fixed chunk size {size} out of range")));
+                    return Err(Error::InvalidArgument(format!(
+                        "fixed chunk size {size} out of range"
+                    )));
                 }
             }
         }
@@ -220,7 +222,9 @@ impl<R: Read> StreamChunker<R> {
         let mut filled = buf.len();
         buf.resize(self.buffer_size, 0);
         while !self.eof && filled < buf.len() {
-            let Some(space) = buf.get_mut(filled..) else { break };
+            let Some(space) = buf.get_mut(filled..) else {
+                break;
+            };
             match self.reader.read(space) {
                 Ok(0) => self.eof = true,
                 Ok(n) => {
@@ -279,7 +283,11 @@ mod tests {
     }
 
     fn small_params() -> ChunkerParams {
-        ChunkerParams::FastCdc { min: 256, avg: 1024, max: 4096 }
+        ChunkerParams::FastCdc {
+            min: 256,
+            avg: 1024,
+            max: 4096,
+        }
     }
 
     fn pseudo_random(len: usize, seed: u8) -> Vec<u8> {
@@ -290,8 +298,17 @@ mod tests {
         out
     }
 
-    fn stream_cuts(data: &[u8], sizes: Vec<usize>, buffer: usize, chunker: &Chunker) -> Vec<(usize, usize)> {
-        let reader = Choppy { data, sizes, call: 0 };
+    fn stream_cuts(
+        data: &[u8],
+        sizes: Vec<usize>,
+        buffer: usize,
+        chunker: &Chunker,
+    ) -> Vec<(usize, usize)> {
+        let reader = Choppy {
+            data,
+            sizes,
+            call: 0,
+        };
         let mut s = StreamChunker::new(reader, chunker.clone(), buffer);
         let mut base = 0;
         let mut out = Vec::new();
@@ -299,7 +316,10 @@ mod tests {
             for r in &batch.chunks {
                 out.push((base + r.start, r.len()));
             }
-            assert_eq!(batch.chunks.iter().map(|r| r.len()).sum::<usize>(), batch.data.len());
+            assert_eq!(
+                batch.chunks.iter().map(|r| r.len()).sum::<usize>(),
+                batch.data.len()
+            );
             base += batch.data.len();
         }
         assert_eq!(base, data.len());
@@ -346,7 +366,15 @@ mod tests {
 
     #[test]
     fn invalid_params_rejected() {
-        assert!(ChunkerParams::FastCdc { min: 10, avg: 5, max: 20 }.validate().is_err());
+        assert!(
+            ChunkerParams::FastCdc {
+                min: 10,
+                avg: 5,
+                max: 20
+            }
+            .validate()
+            .is_err()
+        );
         assert!(ChunkerParams::Fixed { size: 1 }.validate().is_err());
         ChunkerParams::default().validate().unwrap();
     }

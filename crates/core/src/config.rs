@@ -70,9 +70,12 @@ impl RepoConfig {
     /// # Errors
     /// [`Error::Corrupt`], [`Error::UnsupportedVersion`].
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        let version: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| Error::corrupt("config", format!("does not decode: {e}")))?;
-        let found = version.get("version").and_then(serde_json::Value::as_u64).unwrap_or(0);
+        let version: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| Error::corrupt("config", format!("does not decode: {e}")))?;
+        let found = version
+            .get("version")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
         if found != u64::from(CONFIG_VERSION) {
             return Err(Error::UnsupportedVersion {
                 object: "config".into(),
@@ -81,8 +84,8 @@ impl RepoConfig {
                 newest: CONFIG_VERSION,
             });
         }
-        let c: RepoConfig =
-            serde_json::from_value(version).map_err(|e| Error::corrupt("config", format!("does not decode: {e}")))?;
+        let c: RepoConfig = serde_json::from_value(version)
+            .map_err(|e| Error::corrupt("config", format!("does not decode: {e}")))?;
         c.chunker
             .validate()
             .map_err(|e| Error::corrupt("config", format!("chunker: {e}")))?;

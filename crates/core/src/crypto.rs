@@ -84,7 +84,12 @@ impl DataKey {
         let tag: [u8; TAG_LEN] = tag.try_into().ok()?;
         let mut buf = ct.to_vec();
         self.cipher
-            .decrypt_inout_detached(&XNonce::from(nonce), aad, buf.as_mut_slice().into(), &tag.into())
+            .decrypt_inout_detached(
+                &XNonce::from(nonce),
+                aad,
+                buf.as_mut_slice().into(),
+                &tag.into(),
+            )
             .ok()?;
         Some(buf)
     }
@@ -198,8 +203,9 @@ impl Keyring {
         }
         let key32 = |s: &str, what: &str| -> Result<[u8; 32]> {
             let mut out = [0u8; 32];
-            hex::decode_to_slice(s, &mut out)
-                .map_err(|e| Error::corrupt(object, format!("keyring {what} is not 32 hex bytes: {e}")))?;
+            hex::decode_to_slice(s, &mut out).map_err(|e| {
+                Error::corrupt(object, format!("keyring {what} is not 32 hex bytes: {e}"))
+            })?;
             Ok(out)
         };
         let mut data_keys = Vec::with_capacity(json.data_keys.len());
@@ -209,7 +215,9 @@ impl Keyring {
         let current = data_keys
             .iter()
             .position(|k| k.id == json.write_key)
-            .ok_or_else(|| Error::corrupt(object, "keyring's write key is not among its data keys"))?;
+            .ok_or_else(|| {
+                Error::corrupt(object, "keyring's write key is not among its data keys")
+            })?;
         Ok(Keyring {
             id_key: Zeroizing::new(key32(&json.id_key, "id key")?),
             chunker_key: Zeroizing::new(key32(&json.chunker_key, "chunker key")?),

@@ -10,7 +10,9 @@ use std::io;
 #[non_exhaustive]
 pub enum Error {
     /// No key slot could be unlocked with the given password or key file.
-    #[error("wrong password or key file: no key slot of the repository accepts it ({tried} slot(s) tried)")]
+    #[error(
+        "wrong password or key file: no key slot of the repository accepts it ({tried} slot(s) tried)"
+    )]
     WrongPassword {
         /// How many slots were tried.
         tried: usize,
@@ -34,7 +36,9 @@ pub enum Error {
         location: String,
     },
     /// An object uses a format version this build cannot read.
-    #[error("{object}: unsupported format version {found} (this build reads versions {oldest} to {newest}); upgrade tessera")]
+    #[error(
+        "{object}: unsupported format version {found} (this build reads versions {oldest} to {newest}); upgrade tessera"
+    )]
     UnsupportedVersion {
         /// Object name.
         object: String,

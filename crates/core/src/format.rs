@@ -104,9 +104,12 @@ pub fn preamble(kind: ObjectKind, key: DataKeyId) -> [u8; PREAMBLE_LEN] {
 /// [`Error::Corrupt`] for a bad magic, kind or reserved bytes;
 /// [`Error::UnsupportedVersion`] for a version outside this build's range.
 pub fn check_header(bytes: &[u8], kind: ObjectKind, object: &str) -> Result<u8> {
-    let h = bytes
-        .get(..HEADER_LEN)
-        .ok_or_else(|| Error::corrupt(object, format!("truncated: {} bytes, shorter than the header", bytes.len())))?;
+    let h = bytes.get(..HEADER_LEN).ok_or_else(|| {
+        Error::corrupt(
+            object,
+            format!("truncated: {} bytes, shorter than the header", bytes.len()),
+        )
+    })?;
     if h.get(..4) != Some(&MAGIC[..]) {
         return Err(Error::corrupt(object, "bad magic (not a tessera object)"));
     }
@@ -114,7 +117,10 @@ pub fn check_header(bytes: &[u8], kind: ObjectKind, object: &str) -> Result<u8> 
     if ObjectKind::from_byte(kind_byte) != Some(kind) {
         return Err(Error::corrupt(
             object,
-            format!("object kind byte {kind_byte} where {} ({kind:?}) was expected", kind as u8),
+            format!(
+                "object kind byte {kind_byte} where {} ({kind:?}) was expected",
+                kind as u8
+            ),
         ));
     }
     let version = h.get(5).copied().unwrap_or_default();
@@ -155,7 +161,11 @@ pub struct Reader<'a> {
 impl<'a> Reader<'a> {
     /// A reader over `bytes`; errors name `object`.
     pub fn new(bytes: &'a [u8], object: &'a str) -> Self {
-        Reader { bytes, pos: 0, object }
+        Reader {
+            bytes,
+            pos: 0,
+            object,
+        }
     }
 
     /// Takes the next `n` bytes.
@@ -167,7 +177,11 @@ impl<'a> Reader<'a> {
         let Some(end) = end else {
             return Err(Error::corrupt(
                 self.object,
-                format!("truncated: needed {n} bytes at offset {}, {} left", self.pos, self.remaining()),
+                format!(
+                    "truncated: needed {n} bytes at offset {}, {} left",
+                    self.pos,
+                    self.remaining()
+                ),
             ));
         };
         let out = self.bytes.get(self.pos..end).unwrap_or_default();
@@ -213,7 +227,10 @@ impl<'a> Reader<'a> {
         if self.remaining() == 0 {
             Ok(())
         } else {
-            Err(Error::corrupt(self.object, format!("{} unexpected trailing bytes", self.remaining())))
+            Err(Error::corrupt(
+                self.object,
+                format!("{} unexpected trailing bytes", self.remaining()),
+            ))
         }
     }
 
@@ -231,7 +248,10 @@ mod tests {
     fn header_round_trip_and_rejections() {
         let h = header(ObjectKind::Snapshot);
         assert_eq!(check_header(&h, ObjectKind::Snapshot, "x").unwrap(), 1);
-        assert!(matches!(check_header(&h, ObjectKind::Pack, "x"), Err(Error::Corrupt { .. })));
+        assert!(matches!(
+            check_header(&h, ObjectKind::Pack, "x"),
+            Err(Error::Corrupt { .. })
+        ));
         let mut future = h;
         future[5] = 9;
         assert!(matches!(

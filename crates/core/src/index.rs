@@ -74,11 +74,14 @@ impl IndexSegment {
             let mut blobs = Vec::with_capacity(nblobs.min(r.remaining() / SEGMENT_BLOB_LEN));
             for _ in 0..nblobs {
                 let t = r.u8()?;
-                let blob_type =
-                    BlobType::from_byte(t).ok_or_else(|| Error::corrupt(object, format!("unknown blob type {t}")))?;
+                let blob_type = BlobType::from_byte(t)
+                    .ok_or_else(|| Error::corrupt(object, format!("unknown blob type {t}")))?;
                 let flags = r.u8()?;
                 if flags & !FLAG_ZSTD != 0 {
-                    return Err(Error::corrupt(object, format!("unknown blob flags {flags:#x}")));
+                    return Err(Error::corrupt(
+                        object,
+                        format!("unknown blob flags {flags:#x}"),
+                    ));
                 }
                 let offset = r.u32()?;
                 let stored_len = r.u32()?;
@@ -188,7 +191,8 @@ impl Index {
     pub fn add_segment(&mut self, segment: &IndexSegment) -> Result<()> {
         for p in &segment.packs {
             let n = self.pack_number(p.id, p.key_id)?;
-            self.sorted.extend(p.blobs.iter().map(|b| Self::entry(n, b)));
+            self.sorted
+                .extend(p.blobs.iter().map(|b| Self::entry(n, b)));
         }
         Ok(())
     }
@@ -244,7 +248,11 @@ impl Index {
         Some(BlobLocation {
             pack: pack.id,
             key_id: pack.key_id,
-            blob_type: if e.pack_bits & 2 != 0 { BlobType::Tree } else { BlobType::Data },
+            blob_type: if e.pack_bits & 2 != 0 {
+                BlobType::Tree
+            } else {
+                BlobType::Data
+            },
             flags: if e.pack_bits & 1 != 0 { FLAG_ZSTD } else { 0 },
             offset: e.offset,
             stored_len: e.stored_len,
@@ -280,15 +288,30 @@ mod tests {
     use super::*;
 
     fn entry(i: u8, t: BlobType) -> PackEntry {
-        PackEntry { id: BlobId([i; 32]), blob_type: t, flags: i & 1, offset: u32::from(i) * 100, stored_len: 60, raw_len: 50 }
+        PackEntry {
+            id: BlobId([i; 32]),
+            blob_type: t,
+            flags: i & 1,
+            offset: u32::from(i) * 100,
+            stored_len: 60,
+            raw_len: 50,
+        }
     }
 
     #[test]
     fn segment_round_trip_and_truncation() {
         let seg = IndexSegment {
             packs: vec![
-                IndexPack { id: PackId([1; 32]), key_id: DataKeyId([9; 16]), blobs: vec![entry(1, BlobType::Data), entry(2, BlobType::Data)] },
-                IndexPack { id: PackId([2; 32]), key_id: DataKeyId([9; 16]), blobs: vec![entry(3, BlobType::Tree)] },
+                IndexPack {
+                    id: PackId([1; 32]),
+                    key_id: DataKeyId([9; 16]),
+                    blobs: vec![entry(1, BlobType::Data), entry(2, BlobType::Data)],
+                },
+                IndexPack {
+                    id: PackId([2; 32]),
+                    key_id: DataKeyId([9; 16]),
+                    blobs: vec![entry(3, BlobType::Tree)],
+                },
             ],
         };
         let bytes = seg.encode();
@@ -302,18 +325,38 @@ mod tests {
     fn lookups_sorted_and_pending() {
         let mut idx = Index::new();
         let seg = IndexSegment {
-            packs: vec![IndexPack { id: PackId([1; 32]), key_id: DataKeyId([0; 16]), blobs: (1..=50).rev().map(|i| entry(i, BlobType::Data)).collect() }],
+            packs: vec![IndexPack {
+                id: PackId([1; 32]),
+                key_id: DataKeyId([0; 16]),
+                blobs: (1..=50).rev().map(|i| entry(i, BlobType::Data)).collect(),
+            }],
         };
         idx.add_segment(&seg).unwrap();
         idx.finish_loading();
         let loc = idx.lookup(&BlobId([7; 32])).unwrap();
-        assert_eq!((loc.pack, loc.offset, loc.flags, loc.blob_type), (PackId([1; 32]), 700, 1, BlobType::Data));
+        assert_eq!(
+            (loc.pack, loc.offset, loc.flags, loc.blob_type),
+            (PackId([1; 32]), 700, 1, BlobType::Data)
+        );
         assert!(!idx.contains(&BlobId([99; 32])));
-        idx.add_pending(PackId([2; 32]), DataKeyId([0; 16]), &entry(99, BlobType::Tree)).unwrap();
-        assert_eq!(idx.lookup(&BlobId([99; 32])).unwrap().blob_type, BlobType::Tree);
+        idx.add_pending(
+            PackId([2; 32]),
+            DataKeyId([0; 16]),
+            &entry(99, BlobType::Tree),
+        )
+        .unwrap();
+        assert_eq!(
+            idx.lookup(&BlobId([99; 32])).unwrap().blob_type,
+            BlobType::Tree
+        );
         idx.discard_pending();
         assert!(!idx.contains(&BlobId([99; 32])));
-        idx.add_pending(PackId([2; 32]), DataKeyId([0; 16]), &entry(99, BlobType::Tree)).unwrap();
+        idx.add_pending(
+            PackId([2; 32]),
+            DataKeyId([0; 16]),
+            &entry(99, BlobType::Tree),
+        )
+        .unwrap();
         idx.commit_pending();
         assert_eq!(idx.len(), 51);
         assert_eq!(idx.lookup(&BlobId([99; 32])).unwrap().pack, PackId([2; 32]));

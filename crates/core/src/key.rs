@@ -138,20 +138,31 @@ pub struct KeySlot {
     pub wrapped: String,
 }
 
-fn kek_for(credential: &Credential, kdf: Option<&Kdf>, object: &str) -> Result<Zeroizing<[u8; 32]>> {
+fn kek_for(
+    credential: &Credential,
+    kdf: Option<&Kdf>,
+    object: &str,
+) -> Result<Zeroizing<[u8; 32]>> {
     let mut kek = Zeroizing::new([0u8; 32]);
     match credential {
         Credential::Password(p) => {
-            let kdf = kdf.ok_or_else(|| Error::corrupt(object, "password slot without KDF parameters"))?;
+            let kdf =
+                kdf.ok_or_else(|| Error::corrupt(object, "password slot without KDF parameters"))?;
             if kdf.algorithm != "argon2id" || kdf.version != 0x13 {
                 return Err(Error::corrupt(
                     object,
                     format!("unknown KDF {} version {}", kdf.algorithm, kdf.version),
                 ));
             }
-            let salt = hex::decode(&kdf.salt).map_err(|e| Error::corrupt(object, format!("bad salt: {e}")))?;
-            let params = argon2::Params::new(kdf.params.m_cost_kib, kdf.params.t_cost, kdf.params.p_cost, Some(32))
-                .map_err(|e| Error::corrupt(object, format!("invalid Argon2 parameters: {e}")))?;
+            let salt = hex::decode(&kdf.salt)
+                .map_err(|e| Error::corrupt(object, format!("bad salt: {e}")))?;
+            let params = argon2::Params::new(
+                kdf.params.m_cost_kib,
+                kdf.params.t_cost,
+                kdf.params.p_cost,
+                Some(32),
+            )
+            .map_err(|e| Error::corrupt(object, format!("invalid Argon2 parameters: {e}")))?;
             argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
                 .hash_password_into(p.as_bytes(), &salt, kek.as_mut_slice())
                 .map_err(|e| Error::corrupt(object, format!("Argon2 failed: {e}")))?;
@@ -174,7 +185,12 @@ impl KeySlot {
     ///
     /// # Errors
     /// [`Error::InvalidArgument`] for out-of-range KDF parameters.
-    pub fn create(keyring: &Keyring, credential: &Credential, params: KdfParams, object: &str) -> Result<Self> {
+    pub fn create(
+        keyring: &Keyring,
+        credential: &Credential,
+        params: KdfParams,
+        object: &str,
+    ) -> Result<Self> {
         let kdf = match credential {
             Credential::Password(_) => {
                 argon2::Params::new(params.m_cost_kib, params.t_cost, params.p_cost, Some(32))
@@ -209,7 +225,8 @@ impl KeySlot {
             return Ok(None);
         }
         let kek = kek_for(credential, self.kdf.as_ref(), object)?;
-        let wrapped = hex::decode(&self.wrapped).map_err(|e| Error::corrupt(object, format!("wrapped key: {e}")))?;
+        let wrapped = hex::decode(&self.wrapped)
+            .map_err(|e| Error::corrupt(object, format!("wrapped key: {e}")))?;
         match wrap_key(&kek).open(&aad(object), &wrapped) {
             Some(plain) => Keyring::from_json(&Zeroizing::new(plain), object).map(Some),
             None => Ok(None),
@@ -237,10 +254,14 @@ impl KeySlot {
         }
         let (signed, sum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
         if blake3::hash(signed).as_bytes() != sum {
-            return Err(Error::corrupt(object, "checksum mismatch (the key slot is damaged)"));
+            return Err(Error::corrupt(
+                object,
+                "checksum mismatch (the key slot is damaged)",
+            ));
         }
         let body = signed.get(HEADER_LEN..).unwrap_or_default();
-        serde_json::from_slice(body).map_err(|e| Error::corrupt(object, format!("key slot does not decode: {e}")))
+        serde_json::from_slice(body)
+            .map_err(|e| Error::corrupt(object, format!("key slot does not decode: {e}")))
     }
 }
 
@@ -257,7 +278,11 @@ mod tests {
         let back = KeySlot::decode(&bytes, "keys/a").unwrap();
         let ring2 = back.unlock(&cred, "keys/a").unwrap().unwrap();
         assert_eq!(ring.blob_id(b"x"), ring2.blob_id(b"x"));
-        assert!(back.unlock(&Credential::password("nope"), "keys/a").unwrap().is_none());
+        assert!(
+            back.unlock(&Credential::password("nope"), "keys/a")
+                .unwrap()
+                .is_none()
+        );
         // Bound to its name: a slot copied to another name does not open.
         assert!(back.unlock(&cred, "keys/b").unwrap().is_none());
     }
@@ -269,7 +294,13 @@ mod tests {
         let cred = Credential::key_file(&contents).unwrap();
         let slot = KeySlot::create(&ring, &cred, KdfParams::default(), "keys/k").unwrap();
         let bytes = slot.encode();
-        assert!(KeySlot::decode(&bytes, "keys/k").unwrap().unlock(&cred, "keys/k").unwrap().is_some());
+        assert!(
+            KeySlot::decode(&bytes, "keys/k")
+                .unwrap()
+                .unlock(&cred, "keys/k")
+                .unwrap()
+                .is_some()
+        );
         for i in [0, 5, 20, bytes.len() / 2, bytes.len() - 1] {
             let mut bad = bytes.clone();
             bad[i] ^= 0x20;

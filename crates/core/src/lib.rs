@@ -52,7 +52,9 @@ mod repo;
 mod restore;
 mod stats;
 
-pub use backup::{BackupOptions, BackupProgress, BackupSummary, StreamSource, validate_stream_name};
+pub use backup::{
+    BackupOptions, BackupProgress, BackupSummary, StreamSource, validate_stream_name,
+};
 pub use check::CheckReport;
 pub use chunker::ChunkerParams;
 pub use config::RepoConfig;

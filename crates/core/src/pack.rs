@@ -97,7 +97,10 @@ impl PackWriter {
     /// pack would exceed 4 GiB.
     pub fn add(&mut self, blob: &SealedBlob) -> Result<PackEntry> {
         if blob.blob_type != self.blob_type {
-            return Err(Error::Internal(format!("{:?} blob added to a {:?} pack", blob.blob_type, self.blob_type)));
+            return Err(Error::Internal(format!(
+                "{:?} blob added to a {:?} pack",
+                blob.blob_type, self.blob_type
+            )));
         }
         let too_big = || Error::Internal("pack exceeds 4 GiB".into());
         let offset = u32::try_from(self.buf.len()).map_err(|_| too_big())?;
@@ -125,7 +128,8 @@ impl PackWriter {
         let pre = self.buf.get(..PREAMBLE_LEN).unwrap_or_default().to_vec();
         let start = self.buf.len();
         key.seal_into(&header_aad(&pre, self.id), &plain, &mut self.buf);
-        let sealed_len = u32::try_from(self.buf.len() - start).map_err(|_| Error::Internal("pack header too large".into()))?;
+        let sealed_len = u32::try_from(self.buf.len() - start)
+            .map_err(|_| Error::Internal("pack header too large".into()))?;
         self.buf.extend_from_slice(&sealed_len.to_le_bytes());
         Ok(FinishedPack {
             id: self.id,
@@ -165,25 +169,36 @@ pub fn decode_header(plain: &[u8], blobs_end: u64, object: &str) -> Result<Vec<P
     let mut r = Reader::new(plain, object);
     let count = r.u32()? as usize;
     if count.checked_mul(HEADER_ENTRY_LEN) != Some(r.remaining()) {
-        return Err(Error::corrupt(object, format!("header claims {count} blobs but holds {} bytes", r.remaining())));
+        return Err(Error::corrupt(
+            object,
+            format!(
+                "header claims {count} blobs but holds {} bytes",
+                r.remaining()
+            ),
+        ));
     }
     let mut entries = Vec::with_capacity(count);
     let mut offset = PREAMBLE_LEN as u64;
     for _ in 0..count {
         let t = r.u8()?;
-        let blob_type = BlobType::from_byte(t).ok_or_else(|| Error::corrupt(object, format!("unknown blob type {t}")))?;
+        let blob_type = BlobType::from_byte(t)
+            .ok_or_else(|| Error::corrupt(object, format!("unknown blob type {t}")))?;
         let flags = r.u8()?;
         let stored_len = r.u32()?;
         let raw_len = r.u32()?;
         let id = BlobId(r.array()?);
         if u64::from(stored_len) < crate::crypto::SEAL_OVERHEAD as u64 {
-            return Err(Error::corrupt(object, format!("blob {id} is shorter than its seal")));
+            return Err(Error::corrupt(
+                object,
+                format!("blob {id} is shorter than its seal"),
+            ));
         }
         entries.push(PackEntry {
             id,
             blob_type,
             flags,
-            offset: u32::try_from(offset).map_err(|_| Error::corrupt(object, "blob offsets exceed 4 GiB"))?,
+            offset: u32::try_from(offset)
+                .map_err(|_| Error::corrupt(object, "blob offsets exceed 4 GiB"))?,
             stored_len,
             raw_len,
         });
@@ -191,7 +206,10 @@ pub fn decode_header(plain: &[u8], blobs_end: u64, object: &str) -> Result<Vec<P
     }
     r.finish()?;
     if offset != blobs_end {
-        return Err(Error::corrupt(object, format!("blobs end at {offset}, header starts at {blobs_end}")));
+        return Err(Error::corrupt(
+            object,
+            format!("blobs end at {offset}, header starts at {blobs_end}"),
+        ));
     }
     Ok(entries)
 }
@@ -207,8 +225,12 @@ pub fn trailer_len(last4: &[u8], pack_len: u64, object: &str) -> Result<u64> {
         .map_err(|_| Error::corrupt(object, "truncated: no header length"))?;
     let sealed = u64::from(u32::from_le_bytes(n));
     let trailer = sealed + 4;
-    if trailer + PREAMBLE_LEN as u64 > pack_len || sealed < crate::crypto::SEAL_OVERHEAD as u64 + 4 {
-        return Err(Error::corrupt(object, format!("header length {sealed} does not fit a {pack_len}-byte pack")));
+    if trailer + PREAMBLE_LEN as u64 > pack_len || sealed < crate::crypto::SEAL_OVERHEAD as u64 + 4
+    {
+        return Err(Error::corrupt(
+            object,
+            format!("header length {sealed} does not fit a {pack_len}-byte pack"),
+        ));
     }
     Ok(trailer)
 }
@@ -217,19 +239,31 @@ pub fn trailer_len(last4: &[u8], pack_len: u64, object: &str) -> Result<u64> {
 ///
 /// # Errors
 /// [`Error::Corrupt`] / [`Error::UnsupportedVersion`] naming the pack.
-pub fn open_header(keyring: &Keyring, id: PackId, preamble: &[u8], trailer: &[u8], pack_len: u64) -> Result<(DataKeyId, Vec<PackEntry>)> {
+pub fn open_header(
+    keyring: &Keyring,
+    id: PackId,
+    preamble: &[u8],
+    trailer: &[u8],
+    pack_len: u64,
+) -> Result<(DataKeyId, Vec<PackEntry>)> {
     let object = ObjectKind::Pack.object_name(&id.to_hex());
     let key_id = format::check_preamble(preamble, ObjectKind::Pack, &object)?;
-    let key = keyring
-        .data_key(key_id)
-        .ok_or_else(|| Error::corrupt(&object, format!("sealed with data key {key_id}, not in the keyring")))?;
+    let key = keyring.data_key(key_id).ok_or_else(|| {
+        Error::corrupt(
+            &object,
+            format!("sealed with data key {key_id}, not in the keyring"),
+        )
+    })?;
     let sealed = trailer
         .get(..trailer.len().saturating_sub(4))
         .ok_or_else(|| Error::corrupt(&object, "truncated trailer"))?;
     let pre = preamble.get(..PREAMBLE_LEN).unwrap_or_default();
-    let plain = key
-        .open(&header_aad(pre, id), sealed)
-        .ok_or_else(|| Error::corrupt(&object, "pack header authentication failed (modified, damaged or truncated)"))?;
+    let plain = key.open(&header_aad(pre, id), sealed).ok_or_else(|| {
+        Error::corrupt(
+            &object,
+            "pack header authentication failed (modified, damaged or truncated)",
+        )
+    })?;
     let blobs_end = pack_len - trailer.len() as u64;
     Ok((key_id, decode_header(&plain, blobs_end, &object)?))
 }
@@ -238,12 +272,18 @@ pub fn open_header(keyring: &Keyring, id: PackId, preamble: &[u8], trailer: &[u8
 ///
 /// # Errors
 /// As [`open_header`].
-pub fn open_header_of(keyring: &Keyring, id: PackId, pack: &[u8]) -> Result<(DataKeyId, Vec<PackEntry>)> {
+pub fn open_header_of(
+    keyring: &Keyring,
+    id: PackId,
+    pack: &[u8],
+) -> Result<(DataKeyId, Vec<PackEntry>)> {
     let object = ObjectKind::Pack.object_name(&id.to_hex());
     let len = pack.len() as u64;
     let last4 = pack.get(pack.len().saturating_sub(4)..).unwrap_or_default();
     let trailer = trailer_len(last4, len, &object)?;
-    let tail = pack.get(pack.len() - trailer as usize..).unwrap_or_default();
+    let tail = pack
+        .get(pack.len() - trailer as usize..)
+        .unwrap_or_default();
     open_header(keyring, id, pack, tail, len)
 }
 
@@ -271,7 +311,12 @@ mod tests {
         assert_eq!(entries, p.entries);
         for (e, data) in entries.iter().zip(&blobs) {
             let sealed = &p.bytes[e.offset as usize..(e.offset + e.stored_len) as usize];
-            let h = blob::BlobHeader { id: e.id, blob_type: e.blob_type, flags: e.flags, raw_len: e.raw_len };
+            let h = blob::BlobHeader {
+                id: e.id,
+                blob_type: e.blob_type,
+                flags: e.flags,
+                raw_len: e.raw_len,
+            };
             assert_eq!(&blob::open(&ring, key, &h, sealed, "p").unwrap(), data);
         }
         // A flip in the preamble or header is caught by the header; a flip
@@ -282,7 +327,12 @@ mod tests {
             let header_ok = open_header_of(&ring, id, &bad).is_ok();
             let blobs_ok = entries.iter().all(|e| {
                 let sealed = &bad[e.offset as usize..(e.offset + e.stored_len) as usize];
-                let h = blob::BlobHeader { id: e.id, blob_type: e.blob_type, flags: e.flags, raw_len: e.raw_len };
+                let h = blob::BlobHeader {
+                    id: e.id,
+                    blob_type: e.blob_type,
+                    flags: e.flags,
+                    raw_len: e.raw_len,
+                };
                 blob::open(&ring, key, &h, sealed, "p").is_ok()
             });
             assert!(!(header_ok && blobs_ok), "flip at byte {i} went unnoticed");

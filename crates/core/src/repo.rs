@@ -95,7 +95,11 @@ impl Repository {
     ///
     /// # Errors
     /// [`Error::AlreadyInitialized`] when a `config` exists; storage errors.
-    pub async fn init(backend: Arc<dyn Backend>, credential: &Credential, options: InitOptions) -> Result<Self> {
+    pub async fn init(
+        backend: Arc<dyn Backend>,
+        credential: &Credential,
+        options: InitOptions,
+    ) -> Result<Self> {
         let location = backend.location().to_string();
         match backend.get(ObjectKind::Config, "").await {
             Ok(_) => return Err(Error::AlreadyInitialized { location }),
@@ -104,10 +108,15 @@ impl Repository {
         }
         options.chunker.validate()?;
         if !(0..=22).contains(&options.compression_level) {
-            return Err(Error::InvalidArgument(format!("zstd level {} not in 0..=22", options.compression_level)));
+            return Err(Error::InvalidArgument(format!(
+                "zstd level {} not in 0..=22",
+                options.compression_level
+            )));
         }
         if options.data_pack_size < 1024 || options.tree_pack_size < 1024 {
-            return Err(Error::InvalidArgument("pack sizes must be at least 1 KiB".into()));
+            return Err(Error::InvalidArgument(
+                "pack sizes must be at least 1 KiB".into(),
+            ));
         }
         let keyring = Keyring::generate();
         let config = RepoConfig {
@@ -128,10 +137,17 @@ impl Repository {
         let slot_name = ObjectKind::Key.object_name(&slot_id.to_hex());
         let slot = KeySlot::create(&keyring, credential, options.kdf, &slot_name)?;
         backend
-            .put(ObjectKind::Key, &slot_id.to_hex(), Bytes::from(slot.encode()))
+            .put(
+                ObjectKind::Key,
+                &slot_id.to_hex(),
+                Bytes::from(slot.encode()),
+            )
             .await?;
         let sealed_config = sealed::seal(&keyring, ObjectKind::Config, "", &config.encode());
-        match backend.put(ObjectKind::Config, "", Bytes::from(sealed_config)).await {
+        match backend
+            .put(ObjectKind::Config, "", Bytes::from(sealed_config))
+            .await
+        {
             Ok(()) => {}
             Err(StorageError::AlreadyExists { .. }) => {
                 // Another init won the race: withdraw our slot.
@@ -143,7 +159,12 @@ impl Repository {
         Self::assemble(backend, keyring, config, slot_id)
     }
 
-    fn assemble(backend: Arc<dyn Backend>, keyring: Keyring, config: RepoConfig, slot: KeySlotId) -> Result<Self> {
+    fn assemble(
+        backend: Arc<dyn Backend>,
+        keyring: Keyring,
+        config: RepoConfig,
+        slot: KeySlotId,
+    ) -> Result<Self> {
         let chunker = Chunker::new(config.chunker, keyring.chunker_key())?;
         Ok(Repository {
             inner: Arc::new(Inner {
@@ -179,10 +200,9 @@ impl Repository {
         for info in &slots {
             let object = ObjectKind::Key.object_name(&info.name);
             let attempt = async {
-                let id: KeySlotId = info
-                    .name
-                    .parse()
-                    .map_err(|_| Error::corrupt(&object, "key slot name is not a 64-digit hex id"))?;
+                let id: KeySlotId = info.name.parse().map_err(|_| {
+                    Error::corrupt(&object, "key slot name is not a 64-digit hex id")
+                })?;
                 let bytes = backend.get(ObjectKind::Key, &info.name).await?;
                 let slot = KeySlot::decode(&bytes, &object)?;
                 // Argon2 takes a fraction of a second: keep it off the executor.
@@ -285,7 +305,10 @@ impl Repository {
         let mut all: Vec<SnapshotEntry> = futures::stream::iter(names)
             .map(|info| async move {
                 let id: SnapshotId = info.name.parse().map_err(|_| {
-                    Error::corrupt(ObjectKind::Snapshot.object_name(&info.name), "snapshot name is not a hex id")
+                    Error::corrupt(
+                        ObjectKind::Snapshot.object_name(&info.name),
+                        "snapshot name is not a hex id",
+                    )
                 })?;
                 let snapshot = self.read_snapshot(id).await?;
                 Ok::<_, Error>(SnapshotEntry { id, snapshot })
@@ -341,10 +364,12 @@ impl Repository {
         let inner = self.inner.clone();
         on_rayon(move || {
             let object = ObjectKind::Pack.object_name(&loc.pack.to_hex());
-            let key = inner
-                .keyring
-                .data_key(loc.key_id)
-                .ok_or_else(|| Error::corrupt(&object, format!("sealed with unknown data key {}", loc.key_id)))?;
+            let key = inner.keyring.data_key(loc.key_id).ok_or_else(|| {
+                Error::corrupt(
+                    &object,
+                    format!("sealed with unknown data key {}", loc.key_id),
+                )
+            })?;
             let h = BlobHeader {
                 id,
                 blob_type: loc.blob_type,
@@ -411,15 +436,28 @@ impl Repository {
     /// [`Error::KeyRefused`] with the reason.
     pub async fn remove_key(&self, reference: &str) -> Result<KeySlotId> {
         let keys = self.keys().await?;
-        let matches: Vec<&KeyInfo> = keys.iter().filter(|k| k.id.to_hex().starts_with(reference)).collect();
+        let matches: Vec<&KeyInfo> = keys
+            .iter()
+            .filter(|k| k.id.to_hex().starts_with(reference))
+            .collect();
         let target = match matches.as_slice() {
             [one] if !reference.is_empty() => *one,
-            [] => return Err(Error::KeyRefused(format!("no key slot matches {reference:?}"))),
-            _ => return Err(Error::KeyRefused(format!("{reference:?} matches {} key slots", matches.len()))),
+            [] => {
+                return Err(Error::KeyRefused(format!(
+                    "no key slot matches {reference:?}"
+                )));
+            }
+            _ => {
+                return Err(Error::KeyRefused(format!(
+                    "{reference:?} matches {} key slots",
+                    matches.len()
+                )));
+            }
         };
         if keys.len() <= 1 {
             return Err(Error::KeyRefused(
-                "refusing to remove the last key slot: the repository would become unreadable".into(),
+                "refusing to remove the last key slot: the repository would become unreadable"
+                    .into(),
             ));
         }
         if target.current {
@@ -428,7 +466,10 @@ impl Repository {
                 target.id.short()
             )));
         }
-        self.inner.backend.delete(ObjectKind::Key, &target.id.to_hex()).await?;
+        self.inner
+            .backend
+            .delete(ObjectKind::Key, &target.id.to_hex())
+            .await?;
         Ok(target.id)
     }
 
@@ -440,7 +481,10 @@ impl Repository {
     pub async fn change_key(&self, credential: &Credential, kdf: KdfParams) -> Result<KeySlotId> {
         let new = self.add_key(credential, kdf).await?;
         let old = std::mem::replace(&mut *self.inner.slot.lock().map_err(|_| poisoned())?, new);
-        self.inner.backend.delete(ObjectKind::Key, &old.to_hex()).await?;
+        self.inner
+            .backend
+            .delete(ObjectKind::Key, &old.to_hex())
+            .await?;
         Ok(new)
     }
 

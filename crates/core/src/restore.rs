@@ -75,7 +75,12 @@ impl Repository {
     ///
     /// # Errors
     /// [`Error::StreamNotFound`], missing or corrupt blobs (named), write errors.
-    pub async fn restore_stream<W: Write + Send>(&self, snapshot: &Snapshot, name: &str, out: &mut W) -> Result<u64> {
+    pub async fn restore_stream<W: Write + Send>(
+        &self,
+        snapshot: &Snapshot,
+        name: &str,
+        out: &mut W,
+    ) -> Result<u64> {
         let tree = self.read_tree(snapshot.tree, "snapshot root").await?;
         let node = tree.get(name).ok_or_else(|| Error::StreamNotFound {
             snapshot: snapshot.tree.short(),
@@ -90,7 +95,10 @@ impl Repository {
     /// As [`Repository::restore_stream`].
     pub async fn restore_node<W: Write + Send>(&self, node: &Node, out: &mut W) -> Result<u64> {
         let NodeKind::Stream { content } = &node.kind else {
-            return Err(Error::InvalidArgument(format!("{:?} is a directory, not a stream", node.name)));
+            return Err(Error::InvalidArgument(format!(
+                "{:?} is a directory, not a stream",
+                node.name
+            )));
         };
         let referrer = format!("stream {:?}", node.name);
         let spans = {
@@ -103,8 +111,9 @@ impl Repository {
             .buffered(READ_AHEAD);
         while let Some(plains) = chunks.try_next().await? {
             for p in plains {
-                out.write_all(&p)
-                    .map_err(|e| Error::io(format!("writing restored stream {:?}", node.name), e))?;
+                out.write_all(&p).map_err(|e| {
+                    Error::io(format!("writing restored stream {:?}", node.name), e)
+                })?;
                 written += p.len() as u64;
             }
         }
@@ -131,10 +140,12 @@ impl Repository {
             if bytes.len() as u64 != span.end - span.start {
                 return Err(Error::corrupt(&object, "truncated: short range read"));
             }
-            let key = inner
-                .keyring
-                .data_key(span.key_id)
-                .ok_or_else(|| Error::corrupt(&object, format!("sealed with unknown data key {}", span.key_id)))?;
+            let key = inner.keyring.data_key(span.key_id).ok_or_else(|| {
+                Error::corrupt(
+                    &object,
+                    format!("sealed with unknown data key {}", span.key_id),
+                )
+            })?;
             span.blobs
                 .par_iter()
                 .map(|(id, loc)| {

@@ -32,9 +32,12 @@ pub fn seal(keyring: &Keyring, kind: ObjectKind, name: &str, plaintext: &[u8]) -
 pub fn open(keyring: &Keyring, kind: ObjectKind, name: &str, bytes: &[u8]) -> Result<Vec<u8>> {
     let object = kind.object_name(name);
     let key_id = format::check_preamble(bytes, kind, &object)?;
-    let key = keyring
-        .data_key(key_id)
-        .ok_or_else(|| Error::corrupt(&object, format!("sealed with data key {key_id}, which the keyring does not hold")))?;
+    let key = keyring.data_key(key_id).ok_or_else(|| {
+        Error::corrupt(
+            &object,
+            format!("sealed with data key {key_id}, which the keyring does not hold"),
+        )
+    })?;
     let (pre, body) = bytes.split_at(PREAMBLE_LEN.min(bytes.len()));
     key.open(&aad(pre, &object), body)
         .ok_or_else(|| Error::corrupt(&object, "authentication failed (modified or damaged bytes)"))

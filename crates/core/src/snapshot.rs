@@ -112,7 +112,9 @@ pub fn resolve<'a>(snapshots: &'a [SnapshotEntry], reference: &str) -> Result<&'
             "snapshot reference {reference:?}: give `latest` or at least 4 hex digits of an id"
         )));
     }
-    let mut matches = snapshots.iter().filter(|s| s.id.to_hex().starts_with(&prefix));
+    let mut matches = snapshots
+        .iter()
+        .filter(|s| s.id.to_hex().starts_with(&prefix));
     let first = matches.next().ok_or_else(not_found)?;
     let rest = matches.count();
     if rest > 0 {

@@ -53,9 +53,14 @@ impl Tree {
     /// [`Error::InvalidArgument`] for duplicate names.
     pub fn new(mut nodes: Vec<Node>) -> Result<Self> {
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        if let Some(w) = nodes.windows(2).find(|w| w.first().map(|n| &n.name) == w.get(1).map(|n| &n.name)) {
+        if let Some(w) = nodes
+            .windows(2)
+            .find(|w| w.first().map(|n| &n.name) == w.get(1).map(|n| &n.name))
+        {
             let name = w.first().map(|n| n.name.clone()).unwrap_or_default();
-            return Err(Error::InvalidArgument(format!("stream name {name:?} given twice")));
+            return Err(Error::InvalidArgument(format!(
+                "stream name {name:?} given twice"
+            )));
         }
         Ok(Tree {
             version: TREE_VERSION,
@@ -74,8 +79,8 @@ impl Tree {
     /// # Errors
     /// [`Error::Corrupt`] naming `object`, [`Error::UnsupportedVersion`].
     pub fn decode(bytes: &[u8], object: &str) -> Result<Self> {
-        let tree: Tree =
-            serde_json::from_slice(bytes).map_err(|e| Error::corrupt(object, format!("tree does not decode: {e}")))?;
+        let tree: Tree = serde_json::from_slice(bytes)
+            .map_err(|e| Error::corrupt(object, format!("tree does not decode: {e}")))?;
         if tree.version != TREE_VERSION {
             return Err(Error::UnsupportedVersion {
                 object: object.to_string(),

@@ -25,59 +25,119 @@ pub async fn run_all(backend: Arc<dyn Backend>) {
 
 async fn empty_listing(b: &dyn Backend) {
     for kind in ObjectKind::ALL {
-        assert!(b.list(kind).await.unwrap().is_empty(), "fresh backend lists {kind:?} objects");
+        assert!(
+            b.list(kind).await.unwrap().is_empty(),
+            "fresh backend lists {kind:?} objects"
+        );
     }
 }
 
 async fn put_get_round_trip(b: &dyn Backend) {
     let data = Bytes::from((0..100_000u32).map(|i| (i % 251) as u8).collect::<Vec<_>>());
     b.put(ObjectKind::Pack, "aa01", data.clone()).await.unwrap();
-    assert_eq!(b.get(ObjectKind::Pack, "aa01").await.unwrap(), data, "get returns other bytes than put");
-    b.put(ObjectKind::Config, "", Bytes::from_static(b"cfg")).await.unwrap();
+    assert_eq!(
+        b.get(ObjectKind::Pack, "aa01").await.unwrap(),
+        data,
+        "get returns other bytes than put"
+    );
+    b.put(ObjectKind::Config, "", Bytes::from_static(b"cfg"))
+        .await
+        .unwrap();
     assert_eq!(&b.get(ObjectKind::Config, "").await.unwrap()[..], b"cfg");
-    b.put(ObjectKind::Snapshot, "empty", Bytes::new()).await.unwrap();
-    assert!(b.get(ObjectKind::Snapshot, "empty").await.unwrap().is_empty());
+    b.put(ObjectKind::Snapshot, "empty", Bytes::new())
+        .await
+        .unwrap();
+    assert!(
+        b.get(ObjectKind::Snapshot, "empty")
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn create_only(b: &dyn Backend) {
-    b.put(ObjectKind::Index, "c1", Bytes::from_static(b"first")).await.unwrap();
-    let again = b.put(ObjectKind::Index, "c1", Bytes::from_static(b"second")).await;
+    b.put(ObjectKind::Index, "c1", Bytes::from_static(b"first"))
+        .await
+        .unwrap();
+    let again = b
+        .put(ObjectKind::Index, "c1", Bytes::from_static(b"second"))
+        .await;
     assert!(
         matches!(again, Err(StorageError::AlreadyExists { .. })),
         "a second put to the same name must fail with AlreadyExists, got {again:?}"
     );
-    assert_eq!(&b.get(ObjectKind::Index, "c1").await.unwrap()[..], b"first", "create-only put overwrote");
+    assert_eq!(
+        &b.get(ObjectKind::Index, "c1").await.unwrap()[..],
+        b"first",
+        "create-only put overwrote"
+    );
 }
 
 async fn ranges(b: &dyn Backend) {
     let data: Vec<u8> = (0..=255u8).collect();
-    b.put(ObjectKind::Pack, "bb02", Bytes::from(data.clone())).await.unwrap();
-    assert_eq!(&b.get_range(ObjectKind::Pack, "bb02", 10..20).await.unwrap()[..], &data[10..20]);
-    assert_eq!(&b.get_range(ObjectKind::Pack, "bb02", 250..256).await.unwrap()[..], &data[250..]);
-    assert!(b.get_range(ObjectKind::Pack, "bb02", 5..5).await.unwrap().is_empty());
+    b.put(ObjectKind::Pack, "bb02", Bytes::from(data.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        &b.get_range(ObjectKind::Pack, "bb02", 10..20).await.unwrap()[..],
+        &data[10..20]
+    );
+    assert_eq!(
+        &b.get_range(ObjectKind::Pack, "bb02", 250..256)
+            .await
+            .unwrap()[..],
+        &data[250..]
+    );
+    assert!(
+        b.get_range(ObjectKind::Pack, "bb02", 5..5)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn missing_objects(b: &dyn Backend) {
     let e = b.get(ObjectKind::Snapshot, "nope").await;
-    assert!(matches!(e, Err(StorageError::NotFound { .. })), "get of a missing object: {e:?}");
+    assert!(
+        matches!(e, Err(StorageError::NotFound { .. })),
+        "get of a missing object: {e:?}"
+    );
     let e = b.get_range(ObjectKind::Pack, "ffff", 0..4).await;
-    assert!(matches!(e, Err(StorageError::NotFound { .. })), "range of a missing object: {e:?}");
+    assert!(
+        matches!(e, Err(StorageError::NotFound { .. })),
+        "range of a missing object: {e:?}"
+    );
 }
 
 async fn listing_by_kind(b: &dyn Backend) {
-    let mut packs: Vec<_> = b.list(ObjectKind::Pack).await.unwrap().into_iter().map(|o| (o.name, o.size)).collect();
+    let mut packs: Vec<_> = b
+        .list(ObjectKind::Pack)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| (o.name, o.size))
+        .collect();
     packs.sort();
-    assert_eq!(packs, vec![("aa01".to_string(), 100_000), ("bb02".to_string(), 256)]);
+    assert_eq!(
+        packs,
+        vec![("aa01".to_string(), 100_000), ("bb02".to_string(), 256)]
+    );
     let config = b.list(ObjectKind::Config).await.unwrap();
     assert_eq!(config.len(), 1);
     assert_eq!(b.list(ObjectKind::Index).await.unwrap().len(), 1);
-    assert!(b.list(ObjectKind::Key).await.unwrap().is_empty(), "kinds must not leak into each other");
+    assert!(
+        b.list(ObjectKind::Key).await.unwrap().is_empty(),
+        "kinds must not leak into each other"
+    );
 }
 
 async fn delete_is_idempotent(b: &dyn Backend) {
     b.delete(ObjectKind::Pack, "aa01").await.unwrap();
     b.delete(ObjectKind::Pack, "aa01").await.unwrap();
-    assert!(matches!(b.get(ObjectKind::Pack, "aa01").await, Err(StorageError::NotFound { .. })));
+    assert!(matches!(
+        b.get(ObjectKind::Pack, "aa01").await,
+        Err(StorageError::NotFound { .. })
+    ));
     assert_eq!(b.list(ObjectKind::Pack).await.unwrap().len(), 1);
 }
 
@@ -87,7 +147,9 @@ async fn concurrent_creates(b: Arc<dyn Backend>) {
     for i in 0..8u8 {
         let b = b.clone();
         tasks.push(tokio::spawn(async move {
-            let r = b.put(ObjectKind::Snapshot, "race", Bytes::from(vec![i; 4096])).await;
+            let r = b
+                .put(ObjectKind::Snapshot, "race", Bytes::from(vec![i; 4096]))
+                .await;
             (i, r.is_ok())
         }));
     }
@@ -98,7 +160,11 @@ async fn concurrent_creates(b: Arc<dyn Backend>) {
             winners.push(i);
         }
     }
-    assert_eq!(winners.len(), 1, "exactly one concurrent create must win: {winners:?}");
+    assert_eq!(
+        winners.len(),
+        1,
+        "exactly one concurrent create must win: {winners:?}"
+    );
     let stored = b.get(ObjectKind::Snapshot, "race").await.unwrap();
     assert_eq!(&stored[..], &vec![winners[0]; 4096][..]);
 }

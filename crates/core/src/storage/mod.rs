@@ -93,7 +93,12 @@ pub trait Backend: Send + Sync + Debug + 'static {
     async fn get(&self, kind: ObjectKind, name: &str) -> Result<Bytes, StorageError>;
 
     /// Reads `range` of an object.
-    async fn get_range(&self, kind: ObjectKind, name: &str, range: Range<u64>) -> Result<Bytes, StorageError>;
+    async fn get_range(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        range: Range<u64>,
+    ) -> Result<Bytes, StorageError>;
 
     /// Lists the complete objects of a kind.
     async fn list(&self, kind: ObjectKind) -> Result<Vec<ObjectInfo>, StorageError>;
@@ -179,16 +184,28 @@ impl Backend for ObjectStoreBackend {
 
     async fn get(&self, kind: ObjectKind, name: &str) -> Result<Bytes, StorageError> {
         let path = Self::path(kind, name);
-        let result = self.store.get(&path).await.map_err(|e| Self::map_err(&path, e))?;
+        let result = self
+            .store
+            .get(&path)
+            .await
+            .map_err(|e| Self::map_err(&path, e))?;
         result.bytes().await.map_err(|e| Self::map_err(&path, e))
     }
 
-    async fn get_range(&self, kind: ObjectKind, name: &str, range: Range<u64>) -> Result<Bytes, StorageError> {
+    async fn get_range(
+        &self,
+        kind: ObjectKind,
+        name: &str,
+        range: Range<u64>,
+    ) -> Result<Bytes, StorageError> {
         let path = Self::path(kind, name);
         if range.is_empty() {
             // Stores disagree on empty ranges; answer uniformly, but still
             // report a missing object.
-            self.store.head(&path).await.map_err(|e| Self::map_err(&path, e))?;
+            self.store
+                .head(&path)
+                .await
+                .map_err(|e| Self::map_err(&path, e))?;
             return Ok(Bytes::new());
         }
         self.store

@@ -1,0 +1,193 @@
+//! Command-line arguments.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Tessera: deduplicating, encrypted backups.
+#[derive(Parser, Debug)]
+#[command(name = "tessera", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug)]
+pub struct Global {
+    /// Repository location: a path, file://PATH or memory://
+    #[arg(short = 'r', long = "repo", env = "TESSERA_REPO", global = true)]
+    pub repo: Option<String>,
+    /// Read the password from the first line of this file
+    #[arg(long, env = "TESSERA_PASSWORD_FILE", global = true)]
+    pub password_file: Option<PathBuf>,
+    /// Run this shell command and use the first line it prints as the password
+    #[arg(long, env = "TESSERA_PASSWORD_COMMAND", global = true)]
+    pub password_command: Option<String>,
+    /// Unlock with a key file instead of a password
+    #[arg(long, env = "TESSERA_KEY_FILE", global = true)]
+    pub key_file: Option<PathBuf>,
+    /// No progress output
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create a new repository
+    Init(InitArgs),
+    /// Back up data into a new snapshot
+    Backup(BackupArgs),
+    /// List snapshots
+    Snapshots(JsonFlag),
+    /// Write one stream of a snapshot to standard output
+    Dump {
+        /// Snapshot: id, unique prefix or `latest`
+        snapshot: String,
+        /// Stream name
+        name: String,
+    },
+    /// Restore a snapshot's streams as files into a directory
+    Restore {
+        /// Snapshot: id, unique prefix or `latest`
+        snapshot: String,
+        /// Directory to write into (created if missing)
+        #[arg(long, short)]
+        target: PathBuf,
+    },
+    /// Print a decrypted repository object as JSON (for debugging)
+    Cat {
+        /// config, snapshot, index or key
+        what: CatWhat,
+        /// Object id (or snapshot prefix / latest)
+        id: Option<String>,
+    },
+    /// Verify the repository
+    Check(CheckArgs),
+    /// Manage key slots
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+    /// Show repository sizes and counts
+    Stats(JsonFlag),
+}
+
+#[derive(Args, Debug)]
+pub struct JsonFlag {
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum CatWhat {
+    Config,
+    Snapshot,
+    Index,
+    Key,
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// zstd level for new blobs (0 = off)
+    #[arg(long, default_value_t = tessera_core::config::DEFAULT_COMPRESSION_LEVEL)]
+    pub compression: i32,
+    /// Target data pack size in MiB
+    #[arg(long, default_value_t = tessera_core::config::DEFAULT_DATA_PACK_SIZE / (1024 * 1024))]
+    pub pack_size: u32,
+    /// Chunk sizes as MIN,AVG,MAX in KiB (FastCDC)
+    #[arg(long, value_parser = parse_chunk_sizes)]
+    pub chunk_sizes: Option<(u32, u32, u32)>,
+    /// Use fixed-size chunks of this many KiB (block devices)
+    #[arg(long, conflicts_with = "chunk_sizes")]
+    pub fixed_chunks: Option<u32>,
+    /// Argon2id memory for the first key slot, in KiB
+    #[arg(long, default_value_t = tessera_core::KdfParams::default().m_cost_kib)]
+    pub kdf_memory: u32,
+    /// Argon2id passes for the first key slot
+    #[arg(long, default_value_t = tessera_core::KdfParams::default().t_cost)]
+    pub kdf_iterations: u32,
+}
+
+fn parse_chunk_sizes(s: &str) -> Result<(u32, u32, u32), String> {
+    let v: Vec<u32> = s
+        .split(',')
+        .map(|p| p.trim().parse::<u32>().map_err(|e| format!("{p:?}: {e}")))
+        .collect::<Result<_, _>>()?;
+    match v.as_slice() {
+        [a, b, c] => Ok((*a, *b, *c)),
+        _ => Err("expected MIN,AVG,MAX in KiB".into()),
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// Read the data from standard input
+    #[arg(long, required = true)]
+    pub stdin: bool,
+    /// Name of the stream read from standard input
+    #[arg(long, default_value = "stdin")]
+    pub stdin_name: String,
+    /// Tag the snapshot (repeatable)
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Host name to record (default: this machine's)
+    #[arg(long = "host")]
+    pub host: Option<String>,
+    /// Snapshot time to record: RFC 3339, or "YYYY-MM-DD HH:MM:SS" local time
+    #[arg(long)]
+    pub time: Option<String>,
+    /// Print a JSON summary
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Also read, decrypt and verify every blob
+    #[arg(long)]
+    pub read_data: bool,
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeyCommand {
+    /// List key slots
+    List(JsonFlag),
+    /// Add a key slot (a password, or a new key file with --new-key-file)
+    Add {
+        /// Read the new password from this file
+        #[arg(long)]
+        new_password_file: Option<PathBuf>,
+        /// Create a key file at this path (must not exist) and add a slot for it
+        #[arg(long, conflicts_with = "new_password_file")]
+        new_key_file: Option<PathBuf>,
+        /// Argon2id memory in KiB
+        #[arg(long, default_value_t = tessera_core::KdfParams::default().m_cost_kib)]
+        kdf_memory: u32,
+        /// Argon2id passes
+        #[arg(long, default_value_t = tessera_core::KdfParams::default().t_cost)]
+        kdf_iterations: u32,
+    },
+    /// Remove a key slot (not the last one, not the one in use)
+    Remove {
+        /// Slot id or unique prefix
+        id: String,
+    },
+    /// Change the password of the slot in use
+    Passwd {
+        /// Read the new password from this file
+        #[arg(long)]
+        new_password_file: Option<PathBuf>,
+        /// Argon2id memory in KiB
+        #[arg(long, default_value_t = tessera_core::KdfParams::default().m_cost_kib)]
+        kdf_memory: u32,
+        /// Argon2id passes
+        #[arg(long, default_value_t = tessera_core::KdfParams::default().t_cost)]
+        kdf_iterations: u32,
+    },
+}

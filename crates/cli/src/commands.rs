@@ -1,0 +1,450 @@
+//! One function per command.
+
+use std::io::{IsTerminal, Write};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tessera_core::{
+    BackupOptions, BackupProgress, ChunkerParams, Credential, InitOptions, KdfParams, ObjectKind,
+    Repository, StreamSource, open_location,
+};
+
+use crate::args::{BackupArgs, CatWhat, CheckArgs, Cli, Command, Global, InitArgs, KeyCommand};
+use crate::credentials;
+use crate::output::{self, SnapshotJson};
+
+pub async fn run(cli: Cli) -> Result<ExitCode> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Init(a) => init(g, a).await,
+        Command::Backup(a) => backup(g, a).await,
+        Command::Snapshots(a) => snapshots(g, a.json).await,
+        Command::Dump { snapshot, name } => dump(g, &snapshot, &name).await,
+        Command::Restore { snapshot, target } => restore(g, &snapshot, &target).await,
+        Command::Cat { what, id } => cat(g, what, id.as_deref()).await,
+        Command::Check(a) => check(g, a).await,
+        Command::Key { command } => key(g, command).await,
+        Command::Stats(a) => stats(g, a.json).await,
+    }
+}
+
+fn location(g: &Global) -> Result<&str> {
+    g.repo
+        .as_deref()
+        .context("no repository given: use -r/--repo or set TESSERA_REPO")
+}
+
+async fn open(g: &Global) -> Result<Repository> {
+    let loc = location(g)?;
+    let backend = open_location(loc)?;
+    let credential = credentials::credential(g, false)?;
+    Repository::open(backend, &credential)
+        .await
+        .with_context(|| format!("opening repository {loc}"))
+}
+
+fn show_progress(g: &Global) -> bool {
+    !g.quiet && std::io::stderr().is_terminal()
+}
+
+async fn init(g: &Global, a: InitArgs) -> Result<ExitCode> {
+    let loc = location(g)?;
+    let chunker = match (a.chunk_sizes, a.fixed_chunks) {
+        (Some((min, avg, max)), _) => ChunkerParams::FastCdc {
+            min: min * 1024,
+            avg: avg * 1024,
+            max: max * 1024,
+        },
+        (None, Some(size)) => ChunkerParams::Fixed { size: size * 1024 },
+        (None, None) => ChunkerParams::default(),
+    };
+    let options = InitOptions {
+        chunker,
+        compression_level: a.compression,
+        data_pack_size: a
+            .pack_size
+            .checked_mul(1024 * 1024)
+            .context("pack size too large")?,
+        kdf: KdfParams {
+            m_cost_kib: a.kdf_memory,
+            t_cost: a.kdf_iterations,
+            p_cost: 1,
+        },
+        ..InitOptions::default()
+    };
+    let credential = credentials::credential(g, true)?;
+    let repo = Repository::init(open_location(loc)?, &credential, options).await?;
+    println!(
+        "created tessera repository {} at {loc}",
+        &repo.config().id[..10]
+    );
+    println!("Please note that knowledge of your password is required to access the repository.");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_time(s: &str) -> Result<jiff::Timestamp> {
+    if let Ok(t) = s.parse::<jiff::Timestamp>() {
+        return Ok(t);
+    }
+    let civil: jiff::civil::DateTime = s
+        .parse()
+        .with_context(|| format!("--time {s:?}: expected RFC 3339 or \"YYYY-MM-DD HH:MM:SS\""))?;
+    Ok(civil.to_zoned(jiff::tz::TimeZone::system())?.timestamp())
+}
+
+async fn backup(g: &Global, a: BackupArgs) -> Result<ExitCode> {
+    let time = a.time.as_deref().map(parse_time).transpose()?;
+    tessera_core::validate_stream_name(&a.stdin_name)?;
+    let repo = open(g).await?;
+    let progress = Arc::new(BackupProgress::default());
+    let bar = show_progress(g).then(|| spawn_progress(progress.clone()));
+    let options = BackupOptions {
+        time,
+        hostname: a.host,
+        tags: a.tags,
+        progress: Some(progress),
+        ..Default::default()
+    };
+    let source = StreamSource::new(a.stdin_name, std::io::stdin());
+    let result = repo.backup(vec![source], options).await;
+    if let Some((bar, stop)) = bar {
+        stop.store(true, Ordering::Relaxed);
+        let _ = bar.await;
+    }
+    let summary = result?;
+    let st = &summary.snapshot.stats;
+    if a.json {
+        let json = serde_json::json!({
+            "message_type": "summary",
+            "snapshot_id": summary.id.to_hex(),
+            "short_id": summary.id.short(),
+            "total_bytes_processed": st.total_bytes,
+            "total_chunks": st.total_chunks,
+            "data_blobs": st.new_chunks,
+            "data_added": st.stored_bytes,
+            "data_added_plain": st.new_bytes,
+            "packs_written": st.packs_written,
+            "total_duration": st.duration_secs,
+        });
+        println!("{json}");
+    } else if !g.quiet {
+        eprintln!(
+            "processed {} in {:.2}s: {} new chunks of {}, {} new data, {} stored\nsnapshot {} saved",
+            output::bytes(st.total_bytes),
+            st.duration_secs,
+            st.new_chunks,
+            st.total_chunks,
+            output::bytes(st.new_bytes),
+            output::bytes(st.stored_bytes),
+            summary.id.short()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Draws a progress bar until `stop` is set.
+fn spawn_progress(
+    progress: Arc<BackupProgress>,
+) -> (
+    tokio::task::JoinHandle<()>,
+    Arc<std::sync::atomic::AtomicBool>,
+) {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = tokio::spawn(async move {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bytes} read ({bytes_per_sec}) {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        while !flag.load(Ordering::Relaxed) {
+            bar.set_position(progress.bytes_read.load(Ordering::Relaxed));
+            bar.set_message(format!(
+                "{} new, {} uploaded",
+                output::bytes(progress.bytes_new.load(Ordering::Relaxed)),
+                output::bytes(progress.bytes_uploaded.load(Ordering::Relaxed))
+            ));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bar.finish_and_clear();
+    });
+    (handle, stop)
+}
+
+async fn snapshots(g: &Global, json: bool) -> Result<ExitCode> {
+    let repo = open(g).await?;
+    let list = repo.snapshots().await?;
+    if json {
+        let out: Vec<SnapshotJson> = list.iter().map(SnapshotJson::new).collect();
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        print!("{}", output::snapshot_table(&list));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn dump(g: &Global, reference: &str, name: &str) -> Result<ExitCode> {
+    let repo = open(g).await?;
+    let entry = repo.find_snapshot(reference).await?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+    repo.restore_stream(&entry.snapshot, name, &mut out)
+        .await
+        .with_context(|| format!("dumping {name:?} from snapshot {}", entry.id.short()))?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn restore(g: &Global, reference: &str, target: &std::path::Path) -> Result<ExitCode> {
+    let repo = open(g).await?;
+    let entry = repo.find_snapshot(reference).await?;
+    std::fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
+    let tree = repo.read_tree(entry.snapshot.tree, "snapshot root").await?;
+    let mut total = 0;
+    for node in &tree.nodes {
+        tessera_core::validate_stream_name(&node.name)?;
+        let path = target.join(&node.name);
+        let file =
+            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+        total += repo
+            .restore_node(node, &mut out)
+            .await
+            .with_context(|| format!("restoring {}", path.display()))?;
+        out.into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if !g.quiet {
+        eprintln!(
+            "restored {} stream(s), {} from snapshot {} to {}",
+            tree.nodes.len(),
+            output::bytes(total),
+            entry.id.short(),
+            target.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cat(g: &Global, what: CatWhat, id: Option<&str>) -> Result<ExitCode> {
+    let repo = open(g).await?;
+    let (kind, name) = match what {
+        CatWhat::Config => (ObjectKind::Config, String::new()),
+        CatWhat::Snapshot => {
+            let r = id.context("cat snapshot needs an id, prefix or latest")?;
+            (
+                ObjectKind::Snapshot,
+                repo.find_snapshot(r).await?.id.to_hex(),
+            )
+        }
+        CatWhat::Index => (
+            ObjectKind::Index,
+            id.context("cat index needs an id")?.to_string(),
+        ),
+        CatWhat::Key => (
+            ObjectKind::Key,
+            id.context("cat key needs an id")?.to_string(),
+        ),
+    };
+    let plain = repo.cat_object(kind, &name).await?;
+    let text = match kind {
+        ObjectKind::Index => {
+            let seg = tessera_core::index::IndexSegment::decode(&plain, &name)?;
+            let packs: Vec<_> = seg
+                .packs
+                .iter()
+                .map(|p| {
+                    serde_json::json!({
+                        "id": p.id.to_hex(),
+                        "key_id": p.key_id.to_hex(),
+                        "blobs": p.blobs.iter().map(|b| serde_json::json!({
+                            "id": b.id.to_hex(), "type": b.blob_type, "flags": b.flags,
+                            "offset": b.offset, "length": b.stored_len, "uncompressed_length": b.raw_len,
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            serde_json::to_string_pretty(&serde_json::json!({ "packs": packs }))?
+        }
+        ObjectKind::Key => {
+            let slot = tessera_core::KeySlot::decode(&plain, &name)?;
+            serde_json::to_string_pretty(&slot)?
+        }
+        _ => {
+            let v: serde_json::Value = serde_json::from_slice(&plain)?;
+            serde_json::to_string_pretty(&v)?
+        }
+    };
+    println!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn check(g: &Global, a: CheckArgs) -> Result<ExitCode> {
+    let repo = open(g).await?;
+    let report = repo.check(a.read_data).await?;
+    if a.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        for w in &report.warnings {
+            eprintln!("warning: {w}");
+        }
+        for e in &report.errors {
+            eprintln!("error: {e}");
+        }
+        eprintln!(
+            "checked {} snapshots, {} packs, {} blobs{}: {}",
+            report.snapshots,
+            report.packs,
+            report.blobs,
+            if a.read_data {
+                format!(
+                    " ({} blobs and {} of data read)",
+                    report.blobs_verified,
+                    output::bytes(report.bytes_read)
+                )
+            } else {
+                String::new()
+            },
+            if report.is_ok() {
+                "no errors were found".to_string()
+            } else {
+                format!("{} errors", report.errors.len())
+            }
+        );
+    }
+    Ok(if report.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn kdf(memory: u32, iterations: u32) -> KdfParams {
+    KdfParams {
+        m_cost_kib: memory,
+        t_cost: iterations,
+        p_cost: 1,
+    }
+}
+
+async fn key(g: &Global, command: KeyCommand) -> Result<ExitCode> {
+    let repo = open(g).await?;
+    match command {
+        KeyCommand::List(j) => {
+            let keys = repo.keys().await?;
+            if j.json {
+                let out: Vec<_> = keys
+                    .iter()
+                    .map(|k| {
+                        serde_json::json!({
+                            "current": k.current, "id": k.id.to_hex(), "short_id": k.id.short(),
+                            "kind": k.slot.kind, "userName": k.slot.username, "hostName": k.slot.hostname,
+                            "created": k.slot.created.to_string(),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string(&out)?);
+            } else {
+                println!(
+                    " {:<10} {:<9} {:<12} {:<16} {}",
+                    "ID", "Kind", "User", "Host", "Created"
+                );
+                for k in keys {
+                    println!(
+                        "{}{:<10} {:<9} {:<12} {:<16} {}",
+                        if k.current { "*" } else { " " },
+                        k.id.short(),
+                        format!("{:?}", k.slot.kind).to_lowercase(),
+                        k.slot.username,
+                        k.slot.hostname,
+                        k.slot.created
+                    );
+                }
+            }
+        }
+        KeyCommand::Add {
+            new_password_file,
+            new_key_file,
+            kdf_memory,
+            kdf_iterations,
+        } => {
+            let credential = match &new_key_file {
+                Some(path) => {
+                    let contents = Credential::new_key_file_contents();
+                    write_new_secret_file(path, contents.as_bytes())?;
+                    Credential::key_file(&contents)?
+                }
+                None => credentials::new_password(new_password_file.as_deref())?,
+            };
+            let id = repo
+                .add_key(&credential, kdf(kdf_memory, kdf_iterations))
+                .await?;
+            println!("saved new key slot {}", id.short());
+        }
+        KeyCommand::Remove { id } => {
+            let removed = repo.remove_key(&id).await?;
+            println!("removed key slot {}", removed.short());
+        }
+        KeyCommand::Passwd {
+            new_password_file,
+            kdf_memory,
+            kdf_iterations,
+        } => {
+            let credential = credentials::new_password(new_password_file.as_deref())?;
+            let id = repo
+                .change_key(&credential, kdf(kdf_memory, kdf_iterations))
+                .await?;
+            println!(
+                "saved new password in key slot {}; the old slot was removed",
+                id.short()
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Creates a file only the owner can read; refuses to overwrite.
+fn write_new_secret_file(path: &std::path::Path, contents: &[u8]) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating key file {}", path.display()))?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+async fn stats(g: &Global, json: bool) -> Result<ExitCode> {
+    let repo = open(g).await?;
+    let s = repo.stats().await?;
+    if json {
+        println!("{}", serde_json::to_string(&s)?);
+    } else {
+        println!("snapshots:        {}", s.snapshots);
+        println!("logical size:     {}", output::bytes(s.logical_bytes));
+        println!("stored size:      {}", output::bytes(s.stored_bytes));
+        println!("dedup ratio:      {:.2}", s.dedup_ratio);
+        println!("chunks:           {}", s.chunks);
+        println!("packs:            {}", s.packs);
+        println!("index segments:   {}", s.index_segments);
+        println!(
+            "index memory:     {} ({:.1} bytes per chunk)",
+            output::bytes(s.index_memory_bytes as u64),
+            if s.chunks > 0 {
+                s.index_memory_bytes as f64 / s.chunks as f64
+            } else {
+                0.0
+            }
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

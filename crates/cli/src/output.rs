@@ -1,0 +1,84 @@
+//! Human and JSON output. The JSON field names are stable and documented in
+//! the README; they follow restic's where the concept is the same.
+
+use serde::Serialize;
+use tessera_core::{SnapshotEntry, SnapshotStats};
+
+/// One snapshot as `snapshots --json` prints it.
+#[derive(Serialize)]
+pub struct SnapshotJson<'a> {
+    pub id: String,
+    pub short_id: String,
+    pub time: String,
+    pub tree: String,
+    pub paths: &'a [String],
+    pub hostname: &'a str,
+    pub username: &'a str,
+    pub tags: &'a [String],
+    pub source_kind: &'a str,
+    pub program_version: &'a str,
+    pub summary: &'a SnapshotStats,
+}
+
+impl<'a> SnapshotJson<'a> {
+    pub fn new(e: &'a SnapshotEntry) -> Self {
+        let s = &e.snapshot;
+        SnapshotJson {
+            id: e.id.to_hex(),
+            short_id: e.id.short(),
+            time: s.time.to_string(),
+            tree: s.tree.to_hex(),
+            paths: &s.paths,
+            hostname: &s.hostname,
+            username: &s.username,
+            tags: &s.tags,
+            source_kind: &s.source_kind,
+            program_version: &s.program_version,
+            summary: &s.stats,
+        }
+    }
+}
+
+/// Bytes in binary units, one decimal.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// Snapshot table, restic-like.
+pub fn snapshot_table(list: &[SnapshotEntry]) -> String {
+    let mut out = format!(
+        "{:<10} {:<20} {:<16} {:<16} {}\n",
+        "ID", "Time", "Host", "Tags", "Paths"
+    );
+    out.push_str(&"-".repeat(80));
+    out.push('\n');
+    for e in list {
+        let s = &e.snapshot;
+        let time = s
+            .time
+            .to_zoned(jiff::tz::TimeZone::system())
+            .strftime("%Y-%m-%d %H:%M:%S")
+            .to_string();
+        out.push_str(&format!(
+            "{:<10} {:<20} {:<16} {:<16} {}\n",
+            e.id.short(),
+            time,
+            s.hostname,
+            s.tags.join(","),
+            s.paths.join(", ")
+        ));
+    }
+    out.push_str(&format!("{} snapshots\n", list.len()));
+    out
+}
