@@ -39,7 +39,7 @@ fn location(g: &Global) -> Result<&str> {
 
 async fn open(g: &Global) -> Result<Repository> {
     let loc = location(g)?;
-    let backend = open_location(loc)?;
+    let backend = open_location(loc, false)?;
     let credential = credentials::credential(g, false)?;
     Repository::open(backend, &credential)
         .await
@@ -76,7 +76,7 @@ async fn init(g: &Global, a: InitArgs) -> Result<ExitCode> {
         ..InitOptions::default()
     };
     let credential = credentials::credential(g, true)?;
-    let repo = Repository::init(open_location(loc)?, &credential, options).await?;
+    let repo = Repository::init(open_location(loc, true)?, &credential, options).await?;
     println!(
         "created tessera repository {} at {loc}",
         &repo.config().id[..10]

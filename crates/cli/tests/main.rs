@@ -1,1 +1,8 @@
+//! End-to-end tests of the `tessera` binary.
 
+mod common;
+
+mod corruption;
+mod crash;
+mod keys;
+mod roundtrip;

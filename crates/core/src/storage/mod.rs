@@ -128,18 +128,22 @@ impl ObjectStoreBackend {
         Self::new(Arc::new(object_store::memory::InMemory::new()), "memory://")
     }
 
-    /// A backend in a local directory, created if missing. Writes are
-    /// fsynced (file and parent directories) before `put` returns.
+    /// A backend in a local directory, created if missing when `create`.
+    /// Writes are fsynced (file and parent directories) before `put` returns.
     ///
     /// # Errors
     /// When the directory cannot be created or opened.
-    pub fn local(dir: &FsPath) -> Result<Self, StorageError> {
+    pub fn local(dir: &FsPath, create: bool) -> Result<Self, StorageError> {
         let shown = dir.display().to_string();
         let other = |e: Box<dyn std::error::Error + Send + Sync>| StorageError::Other {
             object: shown.clone(),
             source: e,
         };
-        std::fs::create_dir_all(dir).map_err(|e| other(Box::new(e)))?;
+        if create {
+            std::fs::create_dir_all(dir).map_err(|e| other(Box::new(e)))?;
+        } else if !dir.is_dir() {
+            return Err(StorageError::NotFound { object: shown });
+        }
         let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
             .map_err(|e| other(Box::new(e)))?
             .with_fsync(true);
@@ -253,12 +257,13 @@ impl Backend for ObjectStoreBackend {
 }
 
 /// Opens the backend a repository location names: `memory://`, `file://PATH`
-/// or a plain path.
+/// or a plain path. With `create`, a missing local directory is created
+/// (for `init`); without, it is reported as [`Error::NoRepository`].
 ///
 /// # Errors
 /// [`Error::InvalidArgument`] for an unsupported scheme; storage errors for a
 /// directory that cannot be created.
-pub fn open_location(location: &str) -> Result<Arc<dyn Backend>, Error> {
+pub fn open_location(location: &str, create: bool) -> Result<Arc<dyn Backend>, Error> {
     if location == "memory://" || location == "memory:" {
         return Ok(Arc::new(ObjectStoreBackend::memory()));
     }
@@ -274,5 +279,11 @@ pub fn open_location(location: &str) -> Result<Arc<dyn Backend>, Error> {
     if path.is_empty() {
         return Err(Error::InvalidArgument("empty repository location".into()));
     }
-    Ok(Arc::new(ObjectStoreBackend::local(FsPath::new(path))?))
+    match ObjectStoreBackend::local(FsPath::new(path), create) {
+        Ok(b) => Ok(Arc::new(b)),
+        Err(StorageError::NotFound { .. }) => Err(Error::NoRepository {
+            location: location.to_string(),
+        }),
+        Err(e) => Err(e.into()),
+    }
 }

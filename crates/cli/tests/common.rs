@@ -1,0 +1,153 @@
+//! Helpers: a repository in a temporary directory driven through the binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub const PASSWORD: &str = "test password";
+
+/// Deterministic pseudo-random bytes.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    let mut h = blake3::Hasher::new();
+    h.update(&seed.to_le_bytes());
+    h.finalize_xof().fill(&mut out);
+    out
+}
+
+pub struct TestRepo {
+    pub dir: tempfile::TempDir,
+    pub repo: PathBuf,
+}
+
+impl TestRepo {
+    /// A fresh repository; `init_args` are added to `tessera init`.
+    pub fn new(init_args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        let t = TestRepo { dir, repo };
+        let mut args = vec!["init", "--kdf-memory", "64", "--kdf-iterations", "1"];
+        args.extend_from_slice(init_args);
+        t.ok(&args);
+        t
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tessera"));
+        c.arg("-r").arg(&self.repo);
+        for var in [
+            "TESSERA_PASSWORD_FILE",
+            "TESSERA_PASSWORD_COMMAND",
+            "TESSERA_KEY_FILE",
+            "TESSERA_REPO",
+        ] {
+            c.env_remove(var);
+        }
+        c.env("TESSERA_PASSWORD", PASSWORD);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    pub fn run_with_stdin(&self, args: &[&str], stdin: &Path) -> Output {
+        self.cmd()
+            .args(args)
+            .stdin(std::fs::File::open(stdin).unwrap())
+            .output()
+            .unwrap()
+    }
+
+    /// Runs and asserts success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert_success(&out, args);
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Runs and asserts failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "{args:?} succeeded but should fail: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stderr).unwrap()
+    }
+
+    /// Backs up `data` under `name`; returns the snapshot id.
+    pub fn backup(&self, name: &str, data: &[u8], extra: &[&str]) -> String {
+        let input = self.path(&format!("input-{name}"));
+        std::fs::write(&input, data).unwrap();
+        self.backup_file(name, &input, extra)
+    }
+
+    pub fn backup_file(&self, name: &str, input: &Path, extra: &[&str]) -> String {
+        let mut args = vec!["backup", "--stdin", "--stdin-name", name, "--json"];
+        args.extend_from_slice(extra);
+        let out = self.run_with_stdin(&args, input);
+        assert_success(&out, &args);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["snapshot_id"].as_str().unwrap().to_string()
+    }
+
+    pub fn dump(&self, snapshot: &str, name: &str) -> Vec<u8> {
+        let out = self.run(&["dump", snapshot, name]);
+        assert_success(&out, &["dump", snapshot, name]);
+        out.stdout
+    }
+
+    /// Total bytes of all files in the repository.
+    pub fn size(&self) -> u64 {
+        walk(&self.repo)
+            .iter()
+            .map(|p| p.metadata().unwrap().len())
+            .sum()
+    }
+
+    /// Files of the repository under `dir` (e.g. `packs`, `index`).
+    pub fn objects(&self, dir: &str) -> Vec<PathBuf> {
+        let mut v = walk(&self.repo.join(dir));
+        v.sort();
+        v
+    }
+}
+
+pub fn assert_success(out: &Output, args: &[&str]) {
+    assert!(
+        out.status.success(),
+        "{args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Flips one bit of a file at `offset`.
+pub fn flip_byte(path: &Path, offset: u64) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[offset as usize] ^= 0x10;
+    // Objects are stored read-only-by-convention files; rewrite in place.
+    std::fs::write(path, bytes).unwrap();
+}

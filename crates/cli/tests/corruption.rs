@@ -1,0 +1,156 @@
+//! Bad input: wrong password, missing slots, unknown versions, flipped bytes.
+
+use std::path::Path;
+
+use crate::common::{TestRepo, flip_byte, random_bytes};
+
+fn object_name(t: &TestRepo, path: &Path) -> String {
+    path.strip_prefix(&t.repo)
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Offsets spread over a file: start, end and some in between.
+fn offsets(len: u64) -> Vec<u64> {
+    let mut v = vec![
+        0,
+        4,
+        5,
+        8,
+        23,
+        24,
+        len / 3,
+        len / 2,
+        len - 17,
+        len - 5,
+        len - 1,
+    ];
+    v.retain(|o| *o < len);
+    v.dedup();
+    v
+}
+
+/// Flips each offset in turn, runs `args`, expects failure naming the object.
+fn expect_detected(t: &TestRepo, file: &Path, args: &[&str]) {
+    let original = std::fs::read(file).unwrap();
+    let name = object_name(t, file);
+    for off in offsets(original.len() as u64) {
+        flip_byte(file, off);
+        let err = t.fails(args);
+        assert!(
+            err.contains(&name),
+            "flip at {off} of {name}: {args:?} said: {err}"
+        );
+        std::fs::write(file, &original).unwrap();
+    }
+    crate::common::assert_success(&t.run(args), args);
+}
+
+fn populated() -> (TestRepo, String) {
+    let t = TestRepo::new(&["--pack-size", "1"]);
+    let id = t.backup("s", &random_bytes(3 << 20, 1), &[]);
+    (t, id)
+}
+
+#[test]
+fn flipped_bytes_are_detected_and_named() {
+    let (t, id) = populated();
+    for pack in t.objects("packs") {
+        expect_detected(&t, &pack, &["check", "--read-data"]);
+    }
+    // A flip inside a blob also stops a restore, naming the pack.
+    let pack = t
+        .objects("packs")
+        .into_iter()
+        .max_by_key(|p| p.metadata().unwrap().len())
+        .unwrap();
+    flip_byte(&pack, 1000);
+    let err = t.fails(&["dump", &id, "s"]);
+    assert!(err.contains(&object_name(&t, &pack)), "{err}");
+    flip_byte(&pack, 1000);
+
+    for index in t.objects("index") {
+        expect_detected(&t, &index, &["dump", &id, "s"]);
+    }
+    for snapshot in t.objects("snapshots") {
+        expect_detected(&t, &snapshot, &["snapshots"]);
+    }
+    for key in t.objects("keys") {
+        expect_detected(&t, &key, &["snapshots"]);
+    }
+    expect_detected(&t, &t.repo.join("config"), &["snapshots"]);
+    t.ok(&["check", "--read-data"]);
+}
+
+#[test]
+fn check_reports_missing_and_truncated_packs() {
+    let (t, _) = populated();
+    let packs = t.objects("packs");
+    let truncated = &packs[0];
+    let bytes = std::fs::read(truncated).unwrap();
+    std::fs::write(truncated, &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::remove_file(&packs[1]).unwrap();
+    let out = t.run(&["check"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&object_name(&t, truncated)), "{err}");
+    assert!(
+        err.contains(&format!("{} is missing", object_name(&t, &packs[1]))),
+        "{err}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&t.run(&["check", "--json"]).stdout).unwrap();
+    assert!(json["errors"].as_array().unwrap().len() >= 2);
+}
+
+#[test]
+fn wrong_password_missing_slots_unknown_versions() {
+    let (t, id) = populated();
+    let out = t
+        .cmd()
+        .env("TESSERA_PASSWORD", "not it")
+        .args(["snapshots"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong password"));
+
+    // A future format version is refused by name, for each object kind.
+    for file in [t.repo.join("config"), t.objects("snapshots")[0].clone()] {
+        let original = std::fs::read(&file).unwrap();
+        let mut future = original.clone();
+        future[5] = 2;
+        std::fs::write(&file, &future).unwrap();
+        let err = t.fails(&["snapshots"]);
+        assert!(err.contains("unsupported format version 2"), "{err}");
+        assert!(err.contains(&object_name(&t, &file)), "{err}");
+        std::fs::write(&file, &original).unwrap();
+    }
+    let index = t.objects("index")[0].clone();
+    let original = std::fs::read(&index).unwrap();
+    let mut future = original.clone();
+    future[5] = 7;
+    std::fs::write(&index, &future).unwrap();
+    let err = t.fails(&["dump", &id, "s"]);
+    assert!(err.contains("unsupported format version 7"), "{err}");
+    std::fs::write(&index, &original).unwrap();
+
+    // No key slots at all.
+    for key in t.objects("keys") {
+        std::fs::remove_file(key).unwrap();
+    }
+    let err = t.fails(&["snapshots"]);
+    assert!(err.contains("no key slots"), "{err}");
+
+    // No repository at all.
+    let empty = t.path("nothing-here");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["-r", empty.to_str().unwrap(), "snapshots"])
+        .env("TESSERA_PASSWORD", "x")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no repository at"));
+    assert!(!empty.exists(), "opening must not create the directory");
+}
