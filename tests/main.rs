@@ -1,1 +1,5 @@
+//! End-to-end tests of the library through the `tessera` facade.
 
+mod api;
+mod conformance;
+mod golden;
