@@ -199,7 +199,7 @@ impl Index {
 
     /// Sorts the entries (and drops duplicate blobs) after loading.
     pub fn finish_loading(&mut self) {
-        self.sorted.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        self.sorted.sort_unstable_by_key(|e| e.id);
         self.sorted.dedup_by(|a, b| a.id == b.id);
         self.sorted.shrink_to_fit();
     }
@@ -284,6 +284,7 @@ impl Index {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

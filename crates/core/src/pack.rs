@@ -288,6 +288,7 @@ pub fn open_header_of(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use crate::blob;
