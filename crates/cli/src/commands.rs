@@ -351,7 +351,10 @@ async fn key(g: &Global, command: KeyCommand) -> Result<ExitCode> {
                     .collect();
                 println!("{}", serde_json::to_string(&out)?);
             } else {
-                println!(" {:<10} {:<9} {:<12} {:<16} Created", "ID", "Kind", "User", "Host");
+                println!(
+                    " {:<10} {:<9} {:<12} {:<16} Created",
+                    "ID", "Kind", "User", "Host"
+                );
                 for k in keys {
                     println!(
                         "{}{:<10} {:<9} {:<12} {:<16} {}",

@@ -57,8 +57,11 @@ pub fn bytes(n: u64) -> String {
 
 /// Snapshot table, restic-like.
 pub fn snapshot_table(list: &[SnapshotEntry]) -> String {
-    let mut out = format!("{:<10} {:<20} {:<16} {:<16} Paths
-", "ID", "Time", "Host", "Tags");
+    let mut out = format!(
+        "{:<10} {:<20} {:<16} {:<16} Paths
+",
+        "ID", "Time", "Host", "Tags"
+    );
     out.push_str(&"-".repeat(80));
     out.push('\n');
     for e in list {
