@@ -82,7 +82,7 @@ fn primitives(c: &mut Criterion, data: &[u8]) {
     let mut g = c.benchmark_group("primitives");
     g.throughput(Throughput::Bytes(data.len() as u64))
         .sample_size(10);
-    g.bench_function("fastcdc_keyed_512k_1m_8m", |b| {
+    g.bench_function("fastcdc_keyed_512k_1m_4m", |b| {
         b.iter(|| black_box(chunker.cut_all(data).len()))
     });
     g.bench_function("blake3_keyed_per_chunk", |b| {

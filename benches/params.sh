@@ -39,7 +39,7 @@ echo "input: $MIB MiB (half text, half random), then 64 small edits"
 echo
 echo "| chunk min/avg/max KiB | day0 backup s | MB/s | chunks | day1 added KiB | added / edited bytes |"
 echo "|---|---|---|---|---|---|"
-for cs in 64,256,1024 128,512,2048 256,1024,4096 512,1024,8192 1024,2048,8192; do
+for cs in 128,512,2048 256,1024,4096 512,1024,4096 512,1024,8192 1024,2048,8192; do
   R=$W/repo-$cs; $T -q -r "$R" init --kdf-memory 64 --kdf-iterations 1 --chunk-sizes $cs >/dev/null
   sync; t0=$(now); $T -q -r "$R" backup --stdin --stdin-name s < "$W/day0"; t1=$(now)
   chunks=$($T -r "$R" stats --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["chunks"])')

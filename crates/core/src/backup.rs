@@ -4,15 +4,16 @@
 //! Three stages run at once, joined by bounded channels (back-pressure keeps
 //! memory flat whatever the input size):
 //! 1. a reader thread per stream fills 16 MiB buffers and cuts them into
-//!    chunks (one buffer in flight);
-//! 2. the backup thread hashes each batch on rayon, drops chunks the index
-//!    already holds, compresses and seals the rest on rayon, and appends them
-//!    to a pack (one finished pack queued);
+//!    chunks (one buffer queued);
+//! 2. two batches at a time are hashed, looked up, compressed and sealed on
+//!    rayon; the backup thread packs their blobs in stream order (one
+//!    finished pack queued);
 //! 3. the async side uploads packs (a few at a time), writes an index
 //!    segment for every 256 uploaded packs and at the end, then the snapshot.
 //!
-//! Peak memory is about 3 batches + (queue + uploads in flight + 1) packs:
-//! roughly 48 + 5 × 16 = 128 MiB with the defaults, independent of input size.
+//! Peak memory is about 4 batches and their sealed blobs + 5 packs, whatever
+//! the input size: measured peak RSS of the CLI backing up 1 GiB was 189 MB
+//! for text and 259 MB for incompressible data (256 MiB of text: 161 MB).
 
 use std::collections::HashSet;
 use std::io::Read;
@@ -371,7 +372,7 @@ impl Packer<'_> {
 
 /// The backup thread: reads, chunks, dedups, seals and packs every stream.
 fn cpu_stage(
-    inner: &Inner,
+    inner: &Arc<Inner>,
     streams: Vec<StreamSource>,
     tx: &tokio::sync::mpsc::Sender<FinishedPack>,
     progress: Option<&BackupProgress>,
@@ -418,9 +419,22 @@ fn cpu_stage(
     })
 }
 
-/// Reads one stream on a helper thread and processes its batches here.
+/// Batches hashed and sealed at once on rayon. Two let the tail of one
+/// batch (a few large chunks on one core) overlap the start of the next.
+const BATCHES_IN_FLIGHT: usize = 2;
+
+/// A batch after the parallel stage: every chunk's id, and sealed blobs for
+/// the chunks the index did not hold when they were looked up.
+struct SealedBatch {
+    ids: Vec<BlobId>,
+    sealed: Vec<blob::SealedBlob>,
+    len: u64,
+}
+
+/// Reads one stream on a helper thread; hashes and seals batches on rayon,
+/// `BATCHES_IN_FLIGHT` at a time; packs them here, in stream order.
 fn chunk_stream(
-    inner: &Inner,
+    inner: &Arc<Inner>,
     source: StreamSource,
     packer: &mut Packer<'_>,
     progress: Option<&BackupProgress>,
@@ -446,35 +460,87 @@ fn chunk_stream(
         });
         let mut content = Vec::new();
         let mut size = 0u64;
-        for batch in batch_rx {
-            let batch = batch.map_err(|e| Error::io(format!("reading stream {name:?}"), e))?;
-            size += batch.data.len() as u64;
-            process_batch(inner, &batch, packer, &mut content)?;
+        let mut in_flight = std::collections::VecDeque::new();
+        let mut finish = |rx: std::sync::mpsc::Receiver<Result<SealedBatch>>| -> Result<()> {
+            let done = rx
+                .recv()
+                .map_err(|_| Error::Internal("a sealing task panicked".into()))??;
+            size += done.len;
+            pack_batch(inner, done, packer, &mut content)?;
             if let Some(p) = progress {
-                p.bytes_read
-                    .fetch_add(batch.data.len() as u64, Ordering::Relaxed);
+                p.bytes_read.store(size, Ordering::Relaxed);
                 p.bytes_new.store(packer.stats.new_bytes, Ordering::Relaxed);
             }
+            Ok(())
+        };
+        for batch in batch_rx {
+            let batch = batch.map_err(|e| Error::io(format!("reading stream {name:?}"), e))?;
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let inner = inner.clone();
+            rayon::spawn(move || {
+                let _ = tx.send(seal_batch(&inner, &batch));
+            });
+            in_flight.push_back(rx);
+            if in_flight.len() >= BATCHES_IN_FLIGHT {
+                if let Some(rx) = in_flight.pop_front() {
+                    finish(rx)?;
+                }
+            }
+        }
+        while let Some(rx) = in_flight.pop_front() {
+            finish(rx)?;
         }
         packer.stats.total_bytes += size;
         Ok((content, size))
     })
 }
 
-/// Hash, dedup, seal and pack one batch; append its ids to `content`.
-fn process_batch(
+/// The parallel stage: hash every chunk, look it up, compress and seal the
+/// ones the index lacks. A chunk that appears twice in flight may be sealed
+/// twice; [`pack_batch`] keeps one.
+fn seal_batch(inner: &Inner, batch: &Batch) -> Result<SealedBatch> {
+    let index = inner
+        .index
+        .get()
+        .ok_or_else(|| Error::Internal("index not loaded".into()))?;
+    let key = inner.keyring.write_key();
+    let level = inner.config.compression.level;
+    let results: Vec<(BlobId, Option<Result<blob::SealedBlob>>)> = batch
+        .chunks
+        .par_iter()
+        .map(|r| {
+            let data = batch.data.get(r.clone()).unwrap_or_default();
+            let id = inner.keyring.blob_id(data);
+            let known = index.read().map(|i| i.contains(&id)).unwrap_or(false);
+            (
+                id,
+                (!known).then(|| blob::seal(key, id, BlobType::Data, data, level)),
+            )
+        })
+        .collect();
+    let mut ids = Vec::with_capacity(results.len());
+    let mut sealed = Vec::new();
+    for (id, s) in results {
+        ids.push(id);
+        if let Some(s) = s {
+            sealed.push(s?);
+        }
+    }
+    Ok(SealedBatch {
+        ids,
+        sealed,
+        len: batch.data.len() as u64,
+    })
+}
+
+/// The ordered stage: drop blobs stored meanwhile, pack the rest, record ids.
+fn pack_batch(
     inner: &Inner,
-    batch: &Batch,
+    batch: SealedBatch,
     packer: &mut Packer<'_>,
     content: &mut Vec<BlobId>,
 ) -> Result<()> {
-    let chunk = |r: &std::ops::Range<usize>| batch.data.get(r.clone()).unwrap_or_default();
-    let ids: Vec<BlobId> = batch
-        .chunks
-        .par_iter()
-        .map(|r| inner.keyring.blob_id(chunk(r)))
-        .collect();
-    let fresh: Vec<usize> = {
+    let fresh: Vec<blob::SealedBlob> = {
         let index = inner
             .index
             .get()
@@ -482,25 +548,14 @@ fn process_batch(
             .read()
             .map_err(|_| poisoned())?;
         let mut seen = HashSet::new();
-        ids.iter()
-            .enumerate()
-            .filter(|(_, id)| !index.contains(id) && seen.insert(**id))
-            .map(|(i, _)| i)
+        batch
+            .sealed
+            .into_iter()
+            .filter(|s| !index.contains(&s.id) && seen.insert(s.id))
             .collect()
     };
-    let key = inner.keyring.write_key();
-    let level = inner.config.compression.level;
-    let sealed = fresh
-        .par_iter()
-        .map(|&i| {
-            let (Some(id), Some(r)) = (ids.get(i), batch.chunks.get(i)) else {
-                return Err(Error::Internal("chunk index out of range".into()));
-            };
-            blob::seal(key, *id, BlobType::Data, chunk(r), level)
-        })
-        .collect::<Result<Vec<_>>>()?;
-    packer.stats.total_chunks += ids.len() as u64;
-    packer.add(sealed, BlobType::Data)?;
-    content.extend(ids);
+    packer.stats.total_chunks += batch.ids.len() as u64;
+    packer.add(fresh, BlobType::Data)?;
+    content.extend(batch.ids);
     Ok(())
 }

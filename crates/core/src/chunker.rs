@@ -42,12 +42,12 @@ pub enum ChunkerParams {
 }
 
 impl Default for ChunkerParams {
-    /// 512 KiB / 1 MiB / 8 MiB: see `docs/DESIGN.md` ("Chunk size").
+    /// 512 KiB / 1 MiB / 4 MiB: see `docs/DESIGN.md` ("Chunk size").
     fn default() -> Self {
         ChunkerParams::FastCdc {
             min: 512 * 1024,
             avg: 1024 * 1024,
-            max: 8 * 1024 * 1024,
+            max: 4 * 1024 * 1024,
         }
     }
 }
@@ -218,24 +218,17 @@ impl<R: Read> StreamChunker<R> {
     /// The reader's error.
     pub fn next_batch(&mut self) -> std::io::Result<Option<Batch>> {
         let mut buf = std::mem::take(&mut self.carry);
-        buf.reserve_exact(self.buffer_size.saturating_sub(buf.len()));
-        let mut filled = buf.len();
-        buf.resize(self.buffer_size, 0);
-        while !self.eof && filled < buf.len() {
-            let Some(space) = buf.get_mut(filled..) else {
-                break;
-            };
-            match self.reader.read(space) {
-                Ok(0) => self.eof = true,
-                Ok(n) => {
-                    filled += n;
-                    self.bytes_read += n as u64;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+        let want = self.buffer_size.saturating_sub(buf.len());
+        buf.reserve_exact(want);
+        if !self.eof {
+            // `read_to_end` fills spare capacity without zeroing it first and
+            // retries on `Interrupted`; `take` stops it at the batch size.
+            let n = (&mut self.reader).take(want as u64).read_to_end(&mut buf)?;
+            self.bytes_read += n as u64;
+            if n < want {
+                self.eof = true;
             }
         }
-        buf.truncate(filled);
         if buf.is_empty() {
             return Ok(None);
         }
