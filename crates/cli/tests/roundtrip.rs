@@ -126,6 +126,20 @@ fn snapshot_references_and_json() {
         table.contains(&old[..8]) && table.contains("3 snapshots"),
         "{table}"
     );
+    let config: serde_json::Value = serde_json::from_str(&t.ok(&["cat", "config"])).unwrap();
+    assert_eq!(config["version"], 1);
+    assert_eq!(config["chunker"]["algorithm"], "fastcdc-2020");
+    let snap: serde_json::Value =
+        serde_json::from_str(&t.ok(&["cat", "snapshot", &old[..8]])).unwrap();
+    assert_eq!(snap["hostname"], "h1");
+    let index = t.objects("index")[0]
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let seg: serde_json::Value = serde_json::from_str(&t.ok(&["cat", "index", &index])).unwrap();
+    assert!(!seg["packs"].as_array().unwrap().is_empty());
     let stats: serde_json::Value = serde_json::from_str(&t.ok(&["stats", "--json"])).unwrap();
     assert_eq!(stats["snapshots"], 3);
     assert_eq!(stats["logical_bytes"], 3 + 3 + 6);
