@@ -90,22 +90,7 @@ async fn async_api_several_streams_in_one_snapshot() {
 
 #[test]
 fn blocking_api_outside_any_runtime() {
-    let repo = blocking::Repository::init(
-        Arc::new(ObjectStoreBackend::memory()),
-        &Credential::password("pw"),
-        fast(),
-    )
-    .unwrap();
-    let d = data(100_000, 3);
-    let s = repo
-        .backup(
-            vec![StreamSource::new("d", Cursor::new(d.clone()))],
-            BackupOptions::default(),
-        )
-        .unwrap();
-    let mut out = Vec::new();
-    repo.restore_stream(&s.snapshot, "d", &mut out).unwrap();
-    assert_eq!(out, d);
+    blocking_round_trip();
 }
 
 /// rustic issue 1181: a blocking API over a hidden global runtime panics
@@ -113,15 +98,15 @@ fn blocking_api_outside_any_runtime() {
 /// and dropping the handle there must not panic either.
 #[tokio::test(flavor = "current_thread")]
 async fn blocking_api_inside_a_current_thread_runtime() {
-    blocking_round_trip_inside_runtime();
+    blocking_round_trip();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn blocking_api_inside_a_multi_thread_runtime() {
-    blocking_round_trip_inside_runtime();
+    blocking_round_trip();
 }
 
-fn blocking_round_trip_inside_runtime() {
+fn blocking_round_trip() {
     let repo = blocking::Repository::init(
         Arc::new(ObjectStoreBackend::memory()),
         &Credential::password("pw"),
