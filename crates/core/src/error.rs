@@ -86,10 +86,12 @@ pub enum Error {
         count: usize,
     },
     /// A stream name is not in the snapshot.
-    #[error("snapshot {snapshot} has no stream named {name:?}")]
+    #[error("the snapshot has no stream named {name:?} (its root tree {tree} lists: {available})")]
     StreamNotFound {
-        /// Snapshot id (short).
-        snapshot: String,
+        /// The snapshot's root tree (short id).
+        tree: String,
+        /// The names it does hold, comma-separated.
+        available: String,
         /// The name asked for.
         name: String,
     },

@@ -462,7 +462,7 @@ impl Repository {
         }
         if target.current {
             return Err(Error::KeyRefused(format!(
-                "refusing to remove key slot {} : it is the one in use; open the repository with another key to remove it",
+                "refusing to remove key slot {}: it is the one in use; open the repository with another key to remove it",
                 target.id.short()
             )));
         }

@@ -83,7 +83,13 @@ impl Repository {
     ) -> Result<u64> {
         let tree = self.read_tree(snapshot.tree, "snapshot root").await?;
         let node = tree.get(name).ok_or_else(|| Error::StreamNotFound {
-            snapshot: snapshot.tree.short(),
+            tree: snapshot.tree.short(),
+            available: tree
+                .nodes
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
             name: name.to_string(),
         })?;
         self.restore_node(node, out).await
