@@ -154,18 +154,7 @@ impl Repository {
         let started = Instant::now();
         let paths: Vec<String> = streams.iter().map(|s| s.name.clone()).collect();
         // Duplicate names fail here, before any work.
-        Tree::new(
-            paths
-                .iter()
-                .map(|n| Node {
-                    name: n.clone(),
-                    size: 0,
-                    kind: NodeKind::Stream {
-                        content: Vec::new(),
-                    },
-                })
-                .collect(),
-        )?;
+        crate::tree::ensure_unique_names(paths.iter().map(String::as_str))?;
         let (pack_tx, pack_rx) = tokio::sync::mpsc::channel::<FinishedPack>(1);
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let inner = self.inner.clone();
@@ -300,6 +289,7 @@ struct Packer<'a> {
     inner: &'a Inner,
     tx: &'a tokio::sync::mpsc::Sender<FinishedPack>,
     data: Option<PackWriter>,
+    tree: Option<PackWriter>,
     stats: SnapshotStats,
 }
 
@@ -327,10 +317,9 @@ impl Packer<'_> {
             .index
             .get()
             .ok_or_else(|| Error::Internal("index not loaded".into()))?;
-        let mut tree_pack = None;
         let slot = match blob_type {
             BlobType::Data => &mut self.data,
-            BlobType::Tree => &mut tree_pack,
+            BlobType::Tree => &mut self.tree,
         };
         let mut added = Vec::with_capacity(blobs.len());
         for b in &blobs {
@@ -355,15 +344,12 @@ impl Packer<'_> {
                 index.add_pending(*pack, key.id(), entry)?;
             }
         }
-        // Tree packs are flushed per call: trees are written once, at the end.
-        if let Some(pack) = tree_pack {
-            send_pack(self.inner, self.tx, pack)?;
-        }
         Ok(())
     }
 
+    /// Sends the partly filled packs of both types.
     fn flush(&mut self) -> Result<()> {
-        if let Some(pack) = self.data.take() {
+        for pack in [self.data.take(), self.tree.take()].into_iter().flatten() {
             send_pack(self.inner, self.tx, pack)?;
         }
         Ok(())
@@ -381,6 +367,7 @@ fn cpu_stage(
         inner,
         tx,
         data: None,
+        tree: None,
         stats: SnapshotStats::default(),
     };
     let mut nodes = Vec::with_capacity(streams.len());
@@ -393,7 +380,6 @@ fn cpu_stage(
             kind: NodeKind::Stream { content },
         });
     }
-    packer.flush()?;
     let tree = Tree::new(nodes)?.encode();
     let root = inner.keyring.blob_id(&tree);
     let known = inner
@@ -413,6 +399,7 @@ fn cpu_stage(
         )?;
         packer.add(vec![sealed], BlobType::Tree)?;
     }
+    packer.flush()?;
     Ok(CpuResult {
         root,
         stats: packer.stats,

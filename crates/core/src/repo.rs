@@ -336,8 +336,26 @@ impl Repository {
     /// # Errors
     /// [`Error::SnapshotNotFound`], [`Error::AmbiguousSnapshot`].
     pub async fn find_snapshot(&self, reference: &str) -> Result<SnapshotEntry> {
-        let all = self.snapshots().await?;
-        snapshot::resolve(&all, reference).cloned()
+        if reference == "latest" {
+            let all = self.snapshots().await?;
+            return snapshot::resolve(&all, reference).cloned();
+        }
+        // An id or prefix is matched against the listing: only the snapshot
+        // it names is read and decrypted. Misnamed objects are skipped here
+        // (`snapshots` and `check` report them).
+        let ids: Vec<SnapshotId> = self
+            .inner
+            .backend
+            .list(ObjectKind::Snapshot)
+            .await?
+            .iter()
+            .filter_map(|info| info.name.parse().ok())
+            .collect();
+        let id = snapshot::match_prefix(&ids, reference)?;
+        Ok(SnapshotEntry {
+            id,
+            snapshot: self.read_snapshot(id).await?,
+        })
     }
 
     /// Reads, authenticates, decompresses and verifies one blob.

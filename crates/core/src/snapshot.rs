@@ -95,27 +95,42 @@ pub struct SnapshotEntry {
 /// unique prefix of at least 4 hex digits, or `latest`.
 ///
 /// # Errors
-/// [`Error::SnapshotNotFound`] or [`Error::AmbiguousSnapshot`].
+/// [`Error::SnapshotNotFound`], [`Error::AmbiguousSnapshot`],
+/// [`Error::InvalidArgument`].
 pub fn resolve<'a>(snapshots: &'a [SnapshotEntry], reference: &str) -> Result<&'a SnapshotEntry> {
-    let not_found = || Error::SnapshotNotFound {
-        reference: reference.to_string(),
-    };
     if reference == "latest" {
         return snapshots
             .iter()
             .max_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)))
-            .ok_or_else(not_found);
+            .ok_or_else(|| Error::SnapshotNotFound {
+                reference: reference.to_string(),
+            });
     }
+    let ids: Vec<SnapshotId> = snapshots.iter().map(|e| e.id).collect();
+    let id = match_prefix(&ids, reference)?;
+    snapshots
+        .iter()
+        .find(|e| e.id == id)
+        .ok_or_else(|| Error::Internal("matched id vanished".into()))
+}
+
+/// The one id among `ids` that a full id or unique prefix (4+ hex digits)
+/// names. `latest` is not handled here: it needs the snapshots' times.
+///
+/// # Errors
+/// [`Error::SnapshotNotFound`], [`Error::AmbiguousSnapshot`],
+/// [`Error::InvalidArgument`] for a reference that is not hex or too short.
+pub fn match_prefix(ids: &[SnapshotId], reference: &str) -> Result<SnapshotId> {
     let prefix = reference.to_ascii_lowercase();
     if prefix.len() < 4 || !prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(Error::InvalidArgument(format!(
             "snapshot reference {reference:?}: give `latest` or at least 4 hex digits of an id"
         )));
     }
-    let mut matches = snapshots
-        .iter()
-        .filter(|s| s.id.to_hex().starts_with(&prefix));
-    let first = matches.next().ok_or_else(not_found)?;
+    let mut matches = ids.iter().filter(|id| id.to_hex().starts_with(&prefix));
+    let first = matches.next().ok_or_else(|| Error::SnapshotNotFound {
+        reference: reference.to_string(),
+    })?;
     let rest = matches.count();
     if rest > 0 {
         return Err(Error::AmbiguousSnapshot {
@@ -123,7 +138,7 @@ pub fn resolve<'a>(snapshots: &'a [SnapshotEntry], reference: &str) -> Result<&'
             count: rest + 1,
         });
     }
-    Ok(first)
+    Ok(*first)
 }
 
 /// This machine's host name (`HOSTNAME` env, `/etc/hostname`, or `unknown`).

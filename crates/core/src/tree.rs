@@ -6,6 +6,20 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::id::BlobId;
 
+/// Fails on the first name that occurs twice.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming the duplicate.
+pub fn ensure_unique_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    match names.into_iter().find(|n| !seen.insert(*n)) {
+        Some(name) => Err(Error::InvalidArgument(format!(
+            "stream name {name:?} given twice"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Current tree encoding version.
 pub const TREE_VERSION: u32 = 1;
 
@@ -53,15 +67,7 @@ impl Tree {
     /// [`Error::InvalidArgument`] for duplicate names.
     pub fn new(mut nodes: Vec<Node>) -> Result<Self> {
         nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        if let Some(w) = nodes
-            .windows(2)
-            .find(|w| w.first().map(|n| &n.name) == w.get(1).map(|n| &n.name))
-        {
-            let name = w.first().map(|n| n.name.clone()).unwrap_or_default();
-            return Err(Error::InvalidArgument(format!(
-                "stream name {name:?} given twice"
-            )));
-        }
+        ensure_unique_names(nodes.iter().map(|n| n.name.as_str()))?;
         Ok(Tree {
             version: TREE_VERSION,
             nodes,
