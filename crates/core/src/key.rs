@@ -154,6 +154,15 @@ fn kek_for(
                     format!("unknown KDF {} version {}", kdf.algorithm, kdf.version),
                 ));
             }
+            // Bound the work a damaged or hostile slot can demand before
+            // running Argon2: 4 GiB of memory, 64 passes, 16 lanes.
+            let cost = kdf.params;
+            if cost.m_cost_kib > 4 * 1024 * 1024 || cost.t_cost > 64 || cost.p_cost > 16 {
+                return Err(Error::corrupt(
+                    object,
+                    format!("unreasonable KDF parameters {cost:?}"),
+                ));
+            }
             let salt = hex::decode(&kdf.salt)
                 .map_err(|e| Error::corrupt(object, format!("bad salt: {e}")))?;
             let params = argon2::Params::new(
@@ -286,6 +295,36 @@ mod tests {
         );
         // Bound to its name: a slot copied to another name does not open.
         assert!(back.unlock(&cred, "keys/b").unwrap().is_none());
+    }
+
+    #[test]
+    fn hostile_kdf_parameters_are_refused_before_argon2_runs() {
+        let ring = Keyring::generate();
+        let cred = Credential::password("pw");
+        let mut slot = KeySlot::create(&ring, &cred, KdfParams::insecure_fast(), "keys/h").unwrap();
+        // A slot rewritten with a valid checksum but a 1 TiB memory cost.
+        slot.kdf.as_mut().unwrap().params.m_cost_kib = u32::MAX;
+        let back = KeySlot::decode(&slot.encode(), "keys/h").unwrap();
+        let err = back
+            .unlock(&cred, "keys/h")
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            err.contains("keys/h") && err.contains("unreasonable KDF parameters"),
+            "{err}"
+        );
+        slot.kdf.as_mut().unwrap().params = KdfParams {
+            m_cost_kib: 64,
+            t_cost: 1000,
+            p_cost: 1,
+        };
+        assert!(
+            KeySlot::decode(&slot.encode(), "keys/h")
+                .unwrap()
+                .unlock(&cred, "keys/h")
+                .is_err()
+        );
     }
 
     #[test]

@@ -159,3 +159,49 @@ pub fn username() -> String {
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_resolve_uniquely_or_fail_clearly() {
+        let mut a = [0u8; 32];
+        a[0] = 0xab;
+        a[1] = 0xcd;
+        let mut b = a;
+        b[2] = 0x01;
+        let ids = [SnapshotId(a), SnapshotId(b), SnapshotId([0xff; 32])];
+        assert_eq!(match_prefix(&ids, "ffff").unwrap(), ids[2]);
+        assert_eq!(
+            match_prefix(&ids, "ABCD01").unwrap(),
+            ids[1],
+            "case-insensitive"
+        );
+        assert_eq!(
+            match_prefix(&ids, &ids[0].to_hex()).unwrap(),
+            ids[0],
+            "full id"
+        );
+        assert!(matches!(
+            match_prefix(&ids, "abcd"),
+            Err(Error::AmbiguousSnapshot { count: 2, .. })
+        ));
+        assert!(matches!(
+            match_prefix(&ids, "1234"),
+            Err(Error::SnapshotNotFound { .. })
+        ));
+        assert!(matches!(
+            match_prefix(&ids, "abc"),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            match_prefix(&ids, "zzzz"),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            match_prefix(&[], "abcd"),
+            Err(Error::SnapshotNotFound { .. })
+        ));
+    }
+}

@@ -106,3 +106,30 @@ impl Tree {
             .and_then(|i| self.nodes.get(i))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_sorted() {
+        assert!(ensure_unique_names(["a", "b", "c"]).is_ok());
+        let err = ensure_unique_names(["a", "b", "a"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("\"a\" given twice"), "{err}");
+        let stream = |n: &str| Node {
+            name: n.into(),
+            size: 0,
+            kind: NodeKind::Stream { content: vec![] },
+        };
+        let t = Tree::new(vec![stream("b"), stream("a")]).unwrap();
+        assert_eq!(
+            t.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert!(t.get("b").is_some() && t.get("c").is_none());
+        assert!(Tree::new(vec![stream("x"), stream("x")]).is_err());
+        assert_eq!(Tree::decode(&t.encode(), "t").unwrap(), t);
+    }
+}
