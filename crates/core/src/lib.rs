@@ -53,7 +53,8 @@ mod restore;
 mod stats;
 
 pub use backup::{
-    BackupOptions, BackupProgress, BackupSummary, StreamSource, validate_stream_name,
+    BackupOptions, BackupProgress, BackupSummary, Content, Entry, KnownBlobs, StoredTree,
+    StreamSource, validate_stream_name,
 };
 pub use check::CheckReport;
 pub use chunker::ChunkerParams;

@@ -82,16 +82,18 @@ impl Repository {
         out: &mut W,
     ) -> Result<u64> {
         let tree = self.read_tree(snapshot.tree, "snapshot root").await?;
-        let node = tree.get(name).ok_or_else(|| Error::StreamNotFound {
-            tree: snapshot.tree.short(),
-            available: tree
-                .nodes
-                .iter()
-                .map(|n| n.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-            name: name.to_string(),
-        })?;
+        let node = tree
+            .get(name.as_bytes())
+            .ok_or_else(|| Error::StreamNotFound {
+                tree: snapshot.tree.short(),
+                available: tree
+                    .nodes
+                    .iter()
+                    .map(|n| n.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                name: name.to_string(),
+            })?;
         self.restore_node(node, out).await
     }
 

@@ -10,11 +10,12 @@ use crate::id::BlobId;
 ///
 /// # Errors
 /// [`Error::InvalidArgument`] naming the duplicate.
-pub fn ensure_unique_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<()> {
+pub fn ensure_unique_names<'a>(names: impl IntoIterator<Item = &'a [u8]>) -> Result<()> {
     let mut seen = std::collections::HashSet::new();
     match names.into_iter().find(|n| !seen.insert(*n)) {
         Some(name) => Err(Error::InvalidArgument(format!(
-            "stream name {name:?} given twice"
+            "name {:?} given twice in one directory",
+            String::from_utf8_lossy(name)
         ))),
         None => Ok(()),
     }
@@ -27,6 +28,9 @@ pub const TREE_VERSION: u32 = 1;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum NodeKind {
+    /// An entry without content (a symlink, a device node, ...): the
+    /// adapter's `meta` says what it is.
+    Leaf,
     /// A named byte stream: its content is the concatenation of `content`.
     Stream {
         /// Chunk ids in order.
@@ -42,13 +46,64 @@ pub enum NodeKind {
 /// One entry of a tree.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
-    /// Name within the tree.
+    /// Name within the tree (for display when `raw_name` is set).
     pub name: String,
-    /// Logical size in bytes (for streams).
+    /// The exact name when it is not valid UTF-8 (`name` then holds a lossy
+    /// rendering). Names are compared and sorted as these bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "hex_opt")]
+    pub raw_name: Option<Vec<u8>>,
+    /// Bytes of content (for streams; 0 otherwise).
     pub size: u64,
     /// Kind and content.
     #[serde(flatten)]
     pub kind: NodeKind,
+    /// Adapter metadata (file mode, owner, times, ...), opaque to the engine.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub meta: serde_json::Value,
+}
+
+impl Node {
+    /// A node named by raw bytes: `name` is the UTF-8 form, and `raw_name`
+    /// keeps the bytes when they are not valid UTF-8.
+    pub fn new(name: &[u8], size: u64, kind: NodeKind, meta: serde_json::Value) -> Self {
+        let (name, raw_name) = match std::str::from_utf8(name) {
+            Ok(s) => (s.to_string(), None),
+            Err(_) => (
+                String::from_utf8_lossy(name).into_owned(),
+                Some(name.to_vec()),
+            ),
+        };
+        Node {
+            name,
+            raw_name,
+            size,
+            kind,
+            meta,
+        }
+    }
+
+    /// The exact name as bytes.
+    pub fn name_bytes(&self) -> &[u8] {
+        self.raw_name.as_deref().unwrap_or(self.name.as_bytes())
+    }
+}
+
+/// `Option<Vec<u8>>` as an optional hex string.
+mod hex_opt {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_str(&hex::encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|h| hex::decode(h).map_err(serde::de::Error::custom))
+            .transpose()
+    }
 }
 
 /// A tree: entries sorted by name, names unique.
@@ -66,8 +121,8 @@ impl Tree {
     /// # Errors
     /// [`Error::InvalidArgument`] for duplicate names.
     pub fn new(mut nodes: Vec<Node>) -> Result<Self> {
-        nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        ensure_unique_names(nodes.iter().map(|n| n.name.as_str()))?;
+        nodes.sort_by(|a, b| a.name_bytes().cmp(b.name_bytes()));
+        ensure_unique_names(nodes.iter().map(Node::name_bytes))?;
         Ok(Tree {
             version: TREE_VERSION,
             nodes,
@@ -98,10 +153,10 @@ impl Tree {
         Ok(tree)
     }
 
-    /// The entry named `name`.
-    pub fn get(&self, name: &str) -> Option<&Node> {
+    /// The entry named `name` (exact bytes).
+    pub fn get(&self, name: &[u8]) -> Option<&Node> {
         self.nodes
-            .binary_search_by(|n| n.name.as_str().cmp(name))
+            .binary_search_by(|n| n.name_bytes().cmp(name))
             .ok()
             .and_then(|i| self.nodes.get(i))
     }
@@ -113,23 +168,42 @@ mod tests {
 
     #[test]
     fn names_are_unique_and_sorted() {
-        assert!(ensure_unique_names(["a", "b", "c"]).is_ok());
-        let err = ensure_unique_names(["a", "b", "a"])
+        let names = |v: &[&'static str]| v.iter().map(|s| s.as_bytes()).collect::<Vec<_>>();
+        assert!(ensure_unique_names(names(&["a", "b", "c"])).is_ok());
+        let err = ensure_unique_names(names(&["a", "b", "a"]))
             .unwrap_err()
             .to_string();
         assert!(err.contains("\"a\" given twice"), "{err}");
-        let stream = |n: &str| Node {
-            name: n.into(),
-            size: 0,
-            kind: NodeKind::Stream { content: vec![] },
+        let stream = |n: &str| {
+            Node::new(
+                n.as_bytes(),
+                0,
+                NodeKind::Stream { content: vec![] },
+                serde_json::Value::Null,
+            )
         };
         let t = Tree::new(vec![stream("b"), stream("a")]).unwrap();
         assert_eq!(
             t.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
             ["a", "b"]
         );
-        assert!(t.get("b").is_some() && t.get("c").is_none());
+        assert!(t.get(b"b").is_some() && t.get(b"c").is_none());
         assert!(Tree::new(vec![stream("x"), stream("x")]).is_err());
         assert_eq!(Tree::decode(&t.encode(), "t").unwrap(), t);
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_round_trip_and_sort_as_bytes() {
+        let leaf = |n: &[u8]| Node::new(n, 0, NodeKind::Leaf, serde_json::json!({"m": 1}));
+        let t = Tree::new(vec![leaf(b"\xff\xfe"), leaf(b"\xff\xfd"), leaf(b"a\nb")]).unwrap();
+        let names: Vec<&[u8]> = t.nodes.iter().map(Node::name_bytes).collect();
+        assert_eq!(names, [&b"a\nb"[..], b"\xff\xfd", b"\xff\xfe"]);
+        let back = Tree::decode(&t.encode(), "t").unwrap();
+        assert_eq!(back, t);
+        assert_eq!(
+            back.get(b"\xff\xfd").unwrap().raw_name.as_deref(),
+            Some(&b"\xff\xfd"[..])
+        );
+        assert_eq!(back.get(b"a\nb").unwrap().raw_name, None);
     }
 }

@@ -1,0 +1,848 @@
+//! The write path: read → chunk → hash → dedup → compress → seal → pack →
+//! upload → index segment → tree → snapshot.
+//!
+//! Three stages run at once, joined by bounded channels (back-pressure keeps
+//! memory flat whatever the input size):
+//! 1. a reader thread per stream fills 16 MiB buffers and cuts them into
+//!    chunks (one buffer queued);
+//! 2. three batches at a time are hashed, looked up, compressed and sealed on
+//!    rayon; the backup thread packs their blobs in stream order (one
+//!    finished pack queued);
+//! 3. the async side uploads packs (a few at a time), writes an index
+//!    segment for every 256 uploaded packs and at the end, then the snapshot.
+//!
+//! Peak memory is about 5 batches and their sealed blobs + 5 packs, whatever
+//! the input size: measured peak RSS of the CLI backing up 1 GiB was 196 MB
+//! for text and 279 MB for incompressible data (256 MiB of text: 164 MB).
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use rayon::prelude::*;
+
+use crate::blob::{self, BlobType};
+use crate::error::{Error, Result};
+use crate::format::ObjectKind;
+use crate::id::{BlobId, IndexId, SnapshotId};
+use crate::index::{IndexPack, IndexSegment};
+use crate::pack::{FinishedPack, PackWriter};
+use crate::repo::{Inner, Repository, poisoned};
+use crate::sealed;
+use crate::snapshot::{self, SNAPSHOT_VERSION, Snapshot, SnapshotStats};
+use crate::tree::{Node, NodeKind, Tree};
+
+mod reader;
+
+use reader::{Batch, Batcher, Piece};
+pub use reader::{Content, Entry};
+
+/// Packs uploaded at once.
+const UPLOAD_CONCURRENCY: usize = 3;
+/// Packs described by one index segment written during a backup.
+const PACKS_PER_SEGMENT: usize = 256;
+
+/// One named byte stream to back up.
+pub struct StreamSource {
+    /// Name within the snapshot (a file name: no `/`, not `.` or `..`).
+    pub name: String,
+    /// The bytes.
+    pub reader: Box<dyn Read + Send>,
+}
+
+impl StreamSource {
+    /// A stream named `name` read from `reader`.
+    pub fn new(name: impl Into<String>, reader: impl Read + Send + 'static) -> Self {
+        StreamSource {
+            name: name.into(),
+            reader: Box::new(reader),
+        }
+    }
+}
+
+/// Live counters a caller can poll to show progress.
+#[derive(Debug, Default)]
+pub struct BackupProgress {
+    /// Bytes read from the sources so far (and stored bytes taken as is).
+    pub bytes_read: AtomicU64,
+    /// Plaintext bytes of new chunks so far.
+    pub bytes_new: AtomicU64,
+    /// Bytes uploaded so far.
+    pub bytes_uploaded: AtomicU64,
+    /// Entries (files, directories, ...) added to the snapshot's trees so far.
+    pub entries_done: AtomicU64,
+}
+
+/// Options of a backup.
+#[derive(Clone, Debug, Default)]
+pub struct BackupOptions {
+    /// Snapshot time (default: now).
+    pub time: Option<jiff::Timestamp>,
+    /// Host name (default: this machine's).
+    pub hostname: Option<String>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// What was backed up, recorded in the snapshot (default for stream
+    /// backups: the stream names).
+    pub paths: Vec<String>,
+    /// Adapter name recorded in the snapshot (default `stream`).
+    pub source_kind: Option<String>,
+    /// Adapter metadata recorded in the snapshot.
+    pub source_meta: serde_json::Value,
+    /// Progress counters to update.
+    pub progress: Option<Arc<BackupProgress>>,
+}
+
+/// The outcome of a backup.
+#[derive(Clone, Debug)]
+pub struct BackupSummary {
+    /// The new snapshot's id.
+    pub id: SnapshotId,
+    /// The new snapshot.
+    pub snapshot: Snapshot,
+    /// Entries left out and why (unreadable files, ...).
+    pub warnings: Vec<String>,
+}
+
+/// A stored tree, ready to be named by a snapshot.
+#[derive(Clone, Debug)]
+pub struct StoredTree {
+    /// The root tree blob.
+    pub root: BlobId,
+    /// Figures so far (the snapshot's duration is set at commit).
+    pub stats: SnapshotStats,
+    /// Entries left out and why.
+    pub warnings: Vec<String>,
+    started: Instant,
+}
+
+/// What the backup thread hands back.
+struct CpuResult {
+    root: BlobId,
+    stats: SnapshotStats,
+    warnings: Vec<String>,
+}
+
+/// Checks that a stream name can be restored as a file name.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming the problem.
+pub fn validate_stream_name(name: &str) -> Result<()> {
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+        return Err(Error::InvalidArgument(format!(
+            "stream name {name:?} must be a file name: not empty, `.` or `..`, without `/` or NUL"
+        )));
+    }
+    Ok(())
+}
+
+impl Repository {
+    /// Backs up named byte streams into one new snapshot.
+    ///
+    /// Readers run on a dedicated thread; CPU work runs on rayon; uploads run
+    /// on the caller's Tokio runtime. One backup runs at a time per handle.
+    ///
+    /// # Errors
+    /// Reading a stream, storage errors, invalid names. On error no
+    /// snapshot is written and the repository stays valid (at worst it holds
+    /// unreferenced packs).
+    pub async fn backup(
+        &self,
+        streams: Vec<StreamSource>,
+        mut options: BackupOptions,
+    ) -> Result<BackupSummary> {
+        for s in &streams {
+            validate_stream_name(&s.name)?;
+        }
+        crate::tree::ensure_unique_names(streams.iter().map(|s| s.name.as_bytes()))?;
+        if options.paths.is_empty() {
+            options.paths = streams.iter().map(|s| s.name.clone()).collect();
+        }
+        // A stream that cannot be read fails the backup (unlike a file of a
+        // tree, which is left out with a warning).
+        let failed = Arc::new(std::sync::Mutex::new(None));
+        let entries = streams.into_iter().map({
+            let failed = failed.clone();
+            move |s| Entry::File {
+                name: s.name.clone().into_bytes(),
+                meta: serde_json::Value::Null,
+                content: Content::Read(Box::new(FailFast {
+                    name: s.name,
+                    reader: s.reader,
+                    failed: failed.clone(),
+                })),
+            }
+        });
+        let progress = options.progress.clone();
+        let stored = self.store_tree(entries, progress).await;
+        if let Some((name, e)) = failed.lock().map_err(|_| poisoned())?.take() {
+            return Err(Error::io(format!("reading stream {name:?}"), e));
+        }
+        self.commit_snapshot(stored?, options).await
+    }
+
+    /// Stores a tree of entries (depth-first: see [`Entry`]) and everything
+    /// it references: packs, index segments, tree blobs. Name it with
+    /// [`Repository::commit_snapshot`]; until then it is garbage.
+    ///
+    /// Entries are pulled on a reading thread, which also reads file
+    /// content, so a slow iterator (a directory walk) overlaps with
+    /// hashing, compression and uploads. A file whose content fails to read
+    /// is left out and reported in `warnings`.
+    ///
+    /// # Errors
+    /// Storage errors, unbalanced `Dir`/`EndDir`, duplicate names in one
+    /// directory. On error the repository stays valid.
+    pub async fn store_tree(
+        &self,
+        entries: impl Iterator<Item = Entry> + Send + 'static,
+        progress: Option<Arc<BackupProgress>>,
+    ) -> Result<StoredTree> {
+        let _one_at_a_time = self.inner.backup_lock.lock().await;
+        let index = self.index().await?;
+        let result = self.run_store(Box::new(entries), progress).await;
+        let mut index = index.write().map_err(|_| poisoned())?;
+        match result {
+            Ok(tree) => {
+                index.commit_pending();
+                Ok(tree)
+            }
+            Err(e) => {
+                index.discard_pending();
+                Err(e)
+            }
+        }
+    }
+
+    async fn run_store(
+        &self,
+        entries: Box<dyn Iterator<Item = Entry> + Send>,
+        progress: Option<Arc<BackupProgress>>,
+    ) -> Result<StoredTree> {
+        let started = Instant::now();
+        let (pack_tx, pack_rx) = tokio::sync::mpsc::channel::<FinishedPack>(1);
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let inner = self.inner.clone();
+        let cpu_progress = progress.clone();
+        std::thread::Builder::new()
+            .name("tessera-backup".into())
+            .spawn(move || {
+                let result = cpu_stage(&inner, entries, &pack_tx, cpu_progress.as_deref());
+                drop(pack_tx);
+                let _ = done_tx.send(result);
+            })
+            .map_err(|e| Error::io("starting the backup thread", e))?;
+        let uploaded = self.upload_packs(pack_rx, progress.as_deref()).await;
+        let cpu = done_rx
+            .await
+            .map_err(|_| Error::Internal("the backup thread panicked".into()))?;
+        // An upload error explains a stopped backup thread better than its own error.
+        let (packs_written, stored_bytes) = uploaded?;
+        let mut cpu = cpu?;
+        cpu.stats.packs_written = packs_written;
+        cpu.stats.stored_bytes = stored_bytes;
+        Ok(StoredTree {
+            root: cpu.root,
+            stats: cpu.stats,
+            warnings: cpu.warnings,
+            started,
+        })
+    }
+
+    /// Writes the snapshot object naming a stored tree: the last write of
+    /// a backup.
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub async fn commit_snapshot(
+        &self,
+        tree: StoredTree,
+        options: BackupOptions,
+    ) -> Result<BackupSummary> {
+        let mut stats = tree.stats;
+        stats.duration_secs = tree.started.elapsed().as_secs_f64();
+        let snapshot = Snapshot {
+            version: SNAPSHOT_VERSION,
+            time: options.time.unwrap_or_else(jiff::Timestamp::now),
+            hostname: options.hostname.unwrap_or_else(snapshot::hostname),
+            username: snapshot::username(),
+            tags: options.tags,
+            paths: options.paths,
+            source_kind: options.source_kind.unwrap_or_else(|| "stream".into()),
+            source_meta: options.source_meta,
+            tree: tree.root,
+            stats,
+            program_version: format!("tessera {}", env!("CARGO_PKG_VERSION")),
+        };
+        let id = SnapshotId::random();
+        let bytes = sealed::seal(
+            &self.inner.keyring,
+            ObjectKind::Snapshot,
+            &id.to_hex(),
+            &snapshot.encode(),
+        );
+        self.inner
+            .backend
+            .put(ObjectKind::Snapshot, &id.to_hex(), Bytes::from(bytes))
+            .await?;
+        Ok(BackupSummary {
+            id,
+            snapshot,
+            warnings: tree.warnings,
+        })
+    }
+
+    /// A handle that answers "does the repository hold this blob?" without
+    /// awaiting: for adapters that reuse chunk ids from a cache.
+    ///
+    /// # Errors
+    /// Loading the index.
+    pub async fn known_blobs(&self) -> Result<KnownBlobs> {
+        self.index().await?;
+        Ok(KnownBlobs(self.inner.clone()))
+    }
+
+    /// Uploads packs as they come, writing index segments after them.
+    /// Returns (packs, bytes) written.
+    async fn upload_packs(
+        &self,
+        mut rx: tokio::sync::mpsc::Receiver<FinishedPack>,
+        progress: Option<&BackupProgress>,
+    ) -> Result<(u64, u64)> {
+        let mut inflight = FuturesUnordered::new();
+        let mut segment = Vec::new();
+        let (mut packs, mut bytes) = (0u64, 0u64);
+        let upload = |pack: FinishedPack| async move {
+            let len = pack.bytes.len() as u64;
+            self.inner
+                .backend
+                .put(ObjectKind::Pack, &pack.id.to_hex(), pack.bytes)
+                .await?;
+            Ok::<_, Error>((
+                IndexPack {
+                    id: pack.id,
+                    key_id: pack.key_id,
+                    blobs: pack.entries,
+                },
+                len,
+            ))
+        };
+        let done = |(p, len): (IndexPack, u64),
+                    segment: &mut Vec<IndexPack>,
+                    packs: &mut u64,
+                    bytes: &mut u64| {
+            *packs += 1;
+            *bytes += len;
+            if let Some(progress) = progress {
+                progress.bytes_uploaded.fetch_add(len, Ordering::Relaxed);
+            }
+            segment.push(p);
+        };
+        while let Some(pack) = rx.recv().await {
+            while inflight.len() >= UPLOAD_CONCURRENCY {
+                if let Some(r) = inflight.next().await {
+                    done(r?, &mut segment, &mut packs, &mut bytes);
+                }
+            }
+            inflight.push(upload(pack));
+            if segment.len() >= PACKS_PER_SEGMENT {
+                bytes += self
+                    .write_index_segment(std::mem::take(&mut segment))
+                    .await?;
+            }
+        }
+        while let Some(r) = inflight.next().await {
+            done(r?, &mut segment, &mut packs, &mut bytes);
+        }
+        if !segment.is_empty() {
+            bytes += self.write_index_segment(segment).await?;
+        }
+        Ok((packs, bytes))
+    }
+
+    /// Stores an index segment for packs that are already durable.
+    async fn write_index_segment(&self, packs: Vec<IndexPack>) -> Result<u64> {
+        let id = IndexId::random();
+        let plain = IndexSegment { packs }.encode();
+        let bytes = sealed::seal(&self.inner.keyring, ObjectKind::Index, &id.to_hex(), &plain);
+        let len = bytes.len() as u64;
+        self.inner
+            .backend
+            .put(ObjectKind::Index, &id.to_hex(), Bytes::from(bytes))
+            .await?;
+        Ok(len)
+    }
+}
+
+/// Pack writers and counters of the backup thread.
+struct Packer<'a> {
+    inner: &'a Inner,
+    tx: &'a tokio::sync::mpsc::Sender<FinishedPack>,
+    data: Option<PackWriter>,
+    tree: Option<PackWriter>,
+    stats: SnapshotStats,
+}
+
+/// Seals a pack's header and queues it for upload (waits while the queue is full).
+fn send_pack(
+    inner: &Inner,
+    tx: &tokio::sync::mpsc::Sender<FinishedPack>,
+    pack: PackWriter,
+) -> Result<()> {
+    let finished = pack.finish(&inner.keyring)?;
+    tx.blocking_send(finished)
+        .map_err(|_| Error::Internal("the upload stage stopped".into()))
+}
+
+impl Packer<'_> {
+    /// Adds sealed blobs of one type, starting new packs at the target size.
+    fn add(&mut self, blobs: Vec<blob::SealedBlob>, blob_type: BlobType) -> Result<()> {
+        let key = self.inner.keyring.write_key();
+        let target = match blob_type {
+            BlobType::Data => self.inner.config.pack_size.data,
+            BlobType::Tree => self.inner.config.pack_size.tree,
+        } as usize;
+        let index = self
+            .inner
+            .index
+            .get()
+            .ok_or_else(|| Error::Internal("index not loaded".into()))?;
+        let slot = match blob_type {
+            BlobType::Data => &mut self.data,
+            BlobType::Tree => &mut self.tree,
+        };
+        let mut added = Vec::with_capacity(blobs.len());
+        for b in &blobs {
+            if slot
+                .as_ref()
+                .is_some_and(|p| !p.is_empty() && p.len() + b.bytes.len() > target)
+            {
+                if let Some(full) = slot.take() {
+                    send_pack(self.inner, self.tx, full)?;
+                }
+            }
+            let pack =
+                slot.get_or_insert_with(|| PackWriter::new(blob_type, key, target + target / 8));
+            let entry = pack.add(b)?;
+            added.push((pack.id(), entry));
+            self.stats.new_chunks += u64::from(blob_type == BlobType::Data);
+            self.stats.new_bytes += u64::from(b.raw_len) * u64::from(blob_type == BlobType::Data);
+        }
+        {
+            let mut index = index.write().map_err(|_| poisoned())?;
+            for (pack, entry) in &added {
+                index.add_pending(*pack, key.id(), entry)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the partly filled packs of both types.
+    fn flush(&mut self) -> Result<()> {
+        for pack in [self.data.take(), self.tree.take()].into_iter().flatten() {
+            send_pack(self.inner, self.tx, pack)?;
+        }
+        Ok(())
+    }
+}
+
+/// The backup thread's ordered stage: packs sealed batches in order and
+/// assembles tree nodes from their pieces, sealing each directory's tree
+/// blob when it closes.
+struct Assembler<'a> {
+    packer: Packer<'a>,
+    /// Open directories: the root first, each with its name, meta and nodes.
+    stack: Vec<Frame>,
+    /// The file whose chunks are arriving.
+    open_file: Option<OpenFile>,
+    warnings: Vec<String>,
+    progress: Option<&'a BackupProgress>,
+}
+
+struct Frame {
+    name: Vec<u8>,
+    meta: serde_json::Value,
+    nodes: Vec<Node>,
+}
+
+struct OpenFile {
+    name: Vec<u8>,
+    meta: serde_json::Value,
+    content: Vec<BlobId>,
+    size: u64,
+}
+
+impl Assembler<'_> {
+    fn frame(&mut self) -> Result<&mut Frame> {
+        self.stack
+            .last_mut()
+            .ok_or_else(|| Error::InvalidArgument("more EndDir entries than Dir entries".into()))
+    }
+
+    fn push_node(&mut self, node: Node) -> Result<()> {
+        if let Some(p) = self.progress {
+            p.entries_done.fetch_add(1, Ordering::Relaxed);
+        }
+        self.frame()?.nodes.push(node);
+        Ok(())
+    }
+
+    /// Applies one sealed batch: packs its new blobs, then walks its pieces.
+    fn apply(&mut self, batch: SealedBatch) -> Result<()> {
+        let SealedBatch {
+            ids,
+            sealed,
+            len,
+            pieces,
+            sizes,
+        } = batch;
+        pack_new(self.packer.inner, sealed, &mut self.packer)?;
+        self.packer.stats.total_chunks += ids.len() as u64;
+        self.packer.stats.total_bytes += len;
+        let mut ids = ids.into_iter().zip(sizes);
+        for piece in pieces {
+            match piece {
+                Piece::Dir { name, meta } => self.stack.push(Frame {
+                    name,
+                    meta,
+                    nodes: Vec::new(),
+                }),
+                Piece::EndDir => self.close_dir()?,
+                Piece::Leaf { name, meta } => {
+                    self.push_node(Node::new(&name, 0, NodeKind::Leaf, meta))?;
+                }
+                Piece::Stored {
+                    name,
+                    meta,
+                    content,
+                    size,
+                } => {
+                    self.packer.stats.total_chunks += content.len() as u64;
+                    self.packer.stats.total_bytes += size;
+                    self.push_node(Node::new(&name, size, NodeKind::Stream { content }, meta))?;
+                }
+                Piece::Start { name, meta } => {
+                    self.open_file = Some(OpenFile {
+                        name,
+                        meta,
+                        content: Vec::new(),
+                        size: 0,
+                    });
+                }
+                Piece::Chunks(n) => {
+                    let file = self
+                        .open_file
+                        .as_mut()
+                        .ok_or_else(|| Error::Internal("chunks outside a file".into()))?;
+                    for (id, size) in ids.by_ref().take(n) {
+                        file.content.push(id);
+                        file.size += size;
+                    }
+                }
+                Piece::End => {
+                    let f = self
+                        .open_file
+                        .take()
+                        .ok_or_else(|| Error::Internal("end outside a file".into()))?;
+                    self.push_node(Node::new(
+                        &f.name,
+                        f.size,
+                        NodeKind::Stream { content: f.content },
+                        f.meta,
+                    ))?;
+                }
+                Piece::Failed(e) => {
+                    if let Some(f) = self.open_file.take() {
+                        let path = self.path_of(&f.name);
+                        self.warnings
+                            .push(format!("{path}: not backed up: reading failed: {e}"));
+                    }
+                }
+            }
+        }
+        if let Some(p) = self.progress {
+            p.bytes_new
+                .store(self.packer.stats.new_bytes, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The path of `name` in the open directories, for messages.
+    fn path_of(&self, name: &[u8]) -> String {
+        let mut parts: Vec<String> = self
+            .stack
+            .iter()
+            .skip(1)
+            .map(|f| String::from_utf8_lossy(&f.name).into_owned())
+            .collect();
+        parts.push(String::from_utf8_lossy(name).into_owned());
+        parts.join("/")
+    }
+
+    /// Seals a directory's tree (unless the repository has it) and adds
+    /// its node to the parent.
+    fn close_dir(&mut self) -> Result<()> {
+        if self.stack.len() < 2 {
+            return Err(Error::InvalidArgument(
+                "more EndDir entries than Dir entries".into(),
+            ));
+        }
+        let frame = self.frame_pop()?;
+        let subtree = self.store_tree(frame.nodes)?;
+        self.push_node(Node::new(
+            &frame.name,
+            0,
+            NodeKind::Dir { subtree },
+            frame.meta,
+        ))
+    }
+
+    fn frame_pop(&mut self) -> Result<Frame> {
+        self.stack
+            .pop()
+            .ok_or_else(|| Error::Internal("no open directory".into()))
+    }
+
+    /// Encodes, hashes and (if new) seals and packs a tree blob.
+    fn store_tree(&mut self, nodes: Vec<Node>) -> Result<BlobId> {
+        let inner = self.packer.inner;
+        let tree = Tree::new(nodes)?.encode();
+        let id = inner.keyring.blob_id(&tree);
+        if !index_of(inner)?
+            .read()
+            .map_err(|_| poisoned())?
+            .contains(&id)
+        {
+            let sealed = blob::seal(
+                inner.keyring.write_key(),
+                id,
+                BlobType::Tree,
+                &tree,
+                inner.config.compression.level,
+            )?;
+            self.packer.add(vec![sealed], BlobType::Tree)?;
+        }
+        Ok(id)
+    }
+
+    /// Closes the root after the last batch.
+    fn finish(mut self) -> Result<CpuResult> {
+        if self.open_file.is_some() || self.stack.len() != 1 {
+            return Err(Error::InvalidArgument(
+                "the entries ended inside a file or an open directory".into(),
+            ));
+        }
+        let root_frame = self.frame_pop()?;
+        let root = self.store_tree(root_frame.nodes)?;
+        self.packer.flush()?;
+        Ok(CpuResult {
+            root,
+            stats: self.packer.stats,
+            warnings: self.warnings,
+        })
+    }
+}
+
+fn index_of(inner: &Inner) -> Result<&std::sync::RwLock<crate::index::Index>> {
+    inner
+        .index
+        .get()
+        .ok_or_else(|| Error::Internal("index not loaded".into()))
+}
+
+/// Batches hashed and sealed at once on rayon. The backup thread waits for
+/// the oldest; with only two, the last large chunk of that batch often
+/// compresses on one core while the other has nothing queued. Three kept
+/// both cores busy (+13 % throughput on text); four gained nothing more.
+const BATCHES_IN_FLIGHT: usize = 3;
+
+/// A batch after the parallel stage: every chunk's id and size, sealed
+/// blobs for the chunks the index did not hold when they were looked up,
+/// and the batch's pieces.
+struct SealedBatch {
+    ids: Vec<BlobId>,
+    sizes: Vec<u64>,
+    sealed: Vec<blob::SealedBlob>,
+    len: u64,
+    pieces: Vec<Piece>,
+}
+
+/// The backup thread: a reader thread batches the entries; batches are
+/// hashed and sealed on rayon, `BATCHES_IN_FLIGHT` at a time; the
+/// [`Assembler`] packs them here, in order, and builds the trees.
+fn cpu_stage(
+    inner: &Arc<Inner>,
+    entries: Box<dyn Iterator<Item = Entry> + Send>,
+    tx: &tokio::sync::mpsc::Sender<FinishedPack>,
+    progress: Option<&BackupProgress>,
+) -> Result<CpuResult> {
+    let mut asm = Assembler {
+        packer: Packer {
+            inner,
+            tx,
+            data: None,
+            tree: None,
+            stats: SnapshotStats::default(),
+        },
+        stack: vec![Frame {
+            name: Vec::new(),
+            meta: serde_json::Value::Null,
+            nodes: Vec::new(),
+        }],
+        open_file: None,
+        warnings: Vec::new(),
+        progress,
+    };
+    std::thread::scope(|scope| {
+        let (batch_tx, batch_rx) = std::sync::mpsc::sync_channel::<Batch>(1);
+        let chunker = inner.chunker.clone();
+        let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let reader = std::thread::Builder::new()
+            .name("tessera-read".into())
+            .spawn_scoped(scope, move || {
+                Batcher::new(chunker, spare_rx, |b| batch_tx.send(b).is_ok()).run(entries)
+            })
+            .map_err(|e| Error::io("starting the reading thread", e))?;
+        let mut in_flight = std::collections::VecDeque::new();
+        let mut read = 0u64;
+        let mut finish = |rx: std::sync::mpsc::Receiver<Result<SealedBatch>>,
+                          asm: &mut Assembler<'_>|
+         -> Result<()> {
+            let done = rx
+                .recv()
+                .map_err(|_| Error::Internal("a sealing task panicked".into()))??;
+            read += done.len;
+            asm.apply(done)?;
+            if let Some(p) = progress {
+                p.bytes_read.store(read, Ordering::Relaxed);
+            }
+            Ok(())
+        };
+        for batch in batch_rx.iter() {
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            let inner = inner.clone();
+            let spare = spare_tx.clone();
+            rayon::spawn(move || {
+                let sealed = seal_batch(&inner, batch, &spare);
+                let _ = tx.send(sealed);
+            });
+            in_flight.push_back(rx);
+            if in_flight.len() >= BATCHES_IN_FLIGHT {
+                if let Some(rx) = in_flight.pop_front() {
+                    if let Err(e) = finish(rx, &mut asm) {
+                        drop(batch_rx);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        while let Some(rx) = in_flight.pop_front() {
+            finish(rx, &mut asm)?;
+        }
+        if reader.join().is_err() {
+            return Err(Error::Internal("the reading thread panicked".into()));
+        }
+        Ok(())
+    })?;
+    asm.finish()
+}
+
+/// The parallel stage: hash every chunk, look it up, compress and seal the
+/// ones the index lacks. A chunk that appears twice in flight may be sealed
+/// twice; [`pack_new`] keeps one.
+fn seal_batch(
+    inner: &Inner,
+    batch: Batch,
+    spare: &std::sync::mpsc::Sender<Vec<u8>>,
+) -> Result<SealedBatch> {
+    let index = index_of(inner)?;
+    let key = inner.keyring.write_key();
+    let level = inner.config.compression.level;
+    let results: Vec<(BlobId, Option<Result<blob::SealedBlob>>)> = batch
+        .chunks
+        .par_iter()
+        .map(|r| {
+            let data = batch.data.get(r.clone()).unwrap_or_default();
+            let id = inner.keyring.blob_id(data);
+            let known = index.read().map(|i| i.contains(&id)).unwrap_or(false);
+            (
+                id,
+                (!known).then(|| blob::seal(key, id, BlobType::Data, data, level)),
+            )
+        })
+        .collect();
+    let sizes = batch.chunks.iter().map(|r| r.len() as u64).collect();
+    let len = batch.data.len() as u64;
+    let _ = spare.send(batch.data);
+    let mut ids = Vec::with_capacity(results.len());
+    let mut sealed = Vec::new();
+    for (id, s) in results {
+        ids.push(id);
+        if let Some(s) = s {
+            sealed.push(s?);
+        }
+    }
+    Ok(SealedBatch {
+        ids,
+        sizes,
+        sealed,
+        len,
+        pieces: batch.pieces,
+    })
+}
+
+/// The ordered stage's packing: drop blobs stored meanwhile, pack the rest.
+fn pack_new(inner: &Inner, sealed: Vec<blob::SealedBlob>, packer: &mut Packer<'_>) -> Result<()> {
+    let fresh: Vec<blob::SealedBlob> = {
+        let index = index_of(inner)?.read().map_err(|_| poisoned())?;
+        let mut seen = HashSet::new();
+        sealed
+            .into_iter()
+            .filter(|s| !index.contains(&s.id) && seen.insert(s.id))
+            .collect()
+    };
+    packer.add(fresh, BlobType::Data)
+}
+
+/// A stream reader that records its error for [`Repository::backup`],
+/// which fails instead of leaving the stream out.
+struct FailFast {
+    name: String,
+    reader: Box<dyn Read + Send>,
+    failed: Arc<std::sync::Mutex<Option<(String, std::io::Error)>>>,
+}
+
+impl Read for FailFast {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.reader.read(buf).inspect_err(|e| {
+            if let Ok(mut f) = self.failed.lock() {
+                f.get_or_insert_with(|| {
+                    (
+                        self.name.clone(),
+                        std::io::Error::new(e.kind(), e.to_string()),
+                    )
+                });
+            }
+        })
+    }
+}
+
+/// See [`Repository::known_blobs`].
+#[derive(Clone)]
+pub struct KnownBlobs(Arc<Inner>);
+
+impl KnownBlobs {
+    /// True if every id is in the loaded index (including this session's
+    /// blobs once packed).
+    pub fn contains_all(&self, ids: &[BlobId]) -> bool {
+        let Some(Ok(index)) = self.0.index.get().map(|i| i.read()) else {
+            return false;
+        };
+        ids.iter().all(|id| index.contains(id))
+    }
+}
