@@ -53,7 +53,7 @@ mod restore;
 mod stats;
 
 pub use backup::{
-    BackupOptions, BackupProgress, BackupSummary, Content, Entry, KnownBlobs, StoredTree,
+    BackupOptions, BackupProgress, BackupSummary, Content, Entry, KnownBlobs, OnStored, StoredTree,
     StreamSource, validate_stream_name,
 };
 pub use check::CheckReport;

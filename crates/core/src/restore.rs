@@ -22,6 +22,8 @@ use crate::tree::{Node, NodeKind};
 const MAX_READ: u64 = 8 * 1024 * 1024;
 /// Range requests in flight ahead of the writer.
 const READ_AHEAD: usize = 4;
+/// Largest gap between two wanted blobs of a pack read through in one request.
+const MAX_GAP: u64 = 256 * 1024;
 
 /// Consecutive blobs of one pack, read with one request.
 struct ReadSpan {
@@ -134,6 +136,96 @@ impl Repository {
             ));
         }
         Ok(written)
+    }
+
+    /// Plaintext lengths of blobs, from the index (`None` for a blob the
+    /// index lacks).
+    ///
+    /// # Errors
+    /// Loading the index.
+    pub async fn blob_sizes(&self, ids: &[BlobId]) -> Result<Vec<Option<u32>>> {
+        let index = self.index().await?.read().map_err(|_| poisoned())?;
+        Ok(ids
+            .iter()
+            .map(|id| index.lookup(id).map(|l| l.raw_len))
+            .collect())
+    }
+
+    /// The id a blob with this plaintext has in this repository (to check
+    /// whether bytes on disk already hold a blob).
+    pub fn blob_id_of(&self, plaintext: &[u8]) -> BlobId {
+        self.inner.keyring.blob_id(plaintext)
+    }
+
+    /// Reads every blob in `ids` once, in pack order: neighbouring blobs of
+    /// a pack share one range request, `READ_AHEAD` requests run at once,
+    /// and blobs are opened and handed to `deliver` on rayon, in parallel.
+    /// This is the read path of a restore that writes many files in place.
+    ///
+    /// # Errors
+    /// [`Error::BlobNotIndexed`] (naming `referrer`), missing or corrupt
+    /// packs, and the first error `deliver` returns (which stops the reads).
+    pub async fn fetch_blobs<F>(&self, ids: Vec<BlobId>, referrer: &str, deliver: F) -> Result<()>
+    where
+        F: Fn(BlobId, Vec<u8>) -> Result<()> + Send + Sync + 'static,
+    {
+        let mut located = {
+            let index = self.index().await?.read().map_err(|_| poisoned())?;
+            let mut v = Vec::with_capacity(ids.len());
+            for id in ids {
+                let loc = index.lookup(&id).ok_or_else(|| Error::BlobNotIndexed {
+                    blob: id.to_hex(),
+                    referrer: referrer.to_string(),
+                })?;
+                v.push((id, loc));
+            }
+            v
+        };
+        located.sort_by_key(|(_, l)| (l.pack, l.offset));
+        located.dedup_by_key(|(id, _)| *id);
+        let mut spans: Vec<ReadSpan> = Vec::new();
+        for (id, loc) in located {
+            let start = u64::from(loc.offset);
+            let end = start + u64::from(loc.stored_len);
+            match spans.last_mut() {
+                // Small gaps are read through: one request beats two.
+                Some(s)
+                    if s.pack == loc.pack
+                        && start >= s.end
+                        && start - s.end <= MAX_GAP
+                        && end - s.start <= MAX_READ =>
+                {
+                    s.end = end;
+                    s.blobs.push((id, loc));
+                }
+                _ => spans.push(ReadSpan {
+                    pack: loc.pack,
+                    key_id: loc.key_id,
+                    start,
+                    end,
+                    blobs: vec![(id, loc)],
+                }),
+            }
+        }
+        let deliver = std::sync::Arc::new(deliver);
+        let mut reads = futures::stream::iter(spans)
+            .map(|span| {
+                let deliver = deliver.clone();
+                async move {
+                    let blobs: Vec<BlobId> = span.blobs.iter().map(|(id, _)| *id).collect();
+                    let plains = self.fetch_span(span).await?;
+                    on_rayon(move || {
+                        blobs
+                            .into_par_iter()
+                            .zip(plains)
+                            .try_for_each(|(id, p)| deliver(id, p))
+                    })
+                    .await
+                }
+            })
+            .buffer_unordered(READ_AHEAD);
+        while reads.try_next().await?.is_some() {}
+        Ok(())
     }
 
     async fn fetch_span(&self, span: ReadSpan) -> Result<Vec<Vec<u8>>> {

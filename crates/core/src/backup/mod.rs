@@ -40,7 +40,7 @@ use crate::tree::{Node, NodeKind, Tree};
 mod reader;
 
 use reader::{Batch, Batcher, Piece};
-pub use reader::{Content, Entry};
+pub use reader::{Content, Entry, OnStored};
 
 /// Packs uploaded at once.
 const UPLOAD_CONCURRENCY: usize = 3;
@@ -176,6 +176,7 @@ impl Repository {
                     reader: s.reader,
                     failed: failed.clone(),
                 })),
+                on_stored: None,
             }
         });
         let progress = options.progress.clone();
@@ -475,6 +476,7 @@ struct OpenFile {
     meta: serde_json::Value,
     content: Vec<BlobId>,
     size: u64,
+    on_stored: Option<OnStored>,
 }
 
 impl Assembler<'_> {
@@ -526,12 +528,17 @@ impl Assembler<'_> {
                     self.packer.stats.total_bytes += size;
                     self.push_node(Node::new(&name, size, NodeKind::Stream { content }, meta))?;
                 }
-                Piece::Start { name, meta } => {
+                Piece::Start {
+                    name,
+                    meta,
+                    on_stored,
+                } => {
                     self.open_file = Some(OpenFile {
                         name,
                         meta,
                         content: Vec::new(),
                         size: 0,
+                        on_stored,
                     });
                 }
                 Piece::Chunks(n) => {
@@ -549,6 +556,9 @@ impl Assembler<'_> {
                         .open_file
                         .take()
                         .ok_or_else(|| Error::Internal("end outside a file".into()))?;
+                    if let Some(tell) = f.on_stored {
+                        tell(&f.content, f.size);
+                    }
                     self.push_node(Node::new(
                         &f.name,
                         f.size,

@@ -31,6 +31,10 @@ pub enum Content {
     },
 }
 
+/// Called with a file's chunk ids and size once they are packed (on the
+/// backup thread: keep it short, e.g. send to a channel).
+pub type OnStored = Box<dyn FnOnce(&[BlobId], u64) + Send>;
+
 /// One entry of a backup source, in depth-first order: a `Dir` opens a
 /// directory whose entries follow until its `EndDir`.
 pub enum Entry {
@@ -51,6 +55,9 @@ pub enum Entry {
         meta: serde_json::Value,
         /// The bytes.
         content: Content,
+        /// Told the chunk ids when the content has been read and packed
+        /// (not for a file that failed to read).
+        on_stored: Option<OnStored>,
     },
     /// An entry without content (symlink, device, FIFO, ...).
     Leaf {
@@ -86,6 +93,7 @@ pub(crate) enum Piece {
     Start {
         name: Vec<u8>,
         meta: serde_json::Value,
+        on_stored: Option<OnStored>,
     },
     /// The next `n` chunks of the batch belong to the open file.
     Chunks(usize),
@@ -145,6 +153,7 @@ impl<F: FnMut(Batch) -> bool> Batcher<F> {
                     name,
                     meta,
                     content: Content::Stored { content, size },
+                    ..
                 } => self.pieces.push(Piece::Stored {
                     name,
                     meta,
@@ -155,8 +164,13 @@ impl<F: FnMut(Batch) -> bool> Batcher<F> {
                     name,
                     meta,
                     content: Content::Read(reader),
+                    on_stored,
                 } => {
-                    self.pieces.push(Piece::Start { name, meta });
+                    self.pieces.push(Piece::Start {
+                        name,
+                        meta,
+                        on_stored,
+                    });
                     self.read_file(reader);
                 }
             }
@@ -291,6 +305,7 @@ mod tests {
             name: b"f".to_vec(),
             meta: serde_json::Value::Null,
             content: Content::Read(Box::new(std::io::Cursor::new(f))),
+            on_stored: None,
         });
         assert!(b.run(entries));
         let mut out: Vec<Vec<Vec<u8>>> = Vec::new();
@@ -362,11 +377,13 @@ mod tests {
                 name: b"bad".to_vec(),
                 meta: serde_json::Value::Null,
                 content: Content::Read(Box::new(Fails(10_000))),
+                on_stored: None,
             },
             Entry::File {
                 name: b"good".to_vec(),
                 meta: serde_json::Value::Null,
                 content: Content::Read(Box::new(std::io::Cursor::new(vec![2u8; 100]))),
+                on_stored: None,
             },
         ];
         assert!(b.run(entries.into_iter()));

@@ -1,0 +1,219 @@
+//! Reading a filesystem snapshot's trees: walk, look up a path, diff.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path};
+
+use tessera_core::{BlobId, Node, NodeKind, Repository, Snapshot};
+
+use crate::Error;
+use crate::meta::FsMeta;
+
+/// One entry met while walking a snapshot.
+#[derive(Clone, Debug)]
+pub struct TreeEntry {
+    /// Absolute path in the snapshot (raw bytes).
+    pub path: Vec<u8>,
+    /// The tree node.
+    pub node: Node,
+    /// Its filesystem metadata, when it parses.
+    pub meta: Option<FsMeta>,
+    /// Depth below the walk's start (0 for its direct entries).
+    pub depth: usize,
+}
+
+fn child_path(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = parent.to_vec();
+    if !p.ends_with(b"/") {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
+}
+
+/// The node at `path` in `snapshot` (`/` gives `None`: the root tree).
+///
+/// # Errors
+/// [`Error::Invalid`] when the path does not exist; storage errors.
+pub async fn find_node(
+    repo: &Repository,
+    snapshot: &Snapshot,
+    path: &Path,
+) -> Result<Option<Node>, Error> {
+    let mut tree = snapshot.tree;
+    let mut found = None;
+    let comps: Vec<&[u8]> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.as_bytes()),
+            _ => None,
+        })
+        .collect();
+    for (i, name) in comps.iter().enumerate() {
+        let t = repo.read_tree(tree, "snapshot tree").await?;
+        let node = t.get(name).cloned().ok_or_else(|| {
+            Error::Invalid(format!(
+                "{}: not in the snapshot",
+                String::from_utf8_lossy(&comps[..=i].join(&b'/'))
+            ))
+        })?;
+        match &node.kind {
+            NodeKind::Dir { subtree } => tree = *subtree,
+            _ if i + 1 < comps.len() => {
+                return Err(Error::Invalid(format!(
+                    "{}: not a directory in the snapshot",
+                    String::from_utf8_lossy(name)
+                )));
+            }
+            _ => {}
+        }
+        found = Some(node);
+    }
+    Ok(found)
+}
+
+/// Calls `visit` for every entry below the tree `root` (whose path is
+/// `root_path`), depth first, parents before children, names in byte
+/// order. `visit` returns false to skip a directory's contents.
+///
+/// # Errors
+/// Storage or corruption errors; `visit`'s errors.
+pub async fn walk_tree(
+    repo: &Repository,
+    root: BlobId,
+    root_path: &[u8],
+    mut visit: impl FnMut(&TreeEntry) -> Result<bool, Error>,
+) -> Result<(), Error> {
+    // A stack of directories still to list: (path, depth, nodes left reversed).
+    let first = repo.read_tree(root, "snapshot tree").await?;
+    let mut stack: Vec<(Vec<u8>, usize, Vec<Node>)> = vec![(
+        root_path.to_vec(),
+        0,
+        first.nodes.into_iter().rev().collect(),
+    )];
+    while let Some((dir, depth, nodes)) = stack.last_mut() {
+        let Some(node) = nodes.pop() else {
+            stack.pop();
+            continue;
+        };
+        let entry = TreeEntry {
+            path: child_path(dir, node.name_bytes()),
+            meta: FsMeta::from_value(&node.meta).ok(),
+            depth: *depth,
+            node,
+        };
+        let descend = visit(&entry)?;
+        if let (true, NodeKind::Dir { subtree }) = (descend, &entry.node.kind) {
+            let t = repo
+                .read_tree(*subtree, &String::from_utf8_lossy(&entry.path))
+                .await?;
+            stack.push((
+                entry.path,
+                entry.depth + 1,
+                t.nodes.into_iter().rev().collect(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// How an entry differs between two snapshots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiffKind {
+    /// Only in the second snapshot.
+    Added,
+    /// Only in the first snapshot.
+    Removed,
+    /// Content differs (or the type).
+    Modified,
+    /// Same content, different metadata.
+    Metadata,
+}
+
+/// The differences between two trees, in path order. Subtrees with the
+/// same id are skipped without reading them.
+///
+/// # Errors
+/// Storage or corruption errors.
+pub async fn diff(
+    repo: &Repository,
+    a: BlobId,
+    b: BlobId,
+) -> Result<Vec<(Vec<u8>, DiffKind)>, Error> {
+    let mut out = Vec::new();
+    let mut stack: Vec<(Vec<u8>, Option<BlobId>, Option<BlobId>)> =
+        vec![(b"/".to_vec(), Some(a), Some(b))];
+    while let Some((path, a, b)) = stack.pop() {
+        if a == b {
+            continue;
+        }
+        let nodes = |id: Option<BlobId>| async move {
+            match id {
+                Some(id) => Ok::<_, Error>(repo.read_tree(id, "snapshot tree").await?.nodes),
+                None => Ok(Vec::new()),
+            }
+        };
+        let (left, right) = (nodes(a).await?, nodes(b).await?);
+        let mut names: Vec<&[u8]> = left.iter().chain(&right).map(Node::name_bytes).collect();
+        names.sort();
+        names.dedup();
+        let mut sub = Vec::new();
+        for name in names {
+            let l = left.iter().find(|n| n.name_bytes() == name);
+            let r = right.iter().find(|n| n.name_bytes() == name);
+            let p = child_path(&path, name);
+            let subtree = |n: Option<&Node>| match n.map(|n| &n.kind) {
+                Some(NodeKind::Dir { subtree }) => Some(*subtree),
+                _ => None,
+            };
+            let kind = match (l, r) {
+                (None, Some(_)) => Some(DiffKind::Added),
+                (Some(_), None) => Some(DiffKind::Removed),
+                (Some(l), Some(r)) => {
+                    let same_content = match (&l.kind, &r.kind) {
+                        (NodeKind::Stream { content: x }, NodeKind::Stream { content: y }) => {
+                            x == y
+                        }
+                        (NodeKind::Dir { .. }, NodeKind::Dir { .. })
+                        | (NodeKind::Leaf, NodeKind::Leaf) => {
+                            let target = |n: &Node| {
+                                FsMeta::from_value(&n.meta).ok().and_then(|m| {
+                                    m.target
+                                        .clone()
+                                        .or(m.rdev.map(|d| d.to_le_bytes().to_vec()))
+                                })
+                            };
+                            target(l) == target(r)
+                        }
+                        _ => false,
+                    };
+                    if !same_content {
+                        Some(DiffKind::Modified)
+                    } else if l.meta != r.meta {
+                        Some(DiffKind::Metadata)
+                    } else {
+                        None
+                    }
+                }
+                (None, None) => None,
+            };
+            let is_dir = subtree(l).is_some() || subtree(r).is_some();
+            // A directory's own change is its metadata; its entries speak for themselves.
+            let kind = match kind {
+                Some(DiffKind::Modified) if subtree(l).is_some() && subtree(r).is_some() => {
+                    (l.map(|n| &n.meta) != r.map(|n| &n.meta)).then_some(DiffKind::Metadata)
+                }
+                k => k,
+            };
+            if let Some(k) = kind {
+                out.push((p.clone(), k));
+            }
+            if is_dir {
+                sub.push((p, subtree(l), subtree(r)));
+            }
+        }
+        stack.extend(sub.into_iter().rev());
+    }
+    out.sort_by(|x, y| x.0.cmp(&y.0));
+    Ok(out)
+}
