@@ -52,7 +52,7 @@ async fn excludes_leave_out_what_they_name() {
         },
         ..Default::default()
     };
-    let done = tessera_fs::backup(&repo, &[root.clone()], options)
+    let done = tessera_fs::backup(&repo, std::slice::from_ref(&root), options)
         .await
         .unwrap();
     let rel: Vec<String> = listing(&repo, &done.snapshot)
@@ -79,11 +79,11 @@ async fn the_files_cache_skips_unchanged_files_and_survives_its_deletion() {
         cache: Some(cache.clone()),
         ..Default::default()
     };
-    let first = tessera_fs::backup(&repo, &[root.clone()], options())
+    let first = tessera_fs::backup(&repo, std::slice::from_ref(&root), options())
         .await
         .unwrap();
     assert_eq!((first.files_new, first.files_unchanged), (8, 0));
-    let second = tessera_fs::backup(&repo, &[root.clone()], options())
+    let second = tessera_fs::backup(&repo, std::slice::from_ref(&root), options())
         .await
         .unwrap();
     assert_eq!(
@@ -116,7 +116,7 @@ async fn the_files_cache_skips_unchanged_files_and_survives_its_deletion() {
     assert_eq!(second.snapshot.stats.new_chunks, 0);
     // Change one file (size kept, mtime moved): it is read again.
     std::fs::write(root.join("a/one.txt"), b"ONE").unwrap();
-    let third = tessera_fs::backup(&repo, &[root.clone()], options())
+    let third = tessera_fs::backup(&repo, std::slice::from_ref(&root), options())
         .await
         .unwrap();
     assert_eq!((third.files_changed, third.files_unchanged), (1, 7));
@@ -126,7 +126,7 @@ async fn the_files_cache_skips_unchanged_files_and_survives_its_deletion() {
     );
     // Without the cache, everything is read and the snapshot is the same.
     std::fs::remove_dir_all(dir.path().join("cache")).unwrap();
-    let fourth = tessera_fs::backup(&repo, &[root.clone()], options())
+    let fourth = tessera_fs::backup(&repo, std::slice::from_ref(&root), options())
         .await
         .unwrap();
     assert_eq!(fourth.files_new, 8);
@@ -142,7 +142,7 @@ async fn restore_resumes_deletes_extras_and_restores_parts() {
     let root = dir.path().join("t");
     tree(&root);
     let repo = repo().await;
-    let done = tessera_fs::backup(&repo, &[root.clone()], BackupOptions::default())
+    let done = tessera_fs::backup(&repo, std::slice::from_ref(&root), BackupOptions::default())
         .await
         .unwrap();
     let out = dir.path().join("out");
@@ -213,7 +213,7 @@ async fn diff_names_added_removed_modified_and_metadata_changes() {
     let root = dir.path().join("t");
     tree(&root);
     let repo = repo().await;
-    let a = tessera_fs::backup(&repo, &[root.clone()], BackupOptions::default())
+    let a = tessera_fs::backup(&repo, std::slice::from_ref(&root), BackupOptions::default())
         .await
         .unwrap();
     std::fs::write(root.join("a/new"), b"new").unwrap();
@@ -225,7 +225,7 @@ async fn diff_names_added_removed_modified_and_metadata_changes() {
         std::fs::Permissions::from_mode(0o600),
     )
     .unwrap();
-    let b = tessera_fs::backup(&repo, &[root.clone()], BackupOptions::default())
+    let b = tessera_fs::backup(&repo, std::slice::from_ref(&root), BackupOptions::default())
         .await
         .unwrap();
     let d = tessera_fs::diff(&repo, a.snapshot.tree, b.snapshot.tree)
@@ -268,7 +268,7 @@ async fn a_file_changing_while_read_is_reported_and_not_cached() {
     let cache = dir.path().join("files.db");
     let done = tessera_fs::backup(
         &repo,
-        &[root.clone()],
+        std::slice::from_ref(&root),
         BackupOptions {
             cache: Some(cache.clone()),
             ..Default::default()
@@ -286,7 +286,10 @@ async fn a_file_changing_while_read_is_reported_and_not_cached() {
         done.warnings
     );
     assert_eq!(
-        tessera_fs::FilesCache::open(&cache).unwrap().count().unwrap(),
+        tessera_fs::FilesCache::open(&cache)
+            .unwrap()
+            .count()
+            .unwrap(),
         0
     );
 }

@@ -260,7 +260,7 @@ async fn every_kind_of_entry_comes_back_identical() {
     std::fs::create_dir(&root).unwrap();
     build(&root);
     let repo = repo().await;
-    let done = tessera_fs::backup(&repo, &[root.clone()], BackupOptions::default())
+    let done = tessera_fs::backup(&repo, std::slice::from_ref(&root), BackupOptions::default())
         .await
         .unwrap();
     assert!(done.warnings.is_empty(), "{:?}", done.warnings);
