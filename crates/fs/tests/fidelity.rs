@@ -82,7 +82,7 @@ fn build(root: &Path) {
     // FIFO and socket.
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &root.join("fifo"),
+        root.join("fifo"),
         rustix::fs::FileType::Fifo,
         Mode::from_bits_truncate(0o640),
         0,
@@ -101,7 +101,7 @@ fn build(root: &Path) {
     if is_root() {
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &root.join("null-dev"),
+            root.join("null-dev"),
             rustix::fs::FileType::CharacterDevice,
             Mode::from_bits_truncate(0o666),
             rustix::fs::makedev(1, 3),
@@ -109,7 +109,7 @@ fn build(root: &Path) {
         .unwrap();
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &root.join("loop-dev"),
+            root.join("loop-dev"),
             rustix::fs::FileType::BlockDevice,
             Mode::from_bits_truncate(0o660),
             rustix::fs::makedev(7, 200),
@@ -135,7 +135,7 @@ fn build(root: &Path) {
     std::fs::create_dir(root.join(OsStr::from_bytes(b"dir-\xff"))).unwrap();
     // Extended attributes and ACLs.
     let x = |p: &str, name: &str, value: &[u8]| {
-        rustix::fs::lsetxattr(&root.join(p), name, value, rustix::fs::XattrFlags::empty()).unwrap()
+        rustix::fs::lsetxattr(root.join(p), name, value, rustix::fs::XattrFlags::empty()).unwrap()
     };
     x("dir/small.txt", "user.comment", b"a note");
     x("dir/small.txt", "user.binary", &[0, 1, 2, 255]);
@@ -169,7 +169,7 @@ fn build(root: &Path) {
     if is_root() {
         rustix::fs::chownat(
             rustix::fs::CWD,
-            &root.join("dir/small.txt"),
+            root.join("dir/small.txt"),
             Some(rustix::fs::Uid::from_raw(1234)),
             Some(rustix::fs::Gid::from_raw(5678)),
             AtFlags::empty(),
@@ -177,7 +177,7 @@ fn build(root: &Path) {
         .unwrap();
         rustix::fs::chownat(
             rustix::fs::CWD,
-            &root.join("dangling"),
+            root.join("dangling"),
             Some(rustix::fs::Uid::from_raw(4321)),
             Some(rustix::fs::Gid::from_raw(8765)),
             AtFlags::SYMLINK_NOFOLLOW,
@@ -185,7 +185,7 @@ fn build(root: &Path) {
         .unwrap();
         rustix::fs::chownat(
             rustix::fs::CWD,
-            &root.join("sticky"),
+            root.join("sticky"),
             Some(rustix::fs::Uid::from_raw(65534)),
             Some(rustix::fs::Gid::from_raw(65534)),
             AtFlags::empty(),
