@@ -31,6 +31,9 @@ pub struct Global {
     /// No progress output
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// Local cache directory (default: $XDG_CACHE_HOME/tessera or ~/.cache/tessera)
+    #[arg(long, env = "TESSERA_CACHE_DIR", global = true)]
+    pub cache_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -41,20 +44,52 @@ pub enum Command {
     Backup(BackupArgs),
     /// List snapshots
     Snapshots(JsonFlag),
-    /// Write one stream of a snapshot to standard output
+    /// Write one file (or stream) of a snapshot to standard output
     Dump {
         /// Snapshot: id, unique prefix or `latest`
         snapshot: String,
-        /// Stream name
+        /// Path of the file in a filesystem snapshot, or a stream name
         name: String,
     },
-    /// Restore a snapshot's streams as files into a directory
-    Restore {
+    /// Restore a snapshot (or `SNAPSHOT:/sub/path`) into a directory
+    Restore(RestoreArgs),
+    /// List the entries of a filesystem snapshot
+    Ls {
         /// Snapshot: id, unique prefix or `latest`
         snapshot: String,
-        /// Directory to write into (created if missing)
+        /// Directory (or file) in the snapshot to list below
+        path: Option<PathBuf>,
+        /// Mode, owner, size and time, like `ls -l`
         #[arg(long, short)]
-        target: PathBuf,
+        long: bool,
+        /// Only the entries of PATH, not those below it
+        #[arg(long)]
+        no_recursive: bool,
+        /// One JSON object per line
+        #[arg(long)]
+        json: bool,
+    },
+    /// Find entries whose name matches a glob in every snapshot
+    Find {
+        /// Glob matched against entry names, e.g. `*.conf` (a pattern with
+        /// `/` is matched against the whole path)
+        pattern: String,
+        /// Only in these snapshots (repeatable)
+        #[arg(long = "snapshot", short = 's')]
+        snapshots: Vec<String>,
+        /// One JSON object per line
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show what changed between two snapshots
+    Diff {
+        /// The older snapshot
+        first: String,
+        /// The newer snapshot
+        second: String,
+        /// One JSON object per line
+        #[arg(long)]
+        json: bool,
     },
     /// Print a decrypted repository object as JSON (for debugging)
     Cat {
@@ -123,10 +158,55 @@ fn parse_chunk_sizes(s: &str) -> Result<(u32, u32, u32), String> {
 }
 
 #[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Snapshot (id, prefix or `latest`), optionally `:/sub/path` to restore only that
+    pub snapshot: String,
+    /// Directory to write into (created if missing)
+    #[arg(long, short)]
+    pub target: PathBuf,
+    /// Restore only paths matching this gitignore-style pattern (repeatable)
+    #[arg(long, short = 'i')]
+    pub include: Vec<String>,
+    /// Leave out paths matching this gitignore-style pattern (repeatable)
+    #[arg(long, short = 'e')]
+    pub exclude: Vec<String>,
+    /// Remove files in the target that are not in the snapshot
+    #[arg(long)]
+    pub delete: bool,
+    /// Print a JSON summary
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct BackupArgs {
-    /// Read the data from standard input
-    #[arg(long, required = true)]
+    /// Files and directories to back up
+    #[arg(required_unless_present = "stdin", conflicts_with = "stdin")]
+    pub paths: Vec<PathBuf>,
+    /// Read the data from standard input instead
+    #[arg(long)]
     pub stdin: bool,
+    /// Leave out paths matching a gitignore-style pattern (repeatable)
+    #[arg(long, short = 'e')]
+    pub exclude: Vec<String>,
+    /// Read exclude patterns from a file, one per line (repeatable)
+    #[arg(long)]
+    pub exclude_file: Vec<PathBuf>,
+    /// Leave out directories containing a file with this name (repeatable)
+    #[arg(long)]
+    pub exclude_if_present: Vec<String>,
+    /// Leave out directories holding a valid CACHEDIR.TAG
+    #[arg(long)]
+    pub exclude_caches: bool,
+    /// Leave out files larger than this (e.g. 500M, 2G)
+    #[arg(long, value_parser = parse_size)]
+    pub exclude_larger_than: Option<u64>,
+    /// Do not cross filesystem boundaries
+    #[arg(long, short = 'x')]
+    pub one_file_system: bool,
+    /// Read every file: do not use the files cache
+    #[arg(long)]
+    pub no_cache: bool,
     /// Name of the stream read from standard input
     #[arg(long, default_value = "stdin")]
     pub stdin_name: String,
@@ -190,4 +270,27 @@ pub enum KeyCommand {
         #[arg(long, default_value_t = tessera_core::KdfParams::default().t_cost)]
         kdf_iterations: u32,
     },
+}
+
+/// `123`, `4K`, `500M`, `2G`, `1T` (powers of 1024).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("{s:?}: unknown unit {c:?} (K, M, G, T)")),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    num.trim()
+        .parse::<u64>()
+        .map_err(|e| format!("{s:?}: {e}"))?
+        .checked_mul(mult)
+        .ok_or_else(|| format!("{s:?}: too large"))
 }

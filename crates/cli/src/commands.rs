@@ -12,7 +12,9 @@ use tessera_core::{
     Repository, StreamSource, open_location,
 };
 
-use crate::args::{BackupArgs, CatWhat, CheckArgs, Cli, Command, Global, InitArgs, KeyCommand};
+use crate::args::{
+    BackupArgs, CatWhat, CheckArgs, Cli, Command, Global, InitArgs, KeyCommand, RestoreArgs,
+};
 use crate::credentials;
 use crate::output::{self, SnapshotJson};
 
@@ -23,7 +25,24 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Backup(a) => backup(g, a).await,
         Command::Snapshots(a) => snapshots(g, a.json).await,
         Command::Dump { snapshot, name } => dump(g, &snapshot, &name).await,
-        Command::Restore { snapshot, target } => restore(g, &snapshot, &target).await,
+        Command::Restore(a) => restore(g, &a).await,
+        Command::Ls {
+            snapshot,
+            path,
+            long,
+            no_recursive,
+            json,
+        } => crate::fs_commands::ls(g, &snapshot, path.as_deref(), long, !no_recursive, json).await,
+        Command::Find {
+            pattern,
+            snapshots,
+            json,
+        } => crate::fs_commands::find(g, &pattern, &snapshots, json).await,
+        Command::Diff {
+            first,
+            second,
+            json,
+        } => crate::fs_commands::diff(g, &first, &second, json).await,
         Command::Cat { what, id } => cat(g, what, id.as_deref()).await,
         Command::Check(a) => check(g, a).await,
         Command::Key { command } => key(g, command).await,
@@ -37,7 +56,7 @@ fn location(g: &Global) -> Result<&str> {
         .context("no repository given: use -r/--repo or set TESSERA_REPO")
 }
 
-async fn open(g: &Global) -> Result<Repository> {
+pub(crate) async fn open(g: &Global) -> Result<Repository> {
     let loc = location(g)?;
     let backend = open_location(loc, false)?;
     let credential = credentials::credential(g, false)?;
@@ -46,7 +65,7 @@ async fn open(g: &Global) -> Result<Repository> {
         .with_context(|| format!("opening repository {loc}"))
 }
 
-fn show_progress(g: &Global) -> bool {
+pub(crate) fn show_progress(g: &Global) -> bool {
     !g.quiet && std::io::stderr().is_terminal()
 }
 
@@ -85,7 +104,7 @@ async fn init(g: &Global, a: InitArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn parse_time(s: &str) -> Result<jiff::Timestamp> {
+pub(crate) fn parse_time(s: &str) -> Result<jiff::Timestamp> {
     if let Ok(t) = s.parse::<jiff::Timestamp>() {
         return Ok(t);
     }
@@ -96,6 +115,9 @@ fn parse_time(s: &str) -> Result<jiff::Timestamp> {
 }
 
 async fn backup(g: &Global, a: BackupArgs) -> Result<ExitCode> {
+    if !a.stdin {
+        return crate::fs_commands::backup_paths(g, a).await;
+    }
     let time = a.time.as_deref().map(parse_time).transpose()?;
     tessera_core::validate_stream_name(&a.stdin_name)?;
     let repo = open(g).await?;
@@ -192,15 +214,25 @@ async fn dump(g: &Global, reference: &str, name: &str) -> Result<ExitCode> {
     let repo = open(g).await?;
     let entry = repo.find_snapshot(reference).await?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
-    repo.restore_stream(&entry.snapshot, name, &mut out)
-        .await
-        .with_context(|| format!("dumping {name:?} from snapshot {}", entry.id.short()))?;
+    if entry.snapshot.source_kind == tessera_fs::SOURCE_KIND {
+        crate::fs_commands::dump_file(&repo, &entry.snapshot, name, &mut out)
+            .await
+            .with_context(|| format!("dumping {name} from snapshot {}", entry.id.short()))?;
+    } else {
+        repo.restore_stream(&entry.snapshot, name, &mut out)
+            .await
+            .with_context(|| format!("dumping {name:?} from snapshot {}", entry.id.short()))?;
+    }
     out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
 
-async fn restore(g: &Global, reference: &str, target: &std::path::Path) -> Result<ExitCode> {
+async fn restore(g: &Global, a: &RestoreArgs) -> Result<ExitCode> {
     let repo = open(g).await?;
+    if let Some(code) = crate::fs_commands::restore(g, a, &repo).await? {
+        return Ok(code);
+    }
+    let (reference, target) = (a.snapshot.as_str(), a.target.as_path());
     let entry = repo.find_snapshot(reference).await?;
     std::fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
     let tree = repo.read_tree(entry.snapshot.tree, "snapshot root").await?;

@@ -4,6 +4,7 @@
 mod args;
 mod commands;
 mod credentials;
+mod fs_commands;
 mod output;
 
 use std::process::ExitCode;

@@ -35,7 +35,7 @@ mod walk;
 
 pub use cache::FilesCache;
 pub use meta::{FileKind, FsMeta, Time, Xattr};
-pub use restore::{RestoreOptions, RestoreSummary, restore};
+pub use restore::{RestoreOptions, RestoreProgress, RestoreSummary, restore};
 pub use snapshot_tree::{DiffKind, TreeEntry, diff, find_node, walk_tree};
 pub use walk::{Excludes, WalkStats};
 

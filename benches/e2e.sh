@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: tessera against restic and Borg (Debian's packages) on
+# the shared benchmark corpus, side by side in one run.
+#
+#   benches/e2e.sh            full corpus (~2.5 GB apparent, 57k files)
+#   benches/e2e.sh --quick    CI's reduced run: the corpus without big/
+#
+# Steps, each timed per tool with the page cache dropped and the step's
+# inputs read back in first: initial backup, unchanged re-backup, backup
+# after one mutate.sh day, full restore of the last snapshot, check with
+# all data read. Then repository size and peak RSS. Prints a Markdown
+# table with ratios ours / restic. Tools run interleaved per step, so a
+# noisy neighbour hits all of them alike.
+set -euo pipefail
+export LC_ALL=C
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+QUICK=0
+[ "${1:-}" = "--quick" ] && QUICK=1
+WORK=${E2E_WORK:-/tmp/tessera-e2e}
+BENCH=${SHARED_BENCH:-$ROOT/../shared/bench}
+[ -f "$BENCH/make_corpus.sh" ] || BENCH=$ROOT/benches/corpus
+TOOLS=(tessera restic borg)
+
+need() { command -v "$1" >/dev/null || { echo "e2e: $1 is missing (scripts/test-deps.sh installs it)" >&2; exit 1; }; }
+need restic; need borg; need /usr/bin/time
+
+(cd "$ROOT" && cargo build --release --locked -q -p tessera-cli)
+TESSERA=$ROOT/target/release/tessera
+
+rm -rf "$WORK"
+mkdir -p "$WORK"
+bash "$BENCH/make_corpus.sh" "$WORK/corpus" >"$WORK/corpus.log"
+[ $QUICK = 1 ] && rm -rf "$WORK/corpus/big"
+CORPUS=$WORK/corpus
+
+export TESSERA_PASSWORD=bench RESTIC_PASSWORD=bench BORG_PASSPHRASE=bench
+export TESSERA_REPO=$WORK/repo-tessera RESTIC_REPOSITORY=$WORK/repo-restic
+export TESSERA_CACHE_DIR=$WORK/cache-tessera RESTIC_CACHE_DIR=$WORK/cache-restic
+export BORG_BASE_DIR=$WORK/borg-base BORG_REPO=$WORK/repo-borg
+export BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK=yes BORG_RELOCATED_REPO_ACCESS_IS_OK=yes
+
+drop_caches() {
+  sync
+  if ! echo 3 >/proc/sys/vm/drop_caches 2>/dev/null; then
+    echo "e2e: cannot drop the page cache (not root?): timings are warm" >&2
+  fi
+}
+# Reads files back into the page cache (cat, not tar: tar skips /dev/null output).
+warm() { find "$@" -type f -print0 | xargs -0 -r -n 512 cat >/dev/null; }
+
+declare -A SECS RSS
+# run TOOL STEP INPUT... -- COMMAND...: times COMMAND after dropping the
+# cache and reading INPUT back in.
+run() {
+  local tool=$1 step=$2; shift 2
+  local inputs=()
+  while [ "$1" != "--" ]; do inputs+=("$1"); shift; done
+  shift
+  drop_caches
+  warm "${inputs[@]}"
+  local rc=0
+  /usr/bin/time -f "%e %M" -o "$WORK/time.out" "$@" >"$WORK/$tool.$step.log" 2>&1 || rc=$?
+  # tessera exits 3 for "completed with warnings": still a measurement.
+  if [ $rc -ne 0 ] && ! { [ "$tool" = tessera ] && [ $rc -eq 3 ]; }; then
+    echo "e2e: $tool $step failed ($rc):" >&2
+    tail -20 "$WORK/$tool.$step.log" >&2
+    exit 1
+  fi
+  read -r s m <"$WORK/time.out"
+  SECS[$tool.$step]=$s
+  RSS[$tool.$step]=$m
+  printf '%-8s %-10s %7.2f s %7d KiB\n' "$tool" "$step" "$s" "$m" >&2
+}
+
+"$TESSERA" init -q >/dev/null
+restic init >/dev/null
+borg init -e repokey-blake2 >/dev/null
+
+backup_step() {
+  local step=$1
+  run tessera "$step" "$CORPUS" -- "$TESSERA" backup -q "$CORPUS"
+  run restic "$step" "$CORPUS" -- restic backup -q "$CORPUS"
+  run borg "$step" "$CORPUS" -- bash -c "cd '$WORK' && borg create --compression zstd,3 ::$step corpus"
+}
+backup_step initial
+backup_step unchanged
+echo "mutating the corpus (one day)" >&2
+bash "$BENCH/mutate.sh" "$CORPUS" 1 >"$WORK/mutate.log"
+backup_step day
+
+for t in "${TOOLS[@]}"; do rm -rf "$WORK/restore-$t"; mkdir -p "$WORK/restore-$t"; done
+run tessera restore "$WORK/repo-tessera" -- "$TESSERA" restore -q latest --target "$WORK/restore-tessera"
+run restic restore "$WORK/repo-restic" -- restic restore -q latest --target "$WORK/restore-restic"
+run borg restore "$WORK/repo-borg" -- bash -c "cd '$WORK/restore-borg' && borg extract --sparse ::day"
+
+run tessera check "$WORK/repo-tessera" -- "$TESSERA" check -q --read-data
+run restic check "$WORK/repo-restic" -- restic check --read-data
+run borg check "$WORK/repo-borg" -- borg check --verify-data
+
+# Restores must equal the corpus (content); the VM image's allocation shows sparseness.
+declare -A ALLOC
+for t in "${TOOLS[@]}"; do
+  dir=$WORK/restore-$t$CORPUS
+  [ "$t" = borg ] && dir=$WORK/restore-borg/corpus
+  if ! diff -r --no-dereference "$CORPUS" "$dir" >"$WORK/$t.diff" 2>&1; then
+    echo "e2e: $t restored something different from the corpus:" >&2
+    head "$WORK/$t.diff" >&2
+    exit 1
+  fi
+  ALLOC[$t]=$(du -B1 "$dir/vm/disk.img" | cut -f1)
+done
+
+size() { du -sb "$1" | cut -f1; }
+ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); print(f'{a/b:.2f}' if b else '-')" "$1" "$2"; }
+peak() { local m=0; for s in initial unchanged day; do [ "${RSS[$1.$s]}" -gt $m ] && m=${RSS[$1.$s]}; done; echo $((m / 1024)); }
+
+echo
+echo "Corpus: $(find "$CORPUS" -type f | wc -l) files, $(du -sb --apparent-size "$CORPUS" | cut -f1) bytes apparent$([ $QUICK = 1 ] && echo ' (quick: without big/)')"
+echo
+echo "| step | tessera | restic | borg | tessera/restic | target |"
+echo "|---|---|---|---|---|---|"
+declare -A TARGET=([initial]=0.50 [unchanged]=0.25 [day]=0.45 [restore]=0.30 [check]=0.40)
+for step in initial unchanged day restore check; do
+  echo "| $step (s) | ${SECS[tessera.$step]} | ${SECS[restic.$step]} | ${SECS[borg.$step]} | $(ratio "${SECS[tessera.$step]}" "${SECS[restic.$step]}") | <= ${TARGET[$step]} |"
+done
+st=$(size "$WORK/repo-tessera"); sr=$(size "$WORK/repo-restic"); sb=$(size "$WORK/repo-borg")
+echo "| repository (MB) | $((st / 1000000)) | $((sr / 1000000)) | $((sb / 1000000)) | $(ratio "$st" "$sr") | <= 1.0 |"
+echo "| peak RSS backup (MiB) | $(peak tessera) | $(peak restic) | $(peak borg) | | |"
+echo "| peak RSS restore (MiB) | $((RSS[tessera.restore] / 1024)) | $((RSS[restic.restore] / 1024)) | $((RSS[borg.restore] / 1024)) | | |"
+echo "| restored vm/disk.img allocated (MB) | $((ALLOC[tessera] / 1000000)) | $((ALLOC[restic] / 1000000)) | $((ALLOC[borg] / 1000000)) | | |"

@@ -1,0 +1,484 @@
+//! Commands on filesystem snapshots: backup PATH..., ls, find, diff,
+//! restore and dump of files.
+
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use tessera_core::{BackupProgress, NodeKind, Repository};
+use tessera_fs::{DiffKind, Excludes, FsMeta, TreeEntry};
+
+use crate::args::{BackupArgs, Global, RestoreArgs};
+use crate::commands::{open, parse_time, show_progress};
+use crate::output;
+
+/// Exit code of a backup that completed but left something out (as restic).
+const EXIT_WARNINGS: u8 = 3;
+
+/// The files cache of the repository `id`.
+fn cache_path(g: &Global, id: &str) -> Option<PathBuf> {
+    let base = g.cache_dir.clone().or_else(|| {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|d| d.join("tessera"))
+    })?;
+    Some(base.join(id).join("files.db"))
+}
+
+fn exclude_patterns(a: &BackupArgs) -> Result<Vec<String>> {
+    let mut patterns = a.exclude.clone();
+    for f in &a.exclude_file {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("reading exclude file {}", f.display()))?;
+        patterns.extend(
+            text.lines()
+                .map(str::trim_end)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from),
+        );
+    }
+    Ok(patterns)
+}
+
+pub async fn backup_paths(g: &Global, a: BackupArgs) -> Result<ExitCode> {
+    let time = a.time.as_deref().map(parse_time).transpose()?;
+    let patterns = exclude_patterns(&a)?;
+    let repo = open(g).await?;
+    let cache = if a.no_cache {
+        None
+    } else {
+        cache_path(g, &repo.config().id)
+    };
+    let progress = Arc::new(BackupProgress::default());
+    let walk = Arc::new(tessera_fs::WalkStats::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let bar = show_progress(g).then(|| spawn_bar(progress.clone(), walk.clone(), stop.clone()));
+    let options = tessera_fs::BackupOptions {
+        excludes: Excludes {
+            patterns,
+            if_present: a.exclude_if_present.clone(),
+            caches: a.exclude_caches,
+            one_file_system: a.one_file_system,
+            larger_than: a.exclude_larger_than,
+        },
+        cache,
+        tags: a.tags.clone(),
+        hostname: a.host.clone(),
+        time,
+        progress: Some(progress),
+        walk_stats: Some(walk),
+    };
+    let result = tessera_fs::backup(&repo, &a.paths, options).await;
+    stop.store(true, Ordering::Relaxed);
+    if let Some(bar) = bar {
+        let _ = bar.await;
+    }
+    let s = result?;
+    for w in &s.warnings {
+        eprintln!("warning: {w}");
+    }
+    let st = &s.snapshot.stats;
+    if a.json {
+        let json = serde_json::json!({
+            "message_type": "summary",
+            "files_new": s.files_new,
+            "files_changed": s.files_changed,
+            "files_unmodified": s.files_unchanged,
+            "dirs": s.dirs,
+            "others": s.others,
+            "total_files_processed": s.files_new + s.files_changed + s.files_unchanged,
+            "total_bytes_processed": st.total_bytes,
+            "data_blobs": st.new_chunks,
+            "data_added": st.stored_bytes,
+            "data_added_plain": st.new_bytes,
+            "packs_written": st.packs_written,
+            "total_duration": st.duration_secs,
+            "warnings": s.warnings,
+            "snapshot_id": s.id.to_hex(),
+            "short_id": s.id.short(),
+        });
+        println!("{json}");
+    } else if !g.quiet {
+        eprintln!(
+            "files: {} new, {} changed, {} unchanged; dirs: {}\nadded {} ({} stored) of {} processed in {:.2}s\nsnapshot {} saved{}",
+            s.files_new,
+            s.files_changed,
+            s.files_unchanged,
+            s.dirs,
+            output::bytes(st.new_bytes),
+            output::bytes(st.stored_bytes),
+            output::bytes(st.total_bytes),
+            st.duration_secs,
+            s.id.short(),
+            if s.warnings.is_empty() {
+                String::new()
+            } else {
+                format!(" with {} warning(s)", s.warnings.len())
+            }
+        );
+    }
+    Ok(if s.warnings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_WARNINGS)
+    })
+}
+
+/// A progress line with files, bytes and an ETA from a parallel scan.
+fn spawn_bar(
+    progress: Arc<BackupProgress>,
+    walk: Arc<tessera_fs::WalkStats>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let bar = indicatif::ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "[{elapsed_precise}] {bytes}/{total_bytes} ({bytes_per_sec}, ETA {eta}) {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        while !stop.load(Ordering::Relaxed) {
+            bar.set_length(walk.bytes_seen.load(Ordering::Relaxed));
+            bar.set_position(progress.bytes_read.load(Ordering::Relaxed));
+            bar.set_message(format!(
+                "{} entries, {} new",
+                progress.entries_done.load(Ordering::Relaxed),
+                output::bytes(progress.bytes_new.load(Ordering::Relaxed)),
+            ));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bar.finish_and_clear();
+    })
+}
+
+fn require_fs(snapshot: &tessera_core::Snapshot) -> Result<()> {
+    if snapshot.source_kind != tessera_fs::SOURCE_KIND {
+        bail!(
+            "this is a {:?} snapshot; ls, find, diff and path restores need a filesystem snapshot",
+            snapshot.source_kind
+        );
+    }
+    Ok(())
+}
+
+fn lossy(p: &[u8]) -> String {
+    String::from_utf8_lossy(p).into_owned()
+}
+
+fn entry_json(e: &TreeEntry) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "path": lossy(&e.path),
+        "name": e.node.name,
+        "size": e.node.size,
+    });
+    if let (Some(m), Some(obj)) = (&e.meta, v.as_object_mut()) {
+        obj.insert("type".into(), serde_json::to_value(m.kind).unwrap_or_default());
+        obj.insert("mode".into(), m.mode.into());
+        obj.insert("uid".into(), m.uid.into());
+        obj.insert("gid".into(), m.gid.into());
+        if m.size > 0 {
+            obj.insert("size".into(), m.size.into());
+        }
+        if let Some(t) = time(m.mtime) {
+            obj.insert("mtime".into(), t.to_string().into());
+        }
+        if let Some(t) = &m.target {
+            obj.insert("link_target".into(), lossy(t).into());
+        }
+    }
+    v
+}
+
+fn time(t: tessera_fs::Time) -> Option<jiff::Timestamp> {
+    jiff::Timestamp::new(t.0, t.1 as i32).ok()
+}
+
+fn long_line(e: &TreeEntry) -> String {
+    let Some(m) = &e.meta else {
+        return lossy(&e.path);
+    };
+    let owner = m.user.clone().unwrap_or_else(|| m.uid.to_string());
+    let group = m.group.clone().unwrap_or_else(|| m.gid.to_string());
+    let when = time(m.mtime)
+        .map(|t| t.strftime("%Y-%m-%d %H:%M:%S").to_string())
+        .unwrap_or_default();
+    let mut line = format!(
+        "{} {:>8} {:>8} {:>12} {} {}",
+        m.mode_string(),
+        owner,
+        group,
+        m.size,
+        when,
+        lossy(&e.path)
+    );
+    if let Some(t) = &m.target {
+        line.push_str(" -> ");
+        line.push_str(&lossy(t));
+    }
+    line
+}
+
+pub async fn ls(
+    g: &Global,
+    reference: &str,
+    path: Option<&Path>,
+    long: bool,
+    recursive: bool,
+    json: bool,
+) -> Result<ExitCode> {
+    let repo = open(g).await?;
+    let entry = repo.find_snapshot(reference).await?;
+    require_fs(&entry.snapshot)?;
+    let path = path.unwrap_or(Path::new("/"));
+    let start = tessera_fs::find_node(&repo, &entry.snapshot, path).await?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut print = |e: &TreeEntry| -> Result<bool, tessera_fs::Error> {
+        let line = if json {
+            entry_json(e).to_string()
+        } else if long {
+            long_line(e)
+        } else {
+            lossy(&e.path)
+        };
+        writeln!(out, "{line}").map_err(|e| tessera_fs::Error::Io {
+            path: "stdout".into(),
+            operation: "writing",
+            source: e,
+        })?;
+        Ok(recursive)
+    };
+    match start {
+        None => tessera_fs::walk_tree(&repo, entry.snapshot.tree, b"/", &mut print).await?,
+        Some(node) => {
+            let p = path.as_os_str().as_bytes().to_vec();
+            let e = TreeEntry {
+                path: p.clone(),
+                meta: FsMeta::from_value(&node.meta).ok(),
+                node: node.clone(),
+                depth: 0,
+            };
+            print(&e)?;
+            if let NodeKind::Dir { subtree } = node.kind {
+                tessera_fs::walk_tree(&repo, subtree, &p, &mut print).await?;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn find(g: &Global, pattern: &str, only: &[String], json: bool) -> Result<ExitCode> {
+    let repo = open(g).await?;
+    let mut b = ignore::gitignore::GitignoreBuilder::new("/");
+    b.add_line(None, pattern)
+        .with_context(|| format!("pattern {pattern:?}"))?;
+    let matcher = b.build()?;
+    let mut snaps = Vec::new();
+    if only.is_empty() {
+        snaps = repo.snapshots().await?;
+    } else {
+        for r in only {
+            snaps.push(repo.find_snapshot(r).await?);
+        }
+    }
+    let mut found = 0u64;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for s in snaps.iter().filter(|s| s.snapshot.source_kind == tessera_fs::SOURCE_KIND) {
+        let mut hits = Vec::new();
+        tessera_fs::walk_tree(&repo, s.snapshot.tree, b"/", |e| {
+            let is_dir = matches!(e.node.kind, NodeKind::Dir { .. });
+            if matcher
+                .matched(std::ffi::OsStr::from_bytes(&e.path), is_dir)
+                .is_ignore()
+            {
+                hits.push(e.clone());
+            }
+            Ok(true)
+        })
+        .await?;
+        for e in hits {
+            found += 1;
+            if json {
+                let mut v = entry_json(&e);
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("snapshot".into(), s.id.short().into());
+                }
+                writeln!(out, "{v}")?;
+            } else {
+                writeln!(out, "{} {}", s.id.short(), long_line(&e))?;
+            }
+        }
+    }
+    out.flush()?;
+    if found == 0 && !g.quiet {
+        eprintln!("no entry matches {pattern:?}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn diff(g: &Global, first: &str, second: &str, json: bool) -> Result<ExitCode> {
+    let repo = open(g).await?;
+    let a = repo.find_snapshot(first).await?;
+    let b = repo.find_snapshot(second).await?;
+    require_fs(&a.snapshot)?;
+    require_fs(&b.snapshot)?;
+    let changes = tessera_fs::diff(&repo, a.snapshot.tree, b.snapshot.tree).await?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut counts = [0u64; 4];
+    for (path, kind) in &changes {
+        let (mark, i) = match kind {
+            DiffKind::Added => ('+', 0),
+            DiffKind::Removed => ('-', 1),
+            DiffKind::Modified => ('M', 2),
+            DiffKind::Metadata => ('U', 3),
+        };
+        counts[i] += 1;
+        if json {
+            writeln!(out, "{}", serde_json::json!({"path": lossy(path), "change": kind}))?;
+        } else {
+            writeln!(out, "{mark}    {}", lossy(path))?;
+        }
+    }
+    out.flush()?;
+    if !json && !g.quiet {
+        eprintln!(
+            "{} added, {} removed, {} modified, {} metadata only",
+            counts[0], counts[1], counts[2], counts[3]
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `SNAPSHOT:/sub/path` → (`SNAPSHOT`, `/sub/path`).
+fn split_ref(s: &str) -> (&str, Option<&str>) {
+    match s.split_once(':') {
+        Some((snap, path)) => (snap, Some(path)),
+        None => (s, None),
+    }
+}
+
+/// Restores a filesystem snapshot; `None` when it is a stream snapshot
+/// (the caller restores its streams).
+pub async fn restore(g: &Global, a: &RestoreArgs, repo: &Repository) -> Result<Option<ExitCode>> {
+    let (reference, sub) = split_ref(&a.snapshot);
+    let entry = repo.find_snapshot(reference).await?;
+    if entry.snapshot.source_kind != tessera_fs::SOURCE_KIND {
+        if sub.is_some() || !a.include.is_empty() || !a.exclude.is_empty() || a.delete {
+            require_fs(&entry.snapshot)?;
+        }
+        return Ok(None);
+    }
+    let progress = Arc::new(tessera_fs::RestoreProgress::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let bar = show_progress(g).then(|| {
+        let (progress, stop) = (progress.clone(), stop.clone());
+        tokio::spawn(async move {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "[{elapsed_precise}] {bytes}/{total_bytes} ({bytes_per_sec}, ETA {eta})",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            while !stop.load(Ordering::Relaxed) {
+                bar.set_length(progress.bytes_total.load(Ordering::Relaxed));
+                bar.set_position(progress.bytes_written.load(Ordering::Relaxed));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            bar.finish_and_clear();
+        })
+    });
+    let options = tessera_fs::RestoreOptions {
+        include: a.include.clone(),
+        exclude: a.exclude.clone(),
+        delete: a.delete,
+        progress: Some(progress),
+    };
+    let result = tessera_fs::restore(
+        repo,
+        &entry.snapshot,
+        Path::new(sub.unwrap_or("/")),
+        &a.target,
+        options,
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    if let Some(bar) = bar {
+        let _ = bar.await;
+    }
+    let s = result.with_context(|| format!("restoring into {}", a.target.display()))?;
+    for w in &s.warnings {
+        eprintln!("warning: {w}");
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&s)?);
+    } else if !g.quiet {
+        eprintln!(
+            "restored {} files ({} already correct), {} dirs, {} others; wrote {}{} from snapshot {} to {}",
+            s.files,
+            s.files_unchanged,
+            s.dirs,
+            s.others,
+            output::bytes(s.bytes_written),
+            if a.delete {
+                format!("; removed {}", s.deleted)
+            } else {
+                String::new()
+            },
+            entry.id.short(),
+            a.target.display()
+        );
+    }
+    Ok(Some(if s.warnings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_WARNINGS)
+    }))
+}
+
+/// Writes one file of a filesystem snapshot to `out` (holes as zeros).
+pub async fn dump_file(
+    repo: &Repository,
+    snapshot: &tessera_core::Snapshot,
+    path: &str,
+    out: &mut (impl Write + Send),
+) -> Result<()> {
+    let node = tessera_fs::find_node(repo, snapshot, Path::new(path))
+        .await?
+        .with_context(|| format!("{path}: a directory, not a file"))?;
+    let meta = FsMeta::from_value(&node.meta).map_err(anyhow::Error::msg)?;
+    if !matches!(node.kind, NodeKind::Stream { .. }) {
+        bail!("{path}: not a regular file");
+    }
+    match &meta.extents {
+        None => {
+            repo.restore_node(&node, out).await?;
+        }
+        Some(extents) => {
+            // Content is the data extents concatenated: fill the holes.
+            let mut data = Vec::new();
+            repo.restore_node(&node, &mut data).await?;
+            let (mut pos, mut at) = (0u64, 0usize);
+            for (off, len) in extents {
+                std::io::copy(&mut std::io::repeat(0).take(off - pos), out)?;
+                let part = data
+                    .get(at..at + *len as usize)
+                    .context("extents larger than the content")?;
+                out.write_all(part)?;
+                at += *len as usize;
+                pos = off + len;
+            }
+            std::io::copy(&mut std::io::repeat(0).take(meta.size - pos), out)?;
+        }
+    }
+    Ok(())
+}
+
+use std::io::Read as _;
