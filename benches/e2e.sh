@@ -21,8 +21,12 @@ BENCH=${SHARED_BENCH:-$ROOT/../shared/bench}
 [ -f "$BENCH/make_corpus.sh" ] || BENCH=$ROOT/benches/corpus
 TOOLS=(tessera restic borg)
 
-need() { command -v "$1" >/dev/null || { echo "e2e: $1 is missing (scripts/test-deps.sh installs it)" >&2; exit 1; }; }
-need restic; need borg; need /usr/bin/time
+# The peers and tools, from Debian's packages.
+if ! command -v restic >/dev/null || ! command -v borg >/dev/null || [ ! -x /usr/bin/time ] || ! command -v openssl >/dev/null; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq restic borgbackup time openssl python3 >/dev/null
+fi
 
 (cd "$ROOT" && cargo build --release --locked -q -p tessera-cli)
 TESSERA=$ROOT/target/release/tessera

@@ -7,7 +7,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(t) = Tree::decode(data, "fuzz") {
         assert_eq!(Tree::decode(&t.encode(), "fuzz").expect("re-decodes"), t);
         for n in &t.nodes {
-            let _ = t.get(&n.name);
+            assert!(t.get(n.name_bytes()).is_some());
         }
     }
 });

@@ -179,7 +179,10 @@ fn entry_json(e: &TreeEntry) -> serde_json::Value {
         "size": e.node.size,
     });
     if let (Some(m), Some(obj)) = (&e.meta, v.as_object_mut()) {
-        obj.insert("type".into(), serde_json::to_value(m.kind).unwrap_or_default());
+        obj.insert(
+            "type".into(),
+            serde_json::to_value(m.kind).unwrap_or_default(),
+        );
         obj.insert("mode".into(), m.mode.into());
         obj.insert("uid".into(), m.uid.into());
         obj.insert("gid".into(), m.gid.into());
@@ -290,7 +293,10 @@ pub async fn find(g: &Global, pattern: &str, only: &[String], json: bool) -> Res
     }
     let mut found = 0u64;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for s in snaps.iter().filter(|s| s.snapshot.source_kind == tessera_fs::SOURCE_KIND) {
+    for s in snaps
+        .iter()
+        .filter(|s| s.snapshot.source_kind == tessera_fs::SOURCE_KIND)
+    {
         let mut hits = Vec::new();
         tessera_fs::walk_tree(&repo, s.snapshot.tree, b"/", |e| {
             let is_dir = matches!(e.node.kind, NodeKind::Dir { .. });
@@ -341,7 +347,11 @@ pub async fn diff(g: &Global, first: &str, second: &str, json: bool) -> Result<E
         };
         counts[i] += 1;
         if json {
-            writeln!(out, "{}", serde_json::json!({"path": lossy(path), "change": kind}))?;
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({"path": lossy(path), "change": kind})
+            )?;
         } else {
             writeln!(out, "{mark}    {}", lossy(path))?;
         }

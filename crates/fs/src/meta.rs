@@ -276,6 +276,46 @@ pub fn read_xattrs(path: &std::ffi::CStr, buf: &mut Vec<u8>) -> std::io::Result<
 mod tests {
     use super::*;
 
+    /// Format v1 of fs node metadata, as documented in docs/FORMAT.md: this
+    /// exact JSON must keep decoding to these values.
+    #[test]
+    fn golden_v1_metadata_decodes() {
+        let v1 = r#"{"type":"file","mode":2541,"uid":1000,"gid":100,"user":"ann","group":"users",
+            "mtime":[1700000000,123456789],"atime":[1700000001,5],"size":1048576,
+            "extents":[[0,4096],[65536,8192]],"hardlink":[2049,1234,2],
+            "xattrs":[{"name":"user.k","value":"00ff"}]}"#;
+        let m = FsMeta::from_value(&serde_json::from_str(v1).unwrap()).unwrap();
+        assert_eq!(m.kind, FileKind::File);
+        assert_eq!(m.mode, 0o4755);
+        assert_eq!(
+            (m.uid, m.gid, m.user.as_deref(), m.group.as_deref()),
+            (1000, 100, Some("ann"), Some("users"))
+        );
+        assert_eq!(
+            (m.mtime, m.atime),
+            (Time(1_700_000_000, 123_456_789), Time(1_700_000_001, 5))
+        );
+        assert_eq!(m.extents, Some(vec![(0, 4096), (65536, 8192)]));
+        assert_eq!(m.hardlink, Some((2049, 1234, 2)));
+        assert_eq!(
+            m.xattrs,
+            vec![Xattr {
+                name: "user.k".into(),
+                value: vec![0, 255]
+            }]
+        );
+        let link = r#"{"type":"symlink","mode":511,"uid":0,"gid":0,"mtime":[1,0],"atime":[1,0],"target":"2e2e2f78"}"#;
+        let m = FsMeta::from_value(&serde_json::from_str(link).unwrap()).unwrap();
+        assert_eq!(m.target.as_deref(), Some(&b"../x"[..]));
+        let dev = r#"{"type":"chardev","mode":438,"uid":0,"gid":0,"mtime":[1,0],"atime":[1,0],"rdev":259}"#;
+        assert_eq!(
+            FsMeta::from_value(&serde_json::from_str(dev).unwrap())
+                .unwrap()
+                .rdev,
+            Some(259)
+        );
+    }
+
     #[test]
     fn mode_strings() {
         let mut m = FsMeta {
