@@ -14,17 +14,20 @@ trap 'rm -rf "$WORK"' EXIT
 export TESSERA_PASSWORD=${TESSERA_PASSWORD:-demo-password}
 rm -rf "$REPO"
 
+export TESSERA_CACHE_DIR=$WORK/cache
 # Something real to protect: this machine's documentation and headers.
-tar -cf "$WORK/data.tar" -C / usr/share/doc usr/include 2>/dev/null || true
-ls -la "$WORK/data.tar"
-
 $T -r "$REPO" init
-$T -r "$REPO" backup --stdin --stdin-name data.tar --tag demo < "$WORK/data.tar"
-$T -r "$REPO" backup --stdin --stdin-name data.tar --tag demo < "$WORK/data.tar"
+$T -r "$REPO" backup /usr/share/doc /usr/include --tag demo
+echo "== again: unchanged files come from the files cache, nothing new is stored"
+$T -r "$REPO" backup /usr/share/doc /usr/include --tag demo
 $T -r "$REPO" snapshots
+$T -r "$REPO" ls latest /usr/include/stdio.h --long
 $T -r "$REPO" restore latest --target "$WORK/restored"
-cmp "$WORK/data.tar" "$WORK/restored/data.tar"
-$T -r "$REPO" dump latest data.tar | cmp - "$WORK/data.tar"
+diff -r --no-dereference /usr/share/doc "$WORK/restored/usr/share/doc"
+diff -r --no-dereference /usr/include "$WORK/restored/usr/include"
+$T -r "$REPO" dump latest /usr/include/stdio.h | cmp - /usr/include/stdio.h
+echo "== a stream from standard input"
+tar -cf - -C / usr/share/doc 2>/dev/null | $T -r "$REPO" backup --stdin --stdin-name doc.tar
 $T -r "$REPO" check --read-data
 $T -r "$REPO" stats
-echo "demo: restored data.tar bit for bit from $REPO"
+echo "demo: restored /usr/share/doc and /usr/include identical from $REPO"

@@ -368,6 +368,13 @@ impl Walker {
                         return Ok(());
                     }
                 }
+                // Reading a link may update its access time: record the
+                // time after our own read, or every backup would differ.
+                if let Ok(st) =
+                    rustix::fs::statat(dir_fd, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW)
+                {
+                    meta.atime = Time(st.st_atime, st.st_atime_nsec as u32);
+                }
                 self.fill_xattrs(&mut meta, dir_fd, name);
                 self.stats.others.fetch_add(1, Ordering::Relaxed);
                 self.send(Entry::Leaf {
