@@ -6,3 +6,4 @@ mod corruption;
 mod crash;
 mod keys;
 mod roundtrip;
+mod trees;

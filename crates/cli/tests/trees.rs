@@ -1,0 +1,153 @@
+//! Directory backups through the binary: round trip, ls/find/diff/dump,
+//! warnings with exit status 3, and a full disk during restore.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+
+use crate::common::{TestRepo, random_bytes};
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false)
+}
+
+#[test]
+fn directories_round_trip_and_can_be_browsed() {
+    let t = TestRepo::new(&[]);
+    let src = t.path("src");
+    std::fs::create_dir_all(src.join("etc/conf.d")).unwrap();
+    std::fs::write(src.join("etc/app.conf"), b"key = value\n").unwrap();
+    std::fs::write(src.join("etc/conf.d/big.bin"), random_bytes(3 << 20, 1)).unwrap();
+    let cache = t.path("cache");
+    let cache = cache.to_str().unwrap();
+    let src_s = src.to_str().unwrap();
+    let first = t.ok(&["--cache-dir", cache, "backup", src_s, "--json"]);
+    let first: serde_json::Value = serde_json::from_str(&first).unwrap();
+    assert_eq!(first["files_new"], 2);
+    std::fs::write(src.join("etc/new.conf"), b"x").unwrap();
+    let second = t.ok(&["--cache-dir", cache, "backup", src_s, "--json"]);
+    let second: serde_json::Value = serde_json::from_str(&second).unwrap();
+    assert_eq!(
+        (
+            second["files_new"].as_u64(),
+            second["files_unmodified"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
+    let ls = t.ok(&["ls", "latest", &format!("{src_s}/etc"), "--long"]);
+    assert!(
+        ls.contains("-rw-r--r--") && ls.contains("app.conf") && ls.contains("new.conf"),
+        "{ls}"
+    );
+    let found = t.ok(&["find", "*.conf"]);
+    assert_eq!(
+        found.lines().filter(|l| l.contains("app.conf")).count(),
+        2,
+        "{found}"
+    );
+    let (a, b) = (
+        first["short_id"].as_str().unwrap(),
+        second["short_id"].as_str().unwrap(),
+    );
+    let diff = t.ok(&["diff", a, b]);
+    assert!(
+        diff.contains(&format!("+    {src_s}/etc/new.conf")),
+        "{diff}"
+    );
+    let dumped = t
+        .cmd()
+        .args(["dump", "latest", &format!("{src_s}/etc/conf.d/big.bin")])
+        .output()
+        .unwrap();
+    assert_eq!(dumped.stdout, random_bytes(3 << 20, 1));
+    let out = t.path("out");
+    t.ok(&[
+        "restore",
+        &format!("latest:{src_s}/etc"),
+        "--target",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(out.join("app.conf")).unwrap(),
+        b"key = value\n"
+    );
+    assert_eq!(
+        std::fs::read(out.join("conf.d/big.bin")).unwrap(),
+        random_bytes(3 << 20, 1)
+    );
+}
+
+#[test]
+fn unreadable_files_are_warnings_with_exit_status_3() {
+    let t = TestRepo::new(&[]);
+    std::fs::set_permissions(t.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let src = t.path("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("readable"), b"fine").unwrap();
+    std::fs::write(src.join("secret"), b"nope").unwrap();
+    std::fs::set_permissions(src.join("secret"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    let mut cmd = t.cmd();
+    cmd.args([
+        "--cache-dir",
+        t.path("cache").to_str().unwrap(),
+        "backup",
+        src.to_str().unwrap(),
+    ]);
+    if is_root() {
+        // root reads anything: back up as nobody, who owns the repository.
+        let status = std::process::Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(&t.repo)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        cmd.uid(65534).gid(65534);
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("secret") && stderr.contains("ermission denied"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("saved with 1 warning"), "{stderr}");
+    let ls = t.ok(&["ls", "latest"]);
+    assert!(ls.contains("readable") && !ls.contains("secret"), "{ls}");
+    t.ok(&["check", "--read-data"]);
+}
+
+#[test]
+fn a_full_disk_during_restore_is_a_clear_error() {
+    if !is_root() {
+        if std::env::var_os("CI").is_some() {
+            panic!("CI must run this test as root (it mounts a small tmpfs)");
+        }
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    let t = TestRepo::new(&[]);
+    let src = t.path("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("big"), random_bytes(4 << 20, 2)).unwrap();
+    t.ok(&["backup", src.to_str().unwrap()]);
+    let small = t.path("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "mount a 1 MiB tmpfs");
+    let out = t.run(&["restore", "latest", "--target", small.to_str().unwrap()]);
+    let _ = std::process::Command::new("umount").arg(&small).status();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("No space left on device") && stderr.contains("/big"),
+        "{stderr}"
+    );
+    t.ok(&["check", "--read-data"]);
+}
