@@ -88,10 +88,12 @@ impl Node {
     }
 }
 
-/// `Option<Vec<u8>>` as an optional hex string.
-mod hex_opt {
+/// `Option<Vec<u8>>` as an optional hex string, for `#[serde(with)]`
+/// (also used by adapters' metadata).
+pub mod hex_opt {
     use serde::{Deserialize, Deserializer, Serializer};
 
+    /// Serializes `Some(bytes)` as a hex string, `None` as null.
     pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
         match v {
             Some(b) => s.serialize_str(&hex::encode(b)),
@@ -99,6 +101,7 @@ mod hex_opt {
         }
     }
 
+    /// Parses an optional hex string.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
         Option::<String>::deserialize(d)?
             .map(|h| hex::decode(h).map_err(serde::de::Error::custom))

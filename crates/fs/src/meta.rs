@@ -70,7 +70,11 @@ pub struct FsMeta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extents: Option<Vec<(u64, u64)>>,
     /// Symlink target bytes, hex.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "hex_opt")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "tessera_core::tree::hex_opt"
+    )]
     pub target: Option<Vec<u8>>,
     /// Device number of a device node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -86,24 +90,6 @@ pub struct FsMeta {
 
 fn is_zero(v: &u64) -> bool {
     *v == 0
-}
-
-/// `Option<Vec<u8>>` as an optional hex string.
-mod hex_opt {
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(b) => s.serialize_str(&hex::encode(b)),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
-        Option::<String>::deserialize(d)?
-            .map(|h| hex::decode(h).map_err(serde::de::Error::custom))
-            .transpose()
-    }
 }
 
 impl FsMeta {
