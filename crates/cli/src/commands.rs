@@ -4,7 +4,6 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tessera_core::{
@@ -122,7 +121,21 @@ async fn backup(g: &Global, a: BackupArgs) -> Result<ExitCode> {
     tessera_core::validate_stream_name(&a.stdin_name)?;
     let repo = open(g).await?;
     let progress = Arc::new(BackupProgress::default());
-    let bar = show_progress(g).then(|| spawn_progress(progress.clone()));
+    let bar = {
+        let progress = progress.clone();
+        output::Bar::start(
+            show_progress(g),
+            "[{elapsed_precise}] {bytes} read ({bytes_per_sec}) {msg}",
+            move |bar| {
+                bar.set_position(progress.bytes_read.load(Ordering::Relaxed));
+                bar.set_message(format!(
+                    "{} new, {} uploaded",
+                    output::bytes(progress.bytes_new.load(Ordering::Relaxed)),
+                    output::bytes(progress.bytes_uploaded.load(Ordering::Relaxed))
+                ));
+            },
+        )
+    };
     let options = BackupOptions {
         time,
         hostname: a.host,
@@ -132,10 +145,7 @@ async fn backup(g: &Global, a: BackupArgs) -> Result<ExitCode> {
     };
     let source = StreamSource::new(a.stdin_name, std::io::stdin());
     let result = repo.backup(vec![source], options).await;
-    if let Some((bar, stop)) = bar {
-        stop.store(true, Ordering::Relaxed);
-        let _ = bar.await;
-    }
+    output::Bar::finish(bar).await;
     let summary = result?;
     let st = &summary.snapshot.stats;
     if a.json {
@@ -165,37 +175,6 @@ async fn backup(g: &Global, a: BackupArgs) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Draws a progress bar until `stop` is set.
-fn spawn_progress(
-    progress: Arc<BackupProgress>,
-) -> (
-    tokio::task::JoinHandle<()>,
-    Arc<std::sync::atomic::AtomicBool>,
-) {
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = stop.clone();
-    let handle = tokio::spawn(async move {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bytes} read ({bytes_per_sec}) {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-        );
-        while !flag.load(Ordering::Relaxed) {
-            bar.set_position(progress.bytes_read.load(Ordering::Relaxed));
-            bar.set_message(format!(
-                "{} new, {} uploaded",
-                output::bytes(progress.bytes_new.load(Ordering::Relaxed)),
-                output::bytes(progress.bytes_uploaded.load(Ordering::Relaxed))
-            ));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        bar.finish_and_clear();
-    });
-    (handle, stop)
 }
 
 async fn snapshots(g: &Global, json: bool) -> Result<ExitCode> {

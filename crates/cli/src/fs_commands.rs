@@ -6,8 +6,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result, bail};
 use tessera_core::{BackupProgress, NodeKind, Repository};
@@ -57,8 +56,23 @@ pub async fn backup_paths(g: &Global, a: BackupArgs) -> Result<ExitCode> {
     };
     let progress = Arc::new(BackupProgress::default());
     let walk = Arc::new(tessera_fs::WalkStats::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let bar = show_progress(g).then(|| spawn_bar(progress.clone(), walk.clone(), stop.clone()));
+    // Bytes done of the bytes the walk has seen so far (it runs ahead).
+    let bar = {
+        let (progress, walk) = (progress.clone(), walk.clone());
+        output::Bar::start(
+            show_progress(g),
+            "[{elapsed_precise}] {bytes}/{total_bytes} ({bytes_per_sec}, ETA {eta}) {msg}",
+            move |bar| {
+                bar.set_length(walk.bytes_seen.load(Ordering::Relaxed));
+                bar.set_position(progress.bytes_read.load(Ordering::Relaxed));
+                bar.set_message(format!(
+                    "{} entries, {} new",
+                    progress.entries_done.load(Ordering::Relaxed),
+                    output::bytes(progress.bytes_new.load(Ordering::Relaxed)),
+                ));
+            },
+        )
+    };
     let options = tessera_fs::BackupOptions {
         excludes: Excludes {
             patterns,
@@ -75,10 +89,7 @@ pub async fn backup_paths(g: &Global, a: BackupArgs) -> Result<ExitCode> {
         walk_stats: Some(walk),
     };
     let result = tessera_fs::backup(&repo, &a.paths, options).await;
-    stop.store(true, Ordering::Relaxed);
-    if let Some(bar) = bar {
-        let _ = bar.await;
-    }
+    output::Bar::finish(bar).await;
     let s = result?;
     for w in &s.warnings {
         eprintln!("warning: {w}");
@@ -127,34 +138,6 @@ pub async fn backup_paths(g: &Global, a: BackupArgs) -> Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_WARNINGS)
-    })
-}
-
-/// A progress line with files, bytes and an ETA from a parallel scan.
-fn spawn_bar(
-    progress: Arc<BackupProgress>,
-    walk: Arc<tessera_fs::WalkStats>,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let bar = indicatif::ProgressBar::new(0);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "[{elapsed_precise}] {bytes}/{total_bytes} ({bytes_per_sec}, ETA {eta}) {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        while !stop.load(Ordering::Relaxed) {
-            bar.set_length(walk.bytes_seen.load(Ordering::Relaxed));
-            bar.set_position(progress.bytes_read.load(Ordering::Relaxed));
-            bar.set_message(format!(
-                "{} entries, {} new",
-                progress.entries_done.load(Ordering::Relaxed),
-                output::bytes(progress.bytes_new.load(Ordering::Relaxed)),
-            ));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        bar.finish_and_clear();
     })
 }
 
@@ -279,10 +262,7 @@ pub async fn ls(
 
 pub async fn find(g: &Global, pattern: &str, only: &[String], json: bool) -> Result<ExitCode> {
     let repo = open(g).await?;
-    let mut b = ignore::gitignore::GitignoreBuilder::new("/");
-    b.add_line(None, pattern)
-        .with_context(|| format!("pattern {pattern:?}"))?;
-    let matcher = b.build()?;
+    let matcher = tessera_fs::patterns(&[pattern.to_string()])?;
     let mut snaps = Vec::new();
     if only.is_empty() {
         snaps = repo.snapshots().await?;
@@ -386,25 +366,17 @@ pub async fn restore(g: &Global, a: &RestoreArgs, repo: &Repository) -> Result<O
         return Ok(None);
     }
     let progress = Arc::new(tessera_fs::RestoreProgress::default());
-    let stop = Arc::new(AtomicBool::new(false));
-    let bar = show_progress(g).then(|| {
-        let (progress, stop) = (progress.clone(), stop.clone());
-        tokio::spawn(async move {
-            let bar = indicatif::ProgressBar::new(0);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "[{elapsed_precise}] {bytes}/{total_bytes} ({bytes_per_sec}, ETA {eta})",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            while !stop.load(Ordering::Relaxed) {
+    let bar = {
+        let progress = progress.clone();
+        output::Bar::start(
+            show_progress(g),
+            "[{elapsed_precise}] {bytes}/{total_bytes} ({bytes_per_sec}, ETA {eta})",
+            move |bar| {
                 bar.set_length(progress.bytes_total.load(Ordering::Relaxed));
                 bar.set_position(progress.bytes_written.load(Ordering::Relaxed));
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            bar.finish_and_clear();
-        })
-    });
+            },
+        )
+    };
     let options = tessera_fs::RestoreOptions {
         include: a.include.clone(),
         exclude: a.exclude.clone(),
@@ -419,10 +391,7 @@ pub async fn restore(g: &Global, a: &RestoreArgs, repo: &Repository) -> Result<O
         options,
     )
     .await;
-    stop.store(true, Ordering::Relaxed);
-    if let Some(bar) = bar {
-        let _ = bar.await;
-    }
+    output::Bar::finish(bar).await;
     let s = result.with_context(|| format!("restoring into {}", a.target.display()))?;
     for w in &s.warnings {
         eprintln!("warning: {w}");

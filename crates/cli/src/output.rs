@@ -83,3 +83,45 @@ pub fn snapshot_table(list: &[SnapshotEntry]) -> String {
     out.push_str(&format!("{} snapshots\n", list.len()));
     out
 }
+
+/// A progress bar on standard error, redrawn every 100 ms by `update`
+/// until [`Bar::finish`].
+pub struct Bar {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Bar {
+    /// Starts a bar with an indicatif `template` when `show` is true.
+    pub fn start(
+        show: bool,
+        template: &str,
+        update: impl Fn(&indicatif::ProgressBar) + Send + 'static,
+    ) -> Option<Bar> {
+        use std::sync::atomic::Ordering;
+        if !show {
+            return None;
+        }
+        let style = indicatif::ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let task = tokio::spawn(async move {
+            let bar = indicatif::ProgressBar::new(0).with_style(style);
+            while !flag.load(Ordering::Relaxed) {
+                update(&bar);
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            bar.finish_and_clear();
+        });
+        Some(Bar { stop, task })
+    }
+
+    /// Stops and clears the bar.
+    pub async fn finish(bar: Option<Bar>) {
+        if let Some(b) = bar {
+            b.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = b.task.await;
+        }
+    }
+}

@@ -267,7 +267,7 @@ impl<R: Read> StreamChunker<R> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -297,7 +297,7 @@ mod tests {
         }
     }
 
-    fn pseudo_random(len: usize, seed: u8) -> Vec<u8> {
+    pub(crate) fn pseudo_random(len: usize, seed: u8) -> Vec<u8> {
         let mut out = vec![0u8; len];
         let mut xof = blake3::Hasher::new();
         xof.update(&[seed]);

@@ -34,30 +34,49 @@ struct ReadSpan {
     blobs: Vec<(BlobId, BlobLocation)>,
 }
 
-fn plan(index: &Index, content: &[BlobId], referrer: &str) -> Result<Vec<ReadSpan>> {
+/// Index locations of `ids`, in order.
+fn locate(index: &Index, ids: &[BlobId], referrer: &str) -> Result<Vec<(BlobId, BlobLocation)>> {
+    ids.iter()
+        .map(|id| {
+            index
+                .lookup(id)
+                .map(|loc| (*id, loc))
+                .ok_or_else(|| Error::BlobNotIndexed {
+                    blob: id.to_hex(),
+                    referrer: referrer.to_string(),
+                })
+        })
+        .collect()
+}
+
+/// Groups located blobs into range reads: a blob joins the previous read
+/// when it follows it in the same pack, at most `max_gap` bytes after it
+/// (gaps are read through: one request beats two), within `MAX_READ`.
+fn spans(located: Vec<(BlobId, BlobLocation)>, max_gap: u64) -> Vec<ReadSpan> {
     let mut spans: Vec<ReadSpan> = Vec::new();
-    for id in content {
-        let loc = index.lookup(id).ok_or_else(|| Error::BlobNotIndexed {
-            blob: id.to_hex(),
-            referrer: referrer.to_string(),
-        })?;
+    for (id, loc) in located {
         let start = u64::from(loc.offset);
         let end = start + u64::from(loc.stored_len);
         match spans.last_mut() {
-            Some(s) if s.pack == loc.pack && s.end == start && end - s.start <= MAX_READ => {
+            Some(s)
+                if s.pack == loc.pack
+                    && start >= s.end
+                    && start - s.end <= max_gap
+                    && end - s.start <= MAX_READ =>
+            {
                 s.end = end;
-                s.blobs.push((*id, loc));
+                s.blobs.push((id, loc));
             }
             _ => spans.push(ReadSpan {
                 pack: loc.pack,
                 key_id: loc.key_id,
                 start,
                 end,
-                blobs: vec![(*id, loc)],
+                blobs: vec![(id, loc)],
             }),
         }
     }
-    Ok(spans)
+    spans
 }
 
 impl Repository {
@@ -113,7 +132,7 @@ impl Repository {
         let referrer = format!("stream {:?}", node.name);
         let spans = {
             let index = self.index().await?.read().map_err(|_| poisoned())?;
-            plan(&index, content, &referrer)?
+            spans(locate(&index, content, &referrer)?, 0)
         };
         let mut written = 0u64;
         let mut chunks = futures::stream::iter(spans)
@@ -165,48 +184,23 @@ impl Repository {
     /// # Errors
     /// [`Error::BlobNotIndexed`] (naming `referrer`), missing or corrupt
     /// packs, and the first error `deliver` returns (which stops the reads).
-    pub async fn fetch_blobs<F>(&self, ids: Vec<BlobId>, referrer: &str, deliver: F) -> Result<()>
+    pub async fn fetch_blobs<F, E>(
+        &self,
+        ids: Vec<BlobId>,
+        referrer: &str,
+        deliver: F,
+    ) -> std::result::Result<(), E>
     where
-        F: Fn(BlobId, Vec<u8>) -> Result<()> + Send + Sync + 'static,
+        F: Fn(BlobId, Vec<u8>) -> std::result::Result<(), E> + Send + Sync + 'static,
+        E: From<Error> + Send + 'static,
     {
         let mut located = {
             let index = self.index().await?.read().map_err(|_| poisoned())?;
-            let mut v = Vec::with_capacity(ids.len());
-            for id in ids {
-                let loc = index.lookup(&id).ok_or_else(|| Error::BlobNotIndexed {
-                    blob: id.to_hex(),
-                    referrer: referrer.to_string(),
-                })?;
-                v.push((id, loc));
-            }
-            v
+            locate(&index, &ids, referrer)?
         };
         located.sort_by_key(|(_, l)| (l.pack, l.offset));
         located.dedup_by_key(|(id, _)| *id);
-        let mut spans: Vec<ReadSpan> = Vec::new();
-        for (id, loc) in located {
-            let start = u64::from(loc.offset);
-            let end = start + u64::from(loc.stored_len);
-            match spans.last_mut() {
-                // Small gaps are read through: one request beats two.
-                Some(s)
-                    if s.pack == loc.pack
-                        && start >= s.end
-                        && start - s.end <= MAX_GAP
-                        && end - s.start <= MAX_READ =>
-                {
-                    s.end = end;
-                    s.blobs.push((id, loc));
-                }
-                _ => spans.push(ReadSpan {
-                    pack: loc.pack,
-                    key_id: loc.key_id,
-                    start,
-                    end,
-                    blobs: vec![(id, loc)],
-                }),
-            }
-        }
+        let spans = spans(located, MAX_GAP);
         let deliver = std::sync::Arc::new(deliver);
         let mut reads = futures::stream::iter(spans)
             .map(|span| {

@@ -29,12 +29,14 @@ use std::sync::Arc;
 
 pub mod cache;
 pub mod meta;
+mod paths;
 mod restore;
 mod snapshot_tree;
 mod walk;
 
 pub use cache::FilesCache;
 pub use meta::{FileKind, FsMeta, Time, Xattr};
+pub use paths::patterns;
 pub use restore::{RestoreOptions, RestoreProgress, RestoreSummary, restore};
 pub use snapshot_tree::{DiffKind, TreeEntry, diff, find_node, walk_tree};
 pub use walk::{Excludes, WalkStats};
@@ -178,15 +180,7 @@ pub async fn backup(
     if roots.is_empty() {
         return Err(Error::Invalid("no path to back up".into()));
     }
-    let mut builder = ignore::gitignore::GitignoreBuilder::new("/");
-    for pat in &options.excludes.patterns {
-        builder
-            .add_line(None, pat)
-            .map_err(|e| Error::Invalid(format!("exclude pattern {pat:?}: {e}")))?;
-    }
-    let matcher = builder
-        .build()
-        .map_err(|e| Error::Invalid(format!("exclude patterns: {e}")))?;
+    let matcher = patterns(&options.excludes.patterns)?;
     let cache = options.cache.as_deref().map(FilesCache::open).transpose()?;
     let writer = cache.as_ref().map(FilesCache::writer).transpose()?;
     let stats = options.walk_stats.clone().unwrap_or_default();
@@ -220,13 +214,21 @@ pub async fn backup(
     let stored = stored?;
     let mut all_warnings = warnings.lock().map(|w| w.clone()).unwrap_or_default();
     all_warnings.extend(stored.warnings.iter().cloned());
+    // The walk thread has ended: the counters are final.
     let count = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    let (files_new, files_changed, files_unchanged, dirs, others) = (
+        count(&stats.files_new),
+        count(&stats.files_changed),
+        count(&stats.files_unchanged),
+        count(&stats.dirs),
+        count(&stats.others),
+    );
     let summary_meta = serde_json::json!({
-        "files_new": count(&stats.files_new),
-        "files_changed": count(&stats.files_changed),
-        "files_unchanged": count(&stats.files_unchanged),
-        "dirs": count(&stats.dirs),
-        "others": count(&stats.others),
+        "files_new": files_new,
+        "files_changed": files_changed,
+        "files_unchanged": files_unchanged,
+        "dirs": dirs,
+        "others": others,
         "warnings": all_warnings.len(),
     });
     let core_options = tessera_core::BackupOptions {
@@ -250,11 +252,11 @@ pub async fn backup(
     Ok(BackupSummary {
         id: done.id,
         snapshot: done.snapshot,
-        files_new: count(&stats.files_new),
-        files_changed: count(&stats.files_changed),
-        files_unchanged: count(&stats.files_unchanged),
-        dirs: count(&stats.dirs),
-        others: count(&stats.others),
+        files_new,
+        files_changed,
+        files_unchanged,
+        dirs,
+        others,
         warnings: all_warnings,
     })
 }

@@ -196,26 +196,25 @@ pub struct Names {
 impl Names {
     /// Fills `meta.user` and `meta.group`.
     pub fn fill(&mut self, meta: &mut FsMeta) {
-        meta.user = self
-            .users
-            .entry(meta.uid)
-            .or_insert_with(|| {
-                nix::unistd::User::from_uid(meta.uid.into())
-                    .ok()
-                    .flatten()
-                    .map(|u| u.name)
-            })
-            .clone();
-        meta.group = self
-            .groups
-            .entry(meta.gid)
-            .or_insert_with(|| {
-                nix::unistd::Group::from_gid(meta.gid.into())
-                    .ok()
-                    .flatten()
-                    .map(|g| g.name)
-            })
-            .clone();
+        fn cached(
+            map: &mut HashMap<u32, Option<String>>,
+            id: u32,
+            lookup: impl FnOnce() -> Option<String>,
+        ) -> Option<String> {
+            map.entry(id).or_insert_with(lookup).clone()
+        }
+        meta.user = cached(&mut self.users, meta.uid, || {
+            nix::unistd::User::from_uid(meta.uid.into())
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        });
+        meta.group = cached(&mut self.groups, meta.gid, || {
+            nix::unistd::Group::from_gid(meta.gid.into())
+                .ok()
+                .flatten()
+                .map(|g| g.name)
+        });
     }
 }
 

@@ -25,6 +25,7 @@ use tessera_core::{BlobId, NodeKind, Repository, Snapshot};
 
 use crate::Error;
 use crate::meta::{FileKind, FsMeta};
+use crate::paths::{join, patterns, proc_path};
 use crate::snapshot_tree::{TreeEntry, find_node, walk_tree};
 use crate::walk::{data_extents, open_long};
 
@@ -78,15 +79,6 @@ fn io_err(path: &[u8], operation: &'static str, source: impl Into<std::io::Error
     }
 }
 
-fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut p = dir.to_vec();
-    if !p.ends_with(b"/") {
-        p.push(b'/');
-    }
-    p.extend_from_slice(name);
-    p
-}
-
 /// One entry to restore.
 struct Item {
     /// Target path.
@@ -98,18 +90,9 @@ struct Item {
     link_to: Option<usize>,
 }
 
-fn matcher(patterns: &[String]) -> Result<Option<ignore::gitignore::Gitignore>, Error> {
-    if patterns.is_empty() {
-        return Ok(None);
-    }
-    let mut b = ignore::gitignore::GitignoreBuilder::new("/");
-    for p in patterns {
-        b.add_line(None, p)
-            .map_err(|e| Error::Invalid(format!("pattern {p:?}: {e}")))?;
-    }
-    b.build()
-        .map(Some)
-        .map_err(|e| Error::Invalid(format!("patterns: {e}")))
+/// The pattern set, or `None` for no patterns (so "include" means all).
+fn matcher(list: &[String]) -> Result<Option<ignore::gitignore::Gitignore>, Error> {
+    (!list.is_empty()).then(|| patterns(list)).transpose()
 }
 
 /// Restores `path` of `snapshot` (`/` for all of it) into `target`: the
@@ -246,7 +229,22 @@ pub async fn restore(
     let mut summary = RestoreSummary::default();
     let is_root = rustix::process::geteuid().is_root();
     let mut needed: HashMap<BlobId, Vec<(usize, u64)>> = HashMap::new();
-    let mut blob_sizes: HashMap<BlobId, u32> = HashMap::new();
+    // Every blob's size, with one index lookup for the whole restore.
+    let all: Vec<BlobId> = {
+        let mut v: Vec<BlobId> = items
+            .iter()
+            .filter(|i| i.link_to.is_none())
+            .flat_map(|i| i.content.iter().copied())
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    let blob_sizes: HashMap<BlobId, u32> = all
+        .iter()
+        .zip(repo.blob_sizes(&all).await?)
+        .filter_map(|(id, size)| Some((*id, size?)))
+        .collect();
     let mut pending_files: Vec<usize> = Vec::new();
     for idx in 0..items.len() {
         let item = &items[idx];
@@ -277,17 +275,15 @@ pub async fn restore(
             }
             (FileKind::File, None) => {
                 summary.files += 1;
-                let sizes = repo.blob_sizes(&item.content).await?;
                 let mut offset = 0u64;
                 let mut plan = Vec::with_capacity(item.content.len());
-                for (id, size) in item.content.iter().zip(sizes) {
-                    let size = size.ok_or_else(|| {
+                for id in &item.content {
+                    let size = *blob_sizes.get(id).ok_or_else(|| {
                         Error::Core(tessera_core::Error::BlobNotIndexed {
                             blob: id.to_hex(),
                             referrer: String::from_utf8_lossy(&item.target).into_owned(),
                         })
                     })?;
-                    blob_sizes.insert(*id, size);
                     plan.push((*id, offset, u64::from(size)));
                     offset += u64::from(size);
                 }
@@ -341,7 +337,7 @@ pub async fn restore(
     {
         let (items, needed, progress) = (items.clone(), needed.clone(), progress.clone());
         let ids: Vec<BlobId> = needed.keys().copied().collect();
-        repo.fetch_blobs(ids, "restore", move |id, plain| {
+        repo.fetch_blobs(ids, "restore", move |id, plain| -> Result<(), Error> {
             for (idx, off) in needed.get(&id).into_iter().flatten() {
                 let item = &items[*idx];
                 write_at(item, *off, &plain)?;
@@ -351,15 +347,7 @@ pub async fn restore(
             }
             Ok(())
         })
-        .await
-        .map_err(|e| match e {
-            tessera_core::Error::Io { context, source } => Error::Io {
-                path: PathBuf::from(context),
-                operation: "writing",
-                source,
-            },
-            e => Error::Core(e),
-        })?;
+        .await?;
     }
     summary.bytes_written = progress.bytes_written.load(Ordering::Relaxed);
 
@@ -596,24 +584,20 @@ fn read_content(
     Ok(())
 }
 
-fn write_at(item: &Item, off: u64, data: &[u8]) -> tessera_core::Result<()> {
-    let err = |e: std::io::Error| tessera_core::Error::Io {
-        context: String::from_utf8_lossy(&item.target).into_owned(),
-        source: e,
-    };
+fn write_at(item: &Item, off: u64, data: &[u8]) -> Result<(), Error> {
     let fd = open_long(
         &item.target,
         OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )
-    .map_err(err)?;
+    .map_err(|e| io_err(&item.target, "opening to write", e))?;
     let mut pos = 0usize;
     for (at, n) in file_ranges(item.meta.extents.as_deref(), off, data.len() as u64) {
         let part = data.get(pos..pos + n as usize).unwrap_or_default();
         let mut done = 0;
         while done < part.len() {
             let w = rustix::io::pwrite(&fd, part.get(done..).unwrap_or_default(), at + done as u64)
-                .map_err(|e| err(e.into()))?;
+                .map_err(|e| io_err(&item.target, "writing", e))?;
             done += w;
         }
         pos += n as usize;
@@ -643,13 +627,7 @@ fn set_meta(
         .map_err(|e| io_err(path, "setting the owner", e))?;
     }
     if !meta.xattrs.is_empty() {
-        let proc = format!(
-            "/proc/self/fd/{}/",
-            std::os::fd::AsRawFd::as_raw_fd(&parent)
-        );
-        let mut p = proc.into_bytes();
-        p.extend_from_slice(name);
-        let p = std::ffi::CString::new(p).unwrap_or_default();
+        let p = proc_path(&parent, name);
         for x in &meta.xattrs {
             if let Err(e) = rustix::fs::lsetxattr(
                 p.as_c_str(),

@@ -7,6 +7,7 @@ use tessera_core::{BlobId, Node, NodeKind, Repository, Snapshot};
 
 use crate::Error;
 use crate::meta::FsMeta;
+use crate::paths::join;
 
 /// One entry met while walking a snapshot.
 #[derive(Clone, Debug)]
@@ -19,15 +20,6 @@ pub struct TreeEntry {
     pub meta: Option<FsMeta>,
     /// Depth below the walk's start (0 for its direct entries).
     pub depth: usize,
-}
-
-fn child_path(parent: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut p = parent.to_vec();
-    if !p.ends_with(b"/") {
-        p.push(b'/');
-    }
-    p.extend_from_slice(name);
-    p
 }
 
 /// The node at `path` in `snapshot` (`/` gives `None`: the root tree).
@@ -96,7 +88,7 @@ pub async fn walk_tree(
             continue;
         };
         let entry = TreeEntry {
-            path: child_path(dir, node.name_bytes()),
+            path: join(dir, node.name_bytes()),
             meta: FsMeta::from_value(&node.meta).ok(),
             depth: *depth,
             node,
@@ -154,66 +146,71 @@ pub async fn diff(
             }
         };
         let (left, right) = (nodes(a).await?, nodes(b).await?);
-        let mut names: Vec<&[u8]> = left.iter().chain(&right).map(Node::name_bytes).collect();
-        names.sort();
-        names.dedup();
+        // Both lists are sorted by name bytes: merge them.
+        let (mut l, mut r) = (left.iter().peekable(), right.iter().peekable());
         let mut sub = Vec::new();
-        for name in names {
-            let l = left.iter().find(|n| n.name_bytes() == name);
-            let r = right.iter().find(|n| n.name_bytes() == name);
-            let p = child_path(&path, name);
-            let subtree = |n: Option<&Node>| match n.map(|n| &n.kind) {
-                Some(NodeKind::Dir { subtree }) => Some(*subtree),
-                _ => None,
+        loop {
+            let (x, y) = match (l.peek(), r.peek()) {
+                (None, None) => break,
+                (Some(x), Some(y)) => match x.name_bytes().cmp(y.name_bytes()) {
+                    std::cmp::Ordering::Less => (l.next(), None),
+                    std::cmp::Ordering::Greater => (None, r.next()),
+                    std::cmp::Ordering::Equal => (l.next(), r.next()),
+                },
+                (Some(_), None) => (l.next(), None),
+                (None, Some(_)) => (None, r.next()),
             };
-            let kind = match (l, r) {
-                (None, Some(_)) => Some(DiffKind::Added),
-                (Some(_), None) => Some(DiffKind::Removed),
-                (Some(l), Some(r)) => {
-                    let same_content = match (&l.kind, &r.kind) {
-                        (NodeKind::Stream { content: x }, NodeKind::Stream { content: y }) => {
-                            x == y
-                        }
-                        (NodeKind::Dir { .. }, NodeKind::Dir { .. })
-                        | (NodeKind::Leaf, NodeKind::Leaf) => {
-                            let target = |n: &Node| {
-                                FsMeta::from_value(&n.meta).ok().and_then(|m| {
-                                    m.target
-                                        .clone()
-                                        .or(m.rdev.map(|d| d.to_le_bytes().to_vec()))
-                                })
-                            };
-                            target(l) == target(r)
-                        }
-                        _ => false,
-                    };
-                    if !same_content {
-                        Some(DiffKind::Modified)
-                    } else if l.meta != r.meta {
-                        Some(DiffKind::Metadata)
-                    } else {
-                        None
-                    }
-                }
-                (None, None) => None,
+            let Some(name) = x.or(y).map(Node::name_bytes) else {
+                break;
             };
-            let is_dir = subtree(l).is_some() || subtree(r).is_some();
-            // A directory's own change is its metadata; its entries speak for themselves.
-            let kind = match kind {
-                Some(DiffKind::Modified) if subtree(l).is_some() && subtree(r).is_some() => {
-                    (l.map(|n| &n.meta) != r.map(|n| &n.meta)).then_some(DiffKind::Metadata)
-                }
-                k => k,
-            };
-            if let Some(k) = kind {
+            let p = join(&path, name);
+            if let Some(k) = classify(x, y) {
                 out.push((p.clone(), k));
             }
-            if is_dir {
-                sub.push((p, subtree(l), subtree(r)));
+            let (sx, sy) = (subtree(x), subtree(y));
+            if sx.is_some() || sy.is_some() {
+                sub.push((p, sx, sy));
             }
         }
         stack.extend(sub.into_iter().rev());
     }
     out.sort_by(|x, y| x.0.cmp(&y.0));
     Ok(out)
+}
+
+fn subtree(n: Option<&Node>) -> Option<BlobId> {
+    match n.map(|n| &n.kind) {
+        Some(NodeKind::Dir { subtree }) => Some(*subtree),
+        _ => None,
+    }
+}
+
+/// How one entry changed. A directory's own change is only its metadata:
+/// its entries speak for themselves.
+fn classify(a: Option<&Node>, b: Option<&Node>) -> Option<DiffKind> {
+    let (a, b) = match (a, b) {
+        (None, None) => return None,
+        (None, Some(_)) => return Some(DiffKind::Added),
+        (Some(_), None) => return Some(DiffKind::Removed),
+        (Some(a), Some(b)) => (a, b),
+    };
+    // What a leaf is: its symlink target or device number.
+    let identity = |n: &Node| {
+        FsMeta::from_value(&n.meta)
+            .ok()
+            .and_then(|m| m.target.or(m.rdev.map(|d| d.to_le_bytes().to_vec())))
+    };
+    let same_content = match (&a.kind, &b.kind) {
+        (NodeKind::Stream { content: x }, NodeKind::Stream { content: y }) => x == y,
+        (NodeKind::Dir { .. }, NodeKind::Dir { .. }) => true,
+        (NodeKind::Leaf, NodeKind::Leaf) => identity(a) == identity(b),
+        _ => false,
+    };
+    if !same_content {
+        Some(DiffKind::Modified)
+    } else if a.meta != b.meta {
+        Some(DiffKind::Metadata)
+    } else {
+        None
+    }
 }

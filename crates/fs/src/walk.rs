@@ -7,9 +7,9 @@
 //! file content), joined by a bounded channel.
 
 use std::collections::HashMap;
-use std::ffi::{CString, OsStr};
+use std::ffi::OsStr;
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -20,6 +20,7 @@ use tessera_core::{Content, Entry, KnownBlobs};
 
 use crate::cache::{CacheSender, CachedFile, FilesCache};
 use crate::meta::{FileKind, FsMeta, Names, Time, read_xattrs};
+use crate::paths::{display, join, openat_noatime, proc_path};
 
 /// What to leave out of a backup.
 #[derive(Clone, Debug, Default)]
@@ -77,28 +78,6 @@ pub(crate) struct Walker {
     pub warnings: Warnings,
     pub names: Names,
     pub xattr_buf: Vec<u8>,
-}
-
-fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut p = Vec::with_capacity(dir.len() + 1 + name.len());
-    p.extend_from_slice(dir);
-    if !dir.ends_with(b"/") {
-        p.push(b'/');
-    }
-    p.extend_from_slice(name);
-    p
-}
-
-fn display(p: &[u8]) -> String {
-    String::from_utf8_lossy(p).into_owned()
-}
-
-/// `/proc/self/fd/N/name`: a short path to `name` in an open directory,
-/// for the calls that have no `*at` form (extended attributes).
-fn proc_path(dir: &OwnedFd, name: &[u8]) -> CString {
-    let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
-    p.extend_from_slice(name);
-    CString::new(p).unwrap_or_default()
 }
 
 /// Opens `path` (absolute) however long it is: paths longer than the
@@ -405,19 +384,7 @@ impl Walker {
         self.fill_xattrs(&mut meta, parent, name);
         self.stats.dirs.fetch_add(1, Ordering::Relaxed);
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = match rustix::fs::openat(
-            parent,
-            OsStr::from_bytes(name),
-            flags | OFlags::NOATIME,
-            Mode::empty(),
-        )
-        .or_else(|e| {
-            if e == rustix::io::Errno::PERM {
-                rustix::fs::openat(parent, OsStr::from_bytes(name), flags, Mode::empty())
-            } else {
-                Err(e)
-            }
-        }) {
+        let fd = match openat_noatime(parent, name, flags) {
             Ok(fd) => Some(fd),
             Err(e) => {
                 warn(

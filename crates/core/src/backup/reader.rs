@@ -199,7 +199,9 @@ impl<F: FnMut(Batch) -> bool> Batcher<F> {
             let space = self.capacity - self.data.len();
             if space == 0 {
                 let cut = self.cut(start, false);
-                start = self.flush(cut);
+                self.flush(cut);
+                // The uncut tail now starts the new batch.
+                start = 0;
                 continue;
             }
             // `read_to_end` fills spare capacity without zeroing it first and
@@ -244,8 +246,8 @@ impl<F: FnMut(Batch) -> bool> Batcher<F> {
     }
 
     /// Emits the batch up to `keep_from`, carrying the bytes after it into
-    /// the next batch; returns the carried bytes' new start (0).
-    fn flush(&mut self, keep_from: usize) -> usize {
+    /// the next batch (where they start at 0).
+    fn flush(&mut self, keep_from: usize) {
         let keep_from = keep_from.min(self.data.len()).max(
             // Without a carry, everything read is chunked already.
             self.chunks.last().map_or(0, |r| r.end),
@@ -264,7 +266,6 @@ impl<F: FnMut(Batch) -> bool> Batcher<F> {
         if !(self.emit)(batch) {
             self.stopped = true;
         }
-        0
     }
 }
 
@@ -273,6 +274,7 @@ impl<F: FnMut(Batch) -> bool> Batcher<F> {
 mod tests {
     use super::*;
     use crate::chunker::ChunkerParams;
+    use crate::chunker::tests::pseudo_random as bytes;
 
     fn chunker() -> Chunker {
         let params = ChunkerParams::FastCdc {
@@ -281,14 +283,6 @@ mod tests {
             max: 4096,
         };
         Chunker::new(params, &[7; 32]).unwrap()
-    }
-
-    fn bytes(len: usize, seed: u8) -> Vec<u8> {
-        let mut out = vec![0u8; len];
-        let mut h = blake3::Hasher::new();
-        h.update(&[seed]);
-        h.finalize_xof().fill(&mut out);
-        out
     }
 
     /// Runs the batcher with a small buffer and returns each file's chunks
