@@ -151,3 +151,57 @@ fn a_full_disk_during_restore_is_a_clear_error() {
     );
     t.ok(&["check", "--read-data"]);
 }
+
+#[test]
+fn exclude_file_one_file_system_and_a_missing_path() {
+    let t = TestRepo::new(&[]);
+    let src = t.path("src");
+    std::fs::create_dir_all(src.join("keep")).unwrap();
+    std::fs::create_dir_all(src.join("mnt")).unwrap();
+    std::fs::write(src.join("keep/a.txt"), b"a").unwrap();
+    std::fs::write(src.join("keep/b.tmp"), b"b").unwrap();
+    let rules = t.path("rules");
+    std::fs::write(&rules, "# temporary files\n*.tmp\n\n").unwrap();
+    let src_s = src.to_str().unwrap();
+    let missing = t.fails(&["backup", &format!("{src_s}/nope")]);
+    assert!(
+        missing.contains("nope") && missing.contains("No such file"),
+        "{missing}"
+    );
+    let mounted = is_root()
+        && std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(src.join("mnt"))
+            .status()
+            .unwrap()
+            .success();
+    if mounted {
+        std::fs::write(src.join("mnt/other-fs"), b"x").unwrap();
+    } else if std::env::var_os("CI").is_some() {
+        panic!("CI must run this test as root (it mounts a small tmpfs)");
+    }
+    let out = t.run(&[
+        "backup",
+        src_s,
+        "--exclude-file",
+        rules.to_str().unwrap(),
+        "-x",
+    ]);
+    if mounted {
+        let _ = std::process::Command::new("umount")
+            .arg(src.join("mnt"))
+            .status();
+    }
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ls = t.ok(&["ls", "latest", src_s]);
+    assert!(ls.contains("keep/a.txt") && !ls.contains("b.tmp"), "{ls}");
+    // The mount point is kept, empty.
+    assert!(
+        ls.contains(&format!("{src_s}/mnt\n")) && !ls.contains("other-fs"),
+        "{ls}"
+    );
+}
