@@ -246,7 +246,7 @@ pub async fn ls(
             let p = path.as_os_str().as_bytes().to_vec();
             let e = TreeEntry {
                 path: p.clone(),
-                meta: FsMeta::from_value(&node.meta).ok(),
+                meta: FsMeta::from_meta(&node.meta).ok(),
                 node: node.clone(),
                 depth: 0,
             };
@@ -432,7 +432,7 @@ pub async fn dump_file(
     let node = tessera_fs::find_node(repo, snapshot, Path::new(path))
         .await?
         .with_context(|| format!("{path}: a directory, not a file"))?;
-    let meta = FsMeta::from_value(&node.meta).map_err(anyhow::Error::msg)?;
+    let meta = FsMeta::from_meta(&node.meta).map_err(anyhow::Error::msg)?;
     if !matches!(node.kind, NodeKind::Stream { .. }) {
         bail!("{path}: not a regular file");
     }

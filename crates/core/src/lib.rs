@@ -67,4 +67,4 @@ pub use repo::{InitOptions, KeyInfo, Repository};
 pub use snapshot::{Snapshot, SnapshotEntry, SnapshotStats};
 pub use stats::RepoStats;
 pub use storage::{Backend, ObjectStoreBackend, StorageError, open_location};
-pub use tree::{Node, NodeKind, Tree};
+pub use tree::{Meta, Node, NodeKind, Tree};

@@ -43,6 +43,67 @@ pub enum NodeKind {
     },
 }
 
+/// Adapter metadata on a tree node: one JSON value, kept as its text.
+///
+/// The engine never looks inside; keeping the text (rather than a parsed
+/// `serde_json::Value`) makes writing a tree a copy and reading one cheap,
+/// and re-encoding a decoded tree reproduces its bytes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Meta(Box<serde_json::value::RawValue>);
+
+impl Meta {
+    /// No metadata (JSON `null`, left out of the encoded node).
+    pub fn null() -> Self {
+        #[allow(clippy::expect_used)]
+        Meta(serde_json::value::RawValue::from_string("null".into()).expect("null is JSON"))
+    }
+
+    /// The metadata `value` serializes to.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when `value` does not serialize to JSON
+    /// (a map with non-string keys, say).
+    pub fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<Self> {
+        serde_json::value::to_raw_value(value)
+            .map(Meta)
+            .map_err(|e| Error::InvalidArgument(format!("metadata does not serialize: {e}")))
+    }
+
+    /// Parses the metadata as a `T`.
+    ///
+    /// # Errors
+    /// The parse error, as text.
+    pub fn parse<'a, T: Deserialize<'a>>(&'a self) -> std::result::Result<T, String> {
+        serde_json::from_str(self.0.get()).map_err(|e| e.to_string())
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Whether this is JSON `null`.
+    pub fn is_null(&self) -> bool {
+        self.0.get() == "null"
+    }
+}
+
+impl Default for Meta {
+    fn default() -> Self {
+        Meta::null()
+    }
+}
+
+/// Compares the JSON text.
+impl PartialEq for Meta {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Meta {}
+
 /// One entry of a tree.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
@@ -58,14 +119,14 @@ pub struct Node {
     #[serde(flatten)]
     pub kind: NodeKind,
     /// Adapter metadata (file mode, owner, times, ...), opaque to the engine.
-    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
-    pub meta: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Meta::is_null")]
+    pub meta: Meta,
 }
 
 impl Node {
     /// A node named by raw bytes: `name` is the UTF-8 form, and `raw_name`
     /// keeps the bytes when they are not valid UTF-8.
-    pub fn new(name: &[u8], size: u64, kind: NodeKind, meta: serde_json::Value) -> Self {
+    pub fn new(name: &[u8], size: u64, kind: NodeKind, meta: Meta) -> Self {
         let (name, raw_name) = match std::str::from_utf8(name) {
             Ok(s) => (s.to_string(), None),
             Err(_) => (
@@ -182,7 +243,7 @@ mod tests {
                 n.as_bytes(),
                 0,
                 NodeKind::Stream { content: vec![] },
-                serde_json::Value::Null,
+                Meta::null(),
             )
         };
         let t = Tree::new(vec![stream("b"), stream("a")]).unwrap();
@@ -197,7 +258,8 @@ mod tests {
 
     #[test]
     fn names_that_are_not_utf8_round_trip_and_sort_as_bytes() {
-        let leaf = |n: &[u8]| Node::new(n, 0, NodeKind::Leaf, serde_json::json!({"m": 1}));
+        let meta = Meta::to_json(&serde_json::json!({"m": 1})).unwrap();
+        let leaf = |n: &[u8]| Node::new(n, 0, NodeKind::Leaf, meta.clone());
         let t = Tree::new(vec![leaf(b"\xff\xfe"), leaf(b"\xff\xfd"), leaf(b"a\nb")]).unwrap();
         let names: Vec<&[u8]> = t.nodes.iter().map(Node::name_bytes).collect();
         assert_eq!(names, [&b"a\nb"[..], b"\xff\xfd", b"\xff\xfe"]);

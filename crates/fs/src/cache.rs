@@ -18,7 +18,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tessera_core::BlobId;
 
 use crate::Error;
-use crate::meta::Time;
+use crate::meta::{Time, Xattr};
 
 /// What the cache knows of one file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +37,10 @@ pub struct CachedFile {
     pub content: Vec<BlobId>,
     /// Data extents of a file with holes.
     pub extents: Option<Vec<(u64, u64)>>,
+    /// Extended attributes, when they were read without error. Changing
+    /// one changes the file's ctime, so a matching signature means these
+    /// are current and need not be listed again.
+    pub xattrs: Option<Vec<Xattr>>,
 }
 
 impl CachedFile {
@@ -50,6 +54,10 @@ impl CachedFile {
     }
 }
 
+/// The schema's version (SQLite's `user_version`). A cache of another
+/// version is emptied and rebuilt.
+const SCHEMA_VERSION: i64 = 2;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS files (
     dir BLOB NOT NULL,
@@ -60,6 +68,7 @@ CREATE TABLE IF NOT EXISTS files (
     ino INTEGER NOT NULL, dev INTEGER NOT NULL,
     content BLOB NOT NULL,
     extents BLOB,
+    xattrs BLOB,
     PRIMARY KEY (dir, name)
 ) WITHOUT ROWID;
 ";
@@ -82,7 +91,12 @@ fn open_conn(path: &Path) -> Result<Connection, rusqlite::Error> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
-    conn.execute_batch(SCHEMA)?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version != SCHEMA_VERSION {
+        conn.execute_batch(&format!(
+            "BEGIN; DROP TABLE IF EXISTS files; {SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+        ))?;
+    }
     Ok(conn)
 }
 
@@ -127,7 +141,7 @@ impl FilesCache {
         let mut stmt = self
             .conn
             .prepare_cached(
-                "SELECT name, size, mtime_s, mtime_ns, ctime_s, ctime_ns, ino, dev, content, extents
+                "SELECT name, size, mtime_s, mtime_ns, ctime_s, ctime_ns, ino, dev, content, extents, xattrs
                  FROM files WHERE dir = ?1",
             )
             .map_err(|e| sql(&self.path, e))?;
@@ -135,6 +149,7 @@ impl FilesCache {
             .query_map(params![dir], |r| {
                 let content: Vec<u8> = r.get(8)?;
                 let extents: Option<Vec<u8>> = r.get(9)?;
+                let xattrs: Option<Vec<u8>> = r.get(10)?;
                 Ok((
                     r.get::<_, Vec<u8>>(0)?,
                     r.get::<_, i64>(1)?,
@@ -144,12 +159,13 @@ impl FilesCache {
                     r.get::<_, i64>(7)?,
                     content,
                     extents,
+                    xattrs,
                 ))
             })
             .map_err(|e| sql(&self.path, e))?;
         let mut out = HashMap::new();
         for row in rows {
-            let (name, size, m, c, ino, dev, content, extents) =
+            let (name, size, m, c, ino, dev, content, extents, xattrs) =
                 row.map_err(|e| sql(&self.path, e))?;
             // A row that does not decode is ignored: the file is read again.
             let Some(content) = content
@@ -170,6 +186,11 @@ impl FilesCache {
                     })
                     .collect()
             });
+            // Empty: none. A list that does not parse is read again.
+            let xattrs = xattrs.and_then(|x| match x.as_slice() {
+                [] => Some(Vec::new()),
+                json => serde_json::from_slice(json).ok(),
+            });
             out.insert(
                 name,
                 CachedFile {
@@ -180,6 +201,7 @@ impl FilesCache {
                     dev: dev as u64,
                     content,
                     extents,
+                    xattrs,
                 },
             );
         }
@@ -231,8 +253,8 @@ fn write_loop(mut conn: Connection, rx: &std::sync::mpsc::Receiver<Op>) -> rusql
     {
         let mut put = tx.prepare(
             "INSERT OR REPLACE INTO files
-             (dir, name, size, mtime_s, mtime_ns, ctime_s, ctime_ns, ino, dev, content, extents)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+             (dir, name, size, mtime_s, mtime_ns, ctime_s, ctime_ns, ino, dev, content, extents, xattrs)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )?;
         let mut del = tx.prepare("DELETE FROM files WHERE dir = ?1 AND name = ?2")?;
         for op in rx {
@@ -243,6 +265,13 @@ fn write_loop(mut conn: Connection, rx: &std::sync::mpsc::Receiver<Op>) -> rusql
                         e.iter()
                             .flat_map(|(a, b)| a.to_le_bytes().into_iter().chain(b.to_le_bytes()))
                             .collect()
+                    });
+                    let xattrs: Option<Vec<u8>> = f.xattrs.map(|x| {
+                        if x.is_empty() {
+                            Vec::new()
+                        } else {
+                            serde_json::to_vec(&x).unwrap_or_default()
+                        }
                     });
                     put.execute(params![
                         dir,
@@ -255,7 +284,8 @@ fn write_loop(mut conn: Connection, rx: &std::sync::mpsc::Receiver<Op>) -> rusql
                         f.ino as i64,
                         f.dev as i64,
                         content,
-                        extents
+                        extents,
+                        xattrs
                     ])?;
                 }
                 Op::Delete(dir, name) => {
@@ -349,6 +379,14 @@ mod tests {
             dev: 6,
             content: vec![BlobId::from_slice(&[n; 32]).unwrap()],
             extents: Some(vec![(0, 4), (8, 2)]),
+            xattrs: match n {
+                1 => None,
+                2 => Some(vec![]),
+                _ => Some(vec![Xattr {
+                    name: "user.a".into(),
+                    value: vec![0, 1, 255],
+                }]),
+            },
         }
     }
 
@@ -360,18 +398,41 @@ mod tests {
         let w = cache.writer().unwrap();
         w.sender().put(b"/a", b"x", file(1));
         w.sender().put(b"/a", b"y", file(2));
+        w.sender().put(b"/a", b"z", file(3));
         w.commit().unwrap();
         let w = cache.writer().unwrap();
         w.sender().delete(b"/a", b"x");
         drop(w);
         let got = cache.dir(b"/a").unwrap();
-        assert_eq!(got.len(), 2);
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[&b"x".to_vec()], file(1));
         assert_eq!(got[&b"y".to_vec()], file(2));
+        assert_eq!(got[&b"z".to_vec()], file(3));
         let w = cache.writer().unwrap();
         w.sender().delete(b"/a", b"x");
         w.commit().unwrap();
-        assert_eq!(cache.dir(b"/a").unwrap().len(), 1);
+        assert_eq!(cache.dir(b"/a").unwrap().len(), 2);
         assert!(cache.dir(b"/b").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_cache_of_another_schema_version_is_emptied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("files.db");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE files (dir BLOB, name BLOB); INSERT INTO files VALUES (x'2f61', x'78');",
+        )
+        .unwrap();
+        drop(old);
+        let cache = FilesCache::open(&path).unwrap();
+        assert_eq!(cache.count().unwrap(), 0);
+        let w = cache.writer().unwrap();
+        w.sender().put(b"/a", b"x", file(3));
+        w.commit().unwrap();
+        drop(cache);
+        let cache = FilesCache::open(&path).unwrap();
+        assert_eq!(cache.dir(b"/a").unwrap()[&b"x".to_vec()], file(3));
     }
 
     #[test]

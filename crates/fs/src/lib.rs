@@ -185,9 +185,11 @@ pub async fn backup(
     let writer = cache.as_ref().map(FilesCache::writer).transpose()?;
     let stats = options.walk_stats.clone().unwrap_or_default();
     let warnings: walk::Warnings = Arc::default();
-    let (tx, rx) = std::sync::mpsc::sync_channel(8192);
+    // The walk runs at most 16 batches (4,096 entries) ahead.
+    let (tx, rx) = std::sync::mpsc::sync_channel(16);
     let walker = walk::Walker {
         tx,
+        pending: Vec::with_capacity(walk::BATCH),
         excludes: options.excludes.clone(),
         matcher,
         cache,
@@ -206,7 +208,7 @@ pub async fn backup(
         .spawn(move || walker.run(&walk_roots))
         .map_err(|e| Error::Internal(format!("starting the walk thread: {e}")))?;
     let stored = repo
-        .store_tree(rx.into_iter(), options.progress.clone())
+        .store_tree(rx.into_iter().flatten(), options.progress.clone())
         .await;
     walk_thread
         .join()

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
+use tessera_core::Meta;
 
 /// What an entry is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,14 +98,15 @@ impl FsMeta {
     ///
     /// # Errors
     /// A message saying what does not parse.
-    pub fn from_value(v: &serde_json::Value) -> Result<Self, String> {
-        FsMeta::deserialize(v).map_err(|e| format!("file metadata does not parse: {e}"))
+    pub fn from_meta(v: &Meta) -> Result<Self, String> {
+        v.parse()
+            .map_err(|e| format!("file metadata does not parse: {e}"))
     }
 
-    /// The node's `meta` value.
-    pub fn to_value(&self) -> serde_json::Value {
+    /// The node's `meta`.
+    pub fn to_meta(&self) -> Meta {
         #[allow(clippy::expect_used)]
-        serde_json::to_value(self).expect("metadata serializes")
+        Meta::to_json(self).expect("metadata serializes")
     }
 
     /// The metadata of an `lstat` result, without xattrs, names or extents.
@@ -261,6 +263,10 @@ pub fn read_xattrs(path: &std::ffi::CStr, buf: &mut Vec<u8>) -> std::io::Result<
 mod tests {
     use super::*;
 
+    fn meta(json: &str) -> Meta {
+        serde_json::from_str(json).unwrap()
+    }
+
     /// Format v1 of fs node metadata, as documented in docs/FORMAT.md: this
     /// exact JSON must keep decoding to these values.
     #[test]
@@ -269,7 +275,9 @@ mod tests {
             "mtime":[1700000000,123456789],"atime":[1700000001,5],"size":1048576,
             "extents":[[0,4096],[65536,8192]],"hardlink":[2049,1234,2],
             "xattrs":[{"name":"user.k","value":"00ff"}]}"#;
-        let m = FsMeta::from_value(&serde_json::from_str(v1).unwrap()).unwrap();
+        let m = FsMeta::from_meta(&meta(v1)).unwrap();
+        let compact: String = v1.split_whitespace().collect();
+        assert_eq!(m.to_meta().as_str(), compact, "encoding changed");
         assert_eq!(m.kind, FileKind::File);
         assert_eq!(m.mode, 0o4755);
         assert_eq!(
@@ -290,15 +298,11 @@ mod tests {
             }]
         );
         let link = r#"{"type":"symlink","mode":511,"uid":0,"gid":0,"mtime":[1,0],"atime":[1,0],"target":"2e2e2f78"}"#;
-        let m = FsMeta::from_value(&serde_json::from_str(link).unwrap()).unwrap();
+        let m = FsMeta::from_meta(&meta(link)).unwrap();
         assert_eq!(m.target.as_deref(), Some(&b"../x"[..]));
+        assert_eq!(m.to_meta().as_str(), link, "encoding changed");
         let dev = r#"{"type":"chardev","mode":438,"uid":0,"gid":0,"mtime":[1,0],"atime":[1,0],"rdev":259}"#;
-        assert_eq!(
-            FsMeta::from_value(&serde_json::from_str(dev).unwrap())
-                .unwrap()
-                .rdev,
-            Some(259)
-        );
+        assert_eq!(FsMeta::from_meta(&meta(dev)).unwrap().rdev, Some(259));
     }
 
     #[test]
@@ -323,8 +327,8 @@ mod tests {
         m.kind = FileKind::File;
         m.mode = 0o4644;
         assert_eq!(m.mode_string(), "-rwSr--r--");
-        let back = FsMeta::from_value(&m.to_value()).unwrap();
+        let back = FsMeta::from_meta(&m.to_meta()).unwrap();
         assert_eq!(back, m);
-        assert!(FsMeta::from_value(&serde_json::json!({"type": "file"})).is_err());
+        assert!(FsMeta::from_meta(&meta(r#"{"type": "file"}"#)).is_err());
     }
 }

@@ -187,7 +187,7 @@ pub async fn restore(
         Some(node) => {
             let entry = TreeEntry {
                 path: start_path.clone(),
-                meta: FsMeta::from_value(&node.meta).ok(),
+                meta: FsMeta::from_meta(&node.meta).ok(),
                 node: node.clone(),
                 depth: 0,
             };
@@ -363,8 +363,7 @@ pub async fn restore(
         set_meta(&item.target, &item.meta, is_root, &mut summary.warnings)?;
     }
     if let Some(node) = &start {
-        if let (NodeKind::Dir { .. }, Some(meta)) =
-            (&node.kind, FsMeta::from_value(&node.meta).ok())
+        if let (NodeKind::Dir { .. }, Some(meta)) = (&node.kind, FsMeta::from_meta(&node.meta).ok())
         {
             set_meta(&target, &meta, is_root, &mut summary.warnings)?;
         }

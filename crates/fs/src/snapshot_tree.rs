@@ -89,7 +89,7 @@ pub async fn walk_tree(
         };
         let entry = TreeEntry {
             path: join(dir, node.name_bytes()),
-            meta: FsMeta::from_value(&node.meta).ok(),
+            meta: FsMeta::from_meta(&node.meta).ok(),
             depth: *depth,
             node,
         };
@@ -196,7 +196,7 @@ fn classify(a: Option<&Node>, b: Option<&Node>) -> Option<DiffKind> {
     };
     // What a leaf is: its symlink target or device number.
     let identity = |n: &Node| {
-        FsMeta::from_value(&n.meta)
+        FsMeta::from_meta(&n.meta)
             .ok()
             .and_then(|m| m.target.or(m.rdev.map(|d| d.to_le_bytes().to_vec())))
     };

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rustix::fs::{AtFlags, Mode, OFlags};
-use tessera_core::{Content, Entry, KnownBlobs};
+use tessera_core::{Content, Entry, KnownBlobs, Meta};
 
 use crate::cache::{CacheSender, CachedFile, FilesCache};
 use crate::meta::{FileKind, FsMeta, Names, Time, read_xattrs};
@@ -68,7 +68,10 @@ const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55"
 
 /// Everything the walk thread needs.
 pub(crate) struct Walker {
-    pub tx: std::sync::mpsc::SyncSender<Entry>,
+    /// Entries go to the engine in batches of [`BATCH`]: one channel
+    /// hand-off (and thread wake-up) per entry costs more than the entry.
+    pub tx: std::sync::mpsc::SyncSender<Vec<Entry>>,
+    pub pending: Vec<Entry>,
     pub excludes: Excludes,
     pub matcher: ignore::gitignore::Gitignore,
     pub cache: Option<FilesCache>,
@@ -121,10 +124,18 @@ fn open_read(path: &[u8], extra: OFlags) -> std::io::Result<OwnedFd> {
     }
 }
 
+/// Entries per batch sent to the engine.
+pub(crate) const BATCH: usize = 256;
+
 impl Walker {
     /// Walks every path (absolute, sorted, none inside another), emitting
     /// the ancestors of each as directories so the snapshot mirrors `/`.
     pub(crate) fn run(mut self, paths: &[PathBuf]) {
+        self.walk_paths(paths);
+        let _ = self.flush();
+    }
+
+    fn walk_paths(&mut self, paths: &[PathBuf]) {
         let mut open: Vec<Vec<u8>> = Vec::new();
         for path in paths {
             let comps: Vec<Vec<u8>> = path
@@ -159,7 +170,7 @@ impl Walker {
                     Ok(st) => self.meta_of(&st, None, name),
                     Err(e) => {
                         warn(&self.warnings, format!("{}: {e}", display(&dir_path)));
-                        serde_json::Value::Null
+                        Meta::null()
                     }
                 };
                 if self
@@ -192,8 +203,21 @@ impl Walker {
         }
     }
 
-    fn send(&self, e: Entry) -> Result<(), ()> {
-        self.tx.send(e).map_err(|_| ())
+    /// Queues `e`; `Err` when the engine has stopped taking entries.
+    fn send(&mut self, e: Entry) -> Result<(), ()> {
+        self.pending.push(e);
+        if self.pending.len() >= BATCH {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), ()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(BATCH));
+        self.tx.send(batch).map_err(|_| ())
     }
 
     /// `/` itself: its entries go straight into the snapshot's root.
@@ -257,28 +281,31 @@ impl Walker {
         }
     }
 
-    fn meta_of(
-        &mut self,
-        st: &rustix::fs::Stat,
-        dir: Option<&OwnedFd>,
-        name: &[u8],
-    ) -> serde_json::Value {
+    fn meta_of(&mut self, st: &rustix::fs::Stat, dir: Option<&OwnedFd>, name: &[u8]) -> Meta {
         let mut meta = FsMeta::from_stat(st);
         self.names.fill(&mut meta);
         if let Some(dir) = dir {
             self.fill_xattrs(&mut meta, dir, name);
         }
-        meta.to_value()
+        meta.to_meta()
     }
 
-    fn fill_xattrs(&mut self, meta: &mut FsMeta, dir: &OwnedFd, name: &[u8]) {
+    /// Reads the extended attributes of `name` into `meta`; false (and a
+    /// warning) when they cannot be read.
+    fn fill_xattrs(&mut self, meta: &mut FsMeta, dir: &OwnedFd, name: &[u8]) -> bool {
         let path = proc_path(dir, name);
         match read_xattrs(&path, &mut self.xattr_buf) {
-            Ok(x) => meta.xattrs = x,
-            Err(e) => warn(
-                &self.warnings,
-                format!("{}: extended attributes not read: {e}", display(name)),
-            ),
+            Ok(x) => {
+                meta.xattrs = x;
+                true
+            }
+            Err(e) => {
+                warn(
+                    &self.warnings,
+                    format!("{}: extended attributes not read: {e}", display(name)),
+                );
+                false
+            }
         }
     }
 
@@ -358,7 +385,7 @@ impl Walker {
                 self.stats.others.fetch_add(1, Ordering::Relaxed);
                 self.send(Entry::Leaf {
                     name: name.to_vec(),
-                    meta: meta.to_value(),
+                    meta: meta.to_meta(),
                 })
             }
             _ => {
@@ -366,7 +393,7 @@ impl Walker {
                 self.stats.others.fetch_add(1, Ordering::Relaxed);
                 self.send(Entry::Leaf {
                     name: name.to_vec(),
-                    meta: meta.to_value(),
+                    meta: meta.to_meta(),
                 })
             }
         }
@@ -409,7 +436,7 @@ impl Walker {
         }
         self.send(Entry::Dir {
             name: name.to_vec(),
-            meta: meta.to_value(),
+            meta: meta.to_meta(),
         })?;
         let other_fs = self.excludes.one_file_system && st.st_dev != root_dev;
         if let (Some(fd), false) = (&fd, other_fs) {
@@ -460,11 +487,16 @@ impl Walker {
         if self.excludes.larger_than.is_some_and(|max| size > max) {
             return Ok(());
         }
-        self.fill_xattrs(&mut meta, dir_fd, name);
         self.stats.bytes_seen.fetch_add(size, Ordering::Relaxed);
         let hit = cached.get(name);
         if let Some(c) = hit.filter(|c| c.matches(st) && self.known.contains_all(&c.content)) {
             self.stats.files_unchanged.fetch_add(1, Ordering::Relaxed);
+            match &c.xattrs {
+                Some(x) => meta.xattrs = x.clone(),
+                None => {
+                    self.fill_xattrs(&mut meta, dir_fd, name);
+                }
+            }
             meta.extents = c.extents.clone();
             let stored = meta
                 .extents
@@ -472,7 +504,7 @@ impl Walker {
                 .map_or(size, |e| e.iter().map(|x| x.1).sum());
             return self.send(Entry::File {
                 name: name.to_vec(),
-                meta: meta.to_value(),
+                meta: meta.to_meta(),
                 content: Content::Stored {
                     content: c.content.clone(),
                     size: stored,
@@ -486,6 +518,7 @@ impl Walker {
             &self.stats.files_new
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        let xattrs_read = self.fill_xattrs(&mut meta, dir_fd, name);
         // A file whose allocated blocks cannot hold its size has holes:
         // find its data extents now, so the metadata can record them.
         let mut fd = None;
@@ -519,6 +552,7 @@ impl Walker {
             dev: st.st_dev,
             content: Vec::new(),
             extents: meta.extents.clone(),
+            xattrs: xattrs_read.then(|| meta.xattrs.clone()),
         };
         let reader = FileReader {
             path: path.to_vec(),
@@ -546,7 +580,7 @@ impl Walker {
         });
         self.send(Entry::File {
             name: name.to_vec(),
-            meta: meta.to_value(),
+            meta: meta.to_meta(),
             content: Content::Read(Box::new(reader)),
             on_stored: Some(on_stored),
         })

@@ -35,7 +35,7 @@ use crate::pack::{FinishedPack, PackWriter};
 use crate::repo::{Inner, Repository, poisoned};
 use crate::sealed;
 use crate::snapshot::{self, SNAPSHOT_VERSION, Snapshot, SnapshotStats};
-use crate::tree::{Node, NodeKind, Tree};
+use crate::tree::{Meta, Node, NodeKind, Tree};
 
 mod reader;
 
@@ -170,7 +170,7 @@ impl Repository {
             let failed = failed.clone();
             move |s| Entry::File {
                 name: s.name.clone().into_bytes(),
-                meta: serde_json::Value::Null,
+                meta: Meta::null(),
                 content: Content::Read(Box::new(FailFast {
                     name: s.name,
                     reader: s.reader,
@@ -467,13 +467,13 @@ struct Assembler<'a> {
 
 struct Frame {
     name: Vec<u8>,
-    meta: serde_json::Value,
+    meta: Meta,
     nodes: Vec<Node>,
 }
 
 struct OpenFile {
     name: Vec<u8>,
-    meta: serde_json::Value,
+    meta: Meta,
     content: Vec<BlobId>,
     size: u64,
     on_stored: Option<OnStored>,
@@ -701,7 +701,7 @@ fn cpu_stage(
         },
         stack: vec![Frame {
             name: Vec::new(),
-            meta: serde_json::Value::Null,
+            meta: Meta::null(),
             nodes: Vec::new(),
         }],
         open_file: None,

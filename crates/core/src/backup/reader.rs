@@ -9,6 +9,7 @@ use std::ops::Range;
 
 use crate::chunker::Chunker;
 use crate::id::BlobId;
+use crate::tree::Meta;
 
 /// Bytes read per batch (at least twice the largest chunk).
 pub(crate) const BATCH_BYTES: usize = 16 * 1024 * 1024;
@@ -43,7 +44,7 @@ pub enum Entry {
         /// Name within its parent (raw bytes).
         name: Vec<u8>,
         /// Adapter metadata.
-        meta: serde_json::Value,
+        meta: Meta,
     },
     /// Closes the innermost open directory.
     EndDir,
@@ -52,7 +53,7 @@ pub enum Entry {
         /// Name within its parent.
         name: Vec<u8>,
         /// Adapter metadata.
-        meta: serde_json::Value,
+        meta: Meta,
         /// The bytes.
         content: Content,
         /// Told the chunk ids when the content has been read and packed
@@ -64,35 +65,29 @@ pub enum Entry {
         /// Name within its parent.
         name: Vec<u8>,
         /// Adapter metadata.
-        meta: serde_json::Value,
+        meta: Meta,
     },
 }
 
 /// What the ordered stage does with the next chunks of a batch.
 pub(crate) enum Piece {
     /// Opens a directory.
-    Dir {
-        name: Vec<u8>,
-        meta: serde_json::Value,
-    },
+    Dir { name: Vec<u8>, meta: Meta },
     /// Closes a directory.
     EndDir,
     /// An entry without content.
-    Leaf {
-        name: Vec<u8>,
-        meta: serde_json::Value,
-    },
+    Leaf { name: Vec<u8>, meta: Meta },
     /// A file whose chunks are already stored.
     Stored {
         name: Vec<u8>,
-        meta: serde_json::Value,
+        meta: Meta,
         content: Vec<BlobId>,
         size: u64,
     },
     /// Starts a file: its chunks follow.
     Start {
         name: Vec<u8>,
-        meta: serde_json::Value,
+        meta: Meta,
         on_stored: Option<OnStored>,
     },
     /// The next `n` chunks of the batch belong to the open file.
@@ -297,7 +292,7 @@ mod tests {
         b.capacity = capacity;
         let entries = files.into_iter().map(|f| Entry::File {
             name: b"f".to_vec(),
-            meta: serde_json::Value::Null,
+            meta: Meta::null(),
             content: Content::Read(Box::new(std::io::Cursor::new(f))),
             on_stored: None,
         });
@@ -369,13 +364,13 @@ mod tests {
         let entries = vec![
             Entry::File {
                 name: b"bad".to_vec(),
-                meta: serde_json::Value::Null,
+                meta: Meta::null(),
                 content: Content::Read(Box::new(Fails(10_000))),
                 on_stored: None,
             },
             Entry::File {
                 name: b"good".to_vec(),
-                meta: serde_json::Value::Null,
+                meta: Meta::null(),
                 content: Content::Read(Box::new(std::io::Cursor::new(vec![2u8; 100]))),
                 on_stored: None,
             },
