@@ -119,6 +119,23 @@ pub struct BlobHeader {
     pub raw_len: u32,
 }
 
+/// zstd decompression with one context per thread (making a context per
+/// blob costs more than decompressing a small one).
+fn decompress(body: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    thread_local! {
+        static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    DCTX.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let dctx = match slot.as_mut() {
+            Some(d) => d,
+            None => slot.insert(zstd::bulk::Decompressor::new()?),
+        };
+        dctx.decompress(body, capacity)
+    })
+}
+
 /// Opens a sealed blob, decompresses it and verifies its id.
 ///
 /// # Errors
@@ -137,7 +154,7 @@ pub fn open(
             Error::corrupt(name(), "authentication failed (modified or damaged bytes)")
         })?;
     let plain = if h.flags & FLAG_ZSTD != 0 {
-        zstd::bulk::decompress(&body, h.raw_len as usize)
+        decompress(&body, h.raw_len as usize)
             .map_err(|e| Error::corrupt(name(), format!("zstd: {e}")))?
     } else {
         body

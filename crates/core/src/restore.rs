@@ -4,7 +4,9 @@
 //! one range request (up to 8 MiB); a few requests run ahead of the writer
 //! and blobs are opened on rayon, so reading, decrypting and writing overlap.
 
+use std::collections::HashMap;
 use std::io::Write;
+use std::sync::{Arc, Mutex};
 
 use futures::{StreamExt, TryStreamExt};
 use rayon::prelude::*;
@@ -14,9 +16,9 @@ use crate::error::{Error, Result};
 use crate::format::ObjectKind;
 use crate::id::{BlobId, DataKeyId, PackId};
 use crate::index::{BlobLocation, Index};
-use crate::repo::{Repository, on_rayon, poisoned};
+use crate::repo::{Inner, Repository, on_rayon, poisoned};
 use crate::snapshot::Snapshot;
-use crate::tree::{Node, NodeKind};
+use crate::tree::{Node, NodeKind, Tree};
 
 /// Largest single range request.
 const MAX_READ: u64 = 8 * 1024 * 1024;
@@ -206,13 +208,15 @@ impl Repository {
             .map(|span| {
                 let deliver = deliver.clone();
                 async move {
-                    let blobs: Vec<BlobId> = span.blobs.iter().map(|(id, _)| *id).collect();
-                    let plains = self.fetch_span(span).await?;
+                    let bytes = self.read_span(&span).await?;
+                    let inner = self.inner.clone();
+                    // Each blob is opened and delivered by one rayon task, so
+                    // a span's plaintext is never held all at once.
                     on_rayon(move || {
-                        blobs
-                            .into_par_iter()
-                            .zip(plains)
-                            .try_for_each(|(id, p)| deliver(id, p))
+                        let open = span_opener(&inner, &span, &bytes)?;
+                        span.blobs
+                            .par_iter()
+                            .try_for_each(|(id, loc)| deliver(*id, open(id, loc)?))
                     })
                     .await
                 }
@@ -222,41 +226,95 @@ impl Repository {
         Ok(())
     }
 
-    async fn fetch_span(&self, span: ReadSpan) -> Result<Vec<Vec<u8>>> {
+    /// Reads many trees at once, in pack order (see
+    /// [`Repository::fetch_blobs`]), decoding each and passing it through
+    /// `prepare` on rayon, in parallel. One call for a whole level of a
+    /// snapshot costs a few range reads instead of one round trip (and
+    /// two thread hand-offs) per tree.
+    ///
+    /// # Errors
+    /// As [`Repository::fetch_blobs`]; trees that do not decode;
+    /// `prepare`'s errors.
+    pub async fn read_trees<T, F>(
+        &self,
+        ids: &[BlobId],
+        referrer: &str,
+        prepare: F,
+    ) -> Result<HashMap<BlobId, T>>
+    where
+        T: Send + 'static,
+        F: Fn(Tree) -> Result<T> + Send + Sync + 'static,
+    {
+        let mut unique = ids.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        let out = Arc::new(Mutex::new(HashMap::with_capacity(unique.len())));
+        let sink = out.clone();
+        let of = referrer.to_string();
+        self.fetch_blobs(unique, referrer, move |id, plain| -> Result<()> {
+            let tree = Tree::decode(&plain, &format!("tree {id} (of {of})"))?;
+            let prepared = prepare(tree)?;
+            sink.lock().map_err(|_| poisoned())?.insert(id, prepared);
+            Ok(())
+        })
+        .await?;
+        let out = Arc::try_unwrap(out).map_err(|_| poisoned())?;
+        out.into_inner().map_err(|_| poisoned())
+    }
+
+    /// The bytes of a span, checked for length.
+    async fn read_span(&self, span: &ReadSpan) -> Result<bytes::Bytes> {
         let bytes = self
             .inner
             .backend
             .get_range(ObjectKind::Pack, &span.pack.to_hex(), span.start..span.end)
             .await?;
+        if bytes.len() as u64 != span.end - span.start {
+            let object = ObjectKind::Pack.object_name(&span.pack.to_hex());
+            return Err(Error::corrupt(&object, "truncated: short range read"));
+        }
+        Ok(bytes)
+    }
+
+    async fn fetch_span(&self, span: ReadSpan) -> Result<Vec<Vec<u8>>> {
+        let bytes = self.read_span(&span).await?;
         let inner = self.inner.clone();
         on_rayon(move || {
-            let object = ObjectKind::Pack.object_name(&span.pack.to_hex());
-            if bytes.len() as u64 != span.end - span.start {
-                return Err(Error::corrupt(&object, "truncated: short range read"));
-            }
-            let key = inner.keyring.data_key(span.key_id).ok_or_else(|| {
-                Error::corrupt(
-                    &object,
-                    format!("sealed with unknown data key {}", span.key_id),
-                )
-            })?;
+            let open = span_opener(&inner, &span, &bytes)?;
             span.blobs
                 .par_iter()
-                .map(|(id, loc)| {
-                    let from = (u64::from(loc.offset) - span.start) as usize;
-                    let sealed = bytes
-                        .get(from..from + loc.stored_len as usize)
-                        .ok_or_else(|| Error::corrupt(&object, "blob outside the range read"))?;
-                    let h = BlobHeader {
-                        id: *id,
-                        blob_type: loc.blob_type,
-                        flags: loc.flags,
-                        raw_len: loc.raw_len,
-                    };
-                    blob::open(&inner.keyring, key, &h, sealed, &object)
-                })
+                .map(|(id, loc)| open(id, loc))
                 .collect()
         })
         .await
     }
+}
+
+/// Opens the blobs of `span` (read into `bytes`): authenticates,
+/// decompresses and checks each against its id.
+fn span_opener<'a>(
+    inner: &'a Inner,
+    span: &'a ReadSpan,
+    bytes: &'a [u8],
+) -> Result<impl Fn(&BlobId, &BlobLocation) -> Result<Vec<u8>> + Sync + 'a> {
+    let object = ObjectKind::Pack.object_name(&span.pack.to_hex());
+    let key = inner.keyring.data_key(span.key_id).ok_or_else(|| {
+        Error::corrupt(
+            &object,
+            format!("sealed with unknown data key {}", span.key_id),
+        )
+    })?;
+    Ok(move |id: &BlobId, loc: &BlobLocation| {
+        let from = (u64::from(loc.offset) - span.start) as usize;
+        let sealed = bytes
+            .get(from..from + loc.stored_len as usize)
+            .ok_or_else(|| Error::corrupt(&object, "blob outside the range read"))?;
+        let h = BlobHeader {
+            id: *id,
+            blob_type: loc.blob_type,
+            flags: loc.flags,
+            raw_len: loc.raw_len,
+        };
+        blob::open(&inner.keyring, key, &h, sealed, &object)
+    })
 }

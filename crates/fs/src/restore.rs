@@ -17,8 +17,10 @@ use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rayon::prelude::*;
 
 use rustix::fs::{AtFlags, Mode, OFlags, Timestamps};
 use tessera_core::{BlobId, NodeKind, Repository, Snapshot};
@@ -118,6 +120,10 @@ pub async fn restore(
     }
     std::fs::create_dir_all(target)
         .map_err(|e| io_err(target.as_os_str().as_bytes(), "creating the target", e))?;
+    let target_empty = std::fs::read_dir(target)
+        .map_err(|e| io_err(target.as_os_str().as_bytes(), "listing the target", e))?
+        .next()
+        .is_none();
     let target = std::fs::canonicalize(target)
         .map_err(|e| io_err(target.as_os_str().as_bytes(), "resolving the target", e))?;
     let target = target.as_os_str().as_bytes().to_vec();
@@ -225,137 +231,110 @@ pub async fn restore(
         }
     }
 
-    // 2. Create.
+    // 2. Create: directories in order, then everything else in parallel,
+    //    then hard links (their first member exists by then).
     let mut summary = RestoreSummary::default();
     let is_root = rustix::process::geteuid().is_root();
-    let mut needed: HashMap<BlobId, Vec<(usize, u64)>> = HashMap::new();
-    // Every blob's size, with one index lookup for the whole restore.
-    let all: Vec<BlobId> = {
-        let mut v: Vec<BlobId> = items
-            .iter()
-            .filter(|i| i.link_to.is_none())
-            .flat_map(|i| i.content.iter().copied())
-            .collect();
-        v.sort_unstable();
-        v.dedup();
-        v
-    };
-    let blob_sizes: HashMap<BlobId, u32> = all
-        .iter()
-        .zip(repo.blob_sizes(&all).await?)
-        .filter_map(|(id, size)| Some((*id, size?)))
-        .collect();
-    let mut pending_files: Vec<usize> = Vec::new();
-    for idx in 0..items.len() {
-        let item = &items[idx];
-        match (item.kind, item.link_to) {
-            (FileKind::Dir, _) => {
-                make_dir(&item.target)?;
-                summary.dirs += 1;
-            }
-            (_, Some(first)) => {
-                replace_with(&item.target, |parent, name| {
-                    let first = &items[first].target;
-                    rustix::fs::linkat(
-                        rustix::fs::CWD,
-                        OsStr::from_bytes(first),
-                        parent,
-                        name,
-                        AtFlags::empty(),
-                    )
-                    .or_else(|e| {
-                        if first.len() >= 3000 {
-                            link_long(first, parent, name)
-                        } else {
-                            Err(e)
-                        }
-                    })
-                })?;
-                summary.files += 1;
-            }
-            (FileKind::File, None) => {
-                summary.files += 1;
-                let mut offset = 0u64;
-                let mut plan = Vec::with_capacity(item.content.len());
-                for id in &item.content {
-                    let size = *blob_sizes.get(id).ok_or_else(|| {
-                        Error::Core(tessera_core::Error::BlobNotIndexed {
-                            blob: id.to_hex(),
-                            referrer: String::from_utf8_lossy(&item.target).into_owned(),
-                        })
-                    })?;
-                    plan.push((*id, offset, u64::from(size)));
-                    offset += u64::from(size);
-                }
-                let missing = prepare_file(repo, item, &plan)?;
-                if missing.is_empty() {
-                    summary.files_unchanged += 1;
-                    set_meta(&item.target, &item.meta, is_root, &mut summary.warnings)?;
-                } else {
-                    pending_files.push(idx);
-                    for (id, off) in missing {
-                        needed.entry(id).or_default().push((idx, off));
-                    }
-                }
-            }
-            (FileKind::Symlink, None) => {
-                let link = item.meta.target.clone().unwrap_or_default();
-                replace_with(&item.target, |parent, name| {
-                    rustix::fs::symlinkat(OsStr::from_bytes(&link), parent, name)
-                })?;
-                summary.others += 1;
-            }
-            (kind, None) => {
-                let file_type = match kind {
-                    FileKind::Fifo => rustix::fs::FileType::Fifo,
-                    FileKind::Chardev => rustix::fs::FileType::CharacterDevice,
-                    FileKind::Blockdev => rustix::fs::FileType::BlockDevice,
-                    _ => rustix::fs::FileType::Socket,
-                };
-                let rdev = item.meta.rdev.unwrap_or(0);
-                let mode = Mode::from_bits_truncate(item.meta.mode & 0o777);
-                replace_with(&item.target, |parent, name| {
-                    rustix::fs::mknodat(parent, name, file_type, mode, rdev)
-                })?;
-                summary.others += 1;
-            }
+    let blob_sizes = blob_sizes(repo, &items).await?;
+    let warnings = Mutex::new(Vec::new());
+    // Directories the restore made: nothing in them needs checking, and
+    // their files are created when their first blob arrives (so creating
+    // inodes overlaps with decrypting).
+    let mut fresh: HashSet<&[u8]> = HashSet::new();
+    if target_empty {
+        fresh.insert(&target);
+    }
+    for item in items.iter().filter(|i| i.kind == FileKind::Dir) {
+        if make_dir(&item.target)? {
+            fresh.insert(&item.target);
         }
-        if item.kind != FileKind::Dir && item.kind != FileKind::File {
-            set_meta(&item.target, &item.meta, is_root, &mut summary.warnings)?;
+        summary.dirs += 1;
+    }
+    let in_fresh_dir = |item: &Item| {
+        let cut = item.target.iter().rposition(|b| *b == b'/').unwrap_or(0);
+        fresh.contains(item.target.get(..cut).unwrap_or_default())
+    };
+    let created: Vec<(usize, Created)> = (0..items.len())
+        .into_par_iter()
+        .filter(|i| items[*i].kind != FileKind::Dir && items[*i].link_to.is_none())
+        .map(|idx| {
+            let item = &items[idx];
+            create(
+                repo,
+                item,
+                &blob_sizes,
+                in_fresh_dir(item),
+                is_root,
+                &warnings,
+            )
+            .map(|c| (idx, c))
+        })
+        .collect::<Result<_, Error>>()?;
+    for item in items.iter().filter(|i| i.kind != FileKind::Dir) {
+        match item.kind {
+            FileKind::File => summary.files += 1,
+            _ => summary.others += 1,
+        }
+    }
+    let mut needed: HashMap<BlobId, Vec<(usize, u64)>> = HashMap::new();
+    let mut slots: HashMap<usize, FileSlot> = HashMap::new();
+    for (idx, created) in created {
+        if items[idx].kind != FileKind::File {
+            continue;
+        }
+        if created.missing.is_empty() {
+            summary.files_unchanged += 1;
+            continue;
+        }
+        slots.insert(
+            idx,
+            FileSlot::new(created.missing.len() as u32, created.deferred),
+        );
+        for (id, off) in created.missing {
+            needed.entry(id).or_default().push((idx, off));
         }
     }
 
-    // 3. Write the missing blobs in pack order.
+    // 3. Write the missing blobs in pack order; each file gets its metadata
+    //    as soon as its last blob is written.
     let total: u64 = needed
         .iter()
         .map(|(id, t)| u64::from(blob_sizes.get(id).copied().unwrap_or(0)) * t.len() as u64)
         .sum();
     let progress = options.progress.clone().unwrap_or_default();
     progress.bytes_total.store(total, Ordering::Relaxed);
-    let items = Arc::new(items);
-    let needed = Arc::new(needed);
+    let writer = Arc::new(Writer {
+        items,
+        needed,
+        slots,
+        open_fds: AtomicUsize::new(0),
+        is_root,
+        warnings,
+        progress: progress.clone(),
+    });
     {
-        let (items, needed, progress) = (items.clone(), needed.clone(), progress.clone());
-        let ids: Vec<BlobId> = needed.keys().copied().collect();
-        repo.fetch_blobs(ids, "restore", move |id, plain| -> Result<(), Error> {
-            for (idx, off) in needed.get(&id).into_iter().flatten() {
-                let item = &items[*idx];
-                write_at(item, *off, &plain)?;
-                progress
-                    .bytes_written
-                    .fetch_add(plain.len() as u64, Ordering::Relaxed);
-            }
-            Ok(())
-        })
-        .await?;
+        let writer = writer.clone();
+        let ids: Vec<BlobId> = writer.needed.keys().copied().collect();
+        repo.fetch_blobs(ids, "restore", move |id, plain| writer.deliver(id, &plain))
+            .await?;
     }
     summary.bytes_written = progress.bytes_written.load(Ordering::Relaxed);
-
-    // 4. Metadata: files, then directories deepest first.
-    for idx in pending_files {
-        let item = &items[idx];
-        set_meta(&item.target, &item.meta, is_root, &mut summary.warnings)?;
+    let Ok(writer) = Arc::try_unwrap(writer) else {
+        return Err(Error::Internal("restore writer still shared".into()));
+    };
+    let items = writer.items;
+    summary.warnings = writer
+        .warnings
+        .into_inner()
+        .map_err(|_| Error::Internal("a restore thread panicked".into()))?;
+    // Hard links, now that every first member exists.
+    for item in &items {
+        if let Some(first) = item.link_to {
+            link_to(&items[first].target, &item.target)?;
+        }
     }
+
+    // 4. Directory metadata, deepest first.
     if options.delete {
         summary.deleted = delete_extra(&items, &target)?;
     }
@@ -390,20 +369,22 @@ fn parent_of(path: &[u8]) -> Result<(OwnedFd, &[u8]), Error> {
     Ok((fd, name))
 }
 
-fn make_dir(path: &[u8]) -> Result<(), Error> {
+/// Creates the directory `path`; true when it is new (so empty), false
+/// when one was already there.
+fn make_dir(path: &[u8]) -> Result<bool, Error> {
     let (parent, name) = parent_of(path)?;
     match rustix::fs::mkdirat(
         &parent,
         OsStr::from_bytes(name),
         Mode::from_bits_truncate(0o700),
     ) {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(true),
         Err(rustix::io::Errno::EXIST) => {
             let st =
                 rustix::fs::statat(&parent, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(|e| io_err(path, "checking", e))?;
             if crate::meta::kind_of(st.st_mode) == FileKind::Dir {
-                Ok(())
+                Ok(false)
             } else {
                 remove_all(&parent, name, path)?;
                 rustix::fs::mkdirat(
@@ -411,7 +392,8 @@ fn make_dir(path: &[u8]) -> Result<(), Error> {
                     OsStr::from_bytes(name),
                     Mode::from_bits_truncate(0o700),
                 )
-                .map_err(|e| io_err(path, "creating the directory", e))
+                .map_err(|e| io_err(path, "creating the directory", e))?;
+                Ok(true)
             }
         }
         Err(e) => Err(io_err(path, "creating the directory", e)),
@@ -583,25 +565,293 @@ fn read_content(
     Ok(())
 }
 
-fn write_at(item: &Item, off: u64, data: &[u8]) -> Result<(), Error> {
-    let fd = open_long(
-        &item.target,
-        OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| io_err(&item.target, "opening to write", e))?;
+/// Writes `data`, content offset `off` of `item`, through `fd`.
+fn write_ranges(item: &Item, fd: &OwnedFd, off: u64, data: &[u8]) -> Result<(), Error> {
     let mut pos = 0usize;
     for (at, n) in file_ranges(item.meta.extents.as_deref(), off, data.len() as u64) {
         let part = data.get(pos..pos + n as usize).unwrap_or_default();
         let mut done = 0;
         while done < part.len() {
-            let w = rustix::io::pwrite(&fd, part.get(done..).unwrap_or_default(), at + done as u64)
+            let w = rustix::io::pwrite(fd, part.get(done..).unwrap_or_default(), at + done as u64)
                 .map_err(|e| io_err(&item.target, "writing", e))?;
             done += w;
         }
         pos += n as usize;
     }
     Ok(())
+}
+
+/// Plaintext sizes of every blob the items need, with one index lookup.
+async fn blob_sizes(repo: &Repository, items: &[Item]) -> Result<HashMap<BlobId, u32>, Error> {
+    let mut all: Vec<BlobId> = items
+        .iter()
+        .filter(|i| i.link_to.is_none())
+        .flat_map(|i| i.content.iter().copied())
+        .collect();
+    all.sort_unstable();
+    all.dedup();
+    let sizes = repo.blob_sizes(&all).await?;
+    Ok(all
+        .iter()
+        .zip(sizes)
+        .filter_map(|(id, size)| Some((*id, size?)))
+        .collect())
+}
+
+/// What [`create`] did with a file.
+struct Created {
+    /// Blobs (with their content offsets) still to be written.
+    missing: Vec<(BlobId, u64)>,
+    /// The file is not created yet: the first write creates it.
+    deferred: bool,
+}
+
+/// Creates one entry that is not a directory or a hard link. A file with
+/// content in a directory the restore made (`fresh`) is left for its
+/// first write to create.
+fn create(
+    repo: &Repository,
+    item: &Item,
+    blob_sizes: &HashMap<BlobId, u32>,
+    fresh: bool,
+    is_root: bool,
+    warnings: &Mutex<Vec<String>>,
+) -> Result<Created, Error> {
+    let mut missing = Vec::new();
+    match item.kind {
+        FileKind::File => {
+            let mut offset = 0u64;
+            let mut plan = Vec::with_capacity(item.content.len());
+            for id in &item.content {
+                let size = *blob_sizes.get(id).ok_or_else(|| {
+                    Error::Core(tessera_core::Error::BlobNotIndexed {
+                        blob: id.to_hex(),
+                        referrer: String::from_utf8_lossy(&item.target).into_owned(),
+                    })
+                })?;
+                plan.push((*id, offset, u64::from(size)));
+                offset += u64::from(size);
+            }
+            if fresh && !plan.is_empty() {
+                return Ok(Created {
+                    missing: plan.iter().map(|(id, off, _)| (*id, *off)).collect(),
+                    deferred: true,
+                });
+            }
+            missing = prepare_file(repo, item, &plan)?;
+        }
+        FileKind::Symlink => {
+            let link = item.meta.target.clone().unwrap_or_default();
+            replace_with(&item.target, |parent, name| {
+                rustix::fs::symlinkat(OsStr::from_bytes(&link), parent, name)
+            })?;
+        }
+        kind => {
+            let file_type = match kind {
+                FileKind::Fifo => rustix::fs::FileType::Fifo,
+                FileKind::Chardev => rustix::fs::FileType::CharacterDevice,
+                FileKind::Blockdev => rustix::fs::FileType::BlockDevice,
+                _ => rustix::fs::FileType::Socket,
+            };
+            let rdev = item.meta.rdev.unwrap_or(0);
+            let mode = Mode::from_bits_truncate(item.meta.mode & 0o777);
+            replace_with(&item.target, |parent, name| {
+                rustix::fs::mknodat(parent, name, file_type, mode, rdev)
+            })?;
+        }
+    }
+    if missing.is_empty() {
+        let mut w = Vec::new();
+        set_meta(&item.target, &item.meta, is_root, &mut w)?;
+        if !w.is_empty() {
+            lock(warnings).extend(w);
+        }
+    }
+    Ok(Created {
+        missing,
+        deferred: false,
+    })
+}
+
+/// Makes `target` a hard link of `first`.
+fn link_to(first: &[u8], target: &[u8]) -> Result<(), Error> {
+    replace_with(target, |parent, name| {
+        rustix::fs::linkat(
+            rustix::fs::CWD,
+            OsStr::from_bytes(first),
+            parent,
+            name,
+            AtFlags::empty(),
+        )
+        .or_else(|e| {
+            if first.len() >= 3000 {
+                link_long(first, parent, name)
+            } else {
+                Err(e)
+            }
+        })
+    })
+}
+
+/// A mutex guard, even from a mutex a panicking thread poisoned (the data
+/// here are counters and lists that stay valid).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Files held open between writes, at most (the rest are reopened per
+/// write): well under the usual limit of 1,024 descriptors.
+const MAX_OPEN_FILES: usize = 256;
+
+/// A file that still lacks blobs.
+struct FileSlot {
+    state: Mutex<SlotState>,
+    /// Writes still to come; the one that brings this to zero sets the
+    /// file's metadata.
+    remaining: AtomicU32,
+}
+
+struct SlotState {
+    /// The descriptor, kept between writes while more are to come.
+    fd: Option<Arc<OwnedFd>>,
+    /// The file does not exist yet.
+    to_create: bool,
+}
+
+impl FileSlot {
+    fn new(writes: u32, to_create: bool) -> Self {
+        FileSlot {
+            state: Mutex::new(SlotState {
+                fd: None,
+                to_create,
+            }),
+            remaining: AtomicU32::new(writes),
+        }
+    }
+}
+
+/// Writes delivered blobs into the files that need them (on rayon).
+struct Writer {
+    items: Vec<Item>,
+    /// Per blob: the files and content offsets it goes to.
+    needed: HashMap<BlobId, Vec<(usize, u64)>>,
+    slots: HashMap<usize, FileSlot>,
+    open_fds: AtomicUsize,
+    is_root: bool,
+    warnings: Mutex<Vec<String>>,
+    progress: Arc<RestoreProgress>,
+}
+
+impl Writer {
+    fn deliver(&self, id: BlobId, plain: &[u8]) -> Result<(), Error> {
+        for (idx, off) in self.needed.get(&id).into_iter().flatten() {
+            let (item, slot) = match (self.items.get(*idx), self.slots.get(idx)) {
+                (Some(i), Some(s)) => (i, s),
+                _ => return Err(Error::Internal(format!("restore item {idx} unknown"))),
+            };
+            let fd = self.fd_for(item, slot)?;
+            write_ranges(item, &fd, *off, plain)?;
+            self.progress
+                .bytes_written
+                .fetch_add(plain.len() as u64, Ordering::Relaxed);
+            if slot.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                if lock(&slot.state).fd.take().is_some() {
+                    self.open_fds.fetch_sub(1, Ordering::Relaxed);
+                }
+                let mut w = Vec::new();
+                set_file_meta(item, &fd, self.is_root, &mut w)?;
+                if !w.is_empty() {
+                    lock(&self.warnings).extend(w);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The file's descriptor: the one kept open, or a new one (kept when
+    /// more writes follow and the budget allows). The first call creates
+    /// a deferred file, at its final size so holes stay holes.
+    fn fd_for(&self, item: &Item, slot: &FileSlot) -> Result<Arc<OwnedFd>, Error> {
+        let mut state = lock(&slot.state);
+        if let Some(fd) = state.fd.as_ref() {
+            return Ok(fd.clone());
+        }
+        let fd = if state.to_create {
+            let fd = open_long(
+                &item.target,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_bits_truncate(0o600),
+            )
+            .map_err(|e| io_err(&item.target, "creating", e))?;
+            rustix::fs::ftruncate(&fd, item.meta.size)
+                .map_err(|e| io_err(&item.target, "sizing", e))?;
+            state.to_create = false;
+            fd
+        } else {
+            open_long(
+                &item.target,
+                OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| io_err(&item.target, "opening to write", e))?
+        };
+        let fd = Arc::new(fd);
+        if slot.remaining.load(Ordering::Acquire) > 1 {
+            if self.open_fds.fetch_add(1, Ordering::Relaxed) < MAX_OPEN_FILES {
+                state.fd = Some(fd.clone());
+            } else {
+                self.open_fds.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        Ok(fd)
+    }
+}
+
+/// [`set_meta`] for a regular file through its open descriptor (no path
+/// lookups): owner, extended attributes, mode, times.
+fn set_file_meta(
+    item: &Item,
+    fd: &OwnedFd,
+    is_root: bool,
+    warnings: &mut Vec<String>,
+) -> Result<(), Error> {
+    let (meta, path) = (&item.meta, &item.target);
+    if is_root {
+        rustix::fs::fchown(
+            fd,
+            Some(rustix::fs::Uid::from_raw(meta.uid)),
+            Some(rustix::fs::Gid::from_raw(meta.gid)),
+        )
+        .map_err(|e| io_err(path, "setting the owner", e))?;
+    }
+    for x in &meta.xattrs {
+        if let Err(e) = rustix::fs::fsetxattr(
+            fd,
+            x.name.as_str(),
+            &x.value,
+            rustix::fs::XattrFlags::empty(),
+        ) {
+            warnings.push(format!(
+                "{}: extended attribute {} not restored: {e}",
+                String::from_utf8_lossy(path),
+                x.name
+            ));
+        }
+    }
+    rustix::fs::fchmod(fd, Mode::from_bits_truncate(meta.mode))
+        .map_err(|e| io_err(path, "setting the mode", e))?;
+    rustix::fs::futimens(fd, &timestamps(meta)).map_err(|e| io_err(path, "setting the times", e))
+}
+
+fn timestamps(meta: &FsMeta) -> Timestamps {
+    let ts = |t: crate::meta::Time| rustix::fs::Timespec {
+        tv_sec: t.0,
+        tv_nsec: i64::from(t.1),
+    };
+    Timestamps {
+        last_access: ts(meta.atime),
+        last_modification: ts(meta.mtime),
+    }
 }
 
 /// Owner, extended attributes, mode, then times (in that order: a chown
@@ -651,17 +901,10 @@ fn set_meta(
         )
         .map_err(|e| io_err(path, "setting the mode", e))?;
     }
-    let ts = |t: crate::meta::Time| rustix::fs::Timespec {
-        tv_sec: t.0,
-        tv_nsec: i64::from(t.1),
-    };
     rustix::fs::utimensat(
         &parent,
         name_os,
-        &Timestamps {
-            last_access: ts(meta.atime),
-            last_modification: ts(meta.mtime),
-        },
+        &timestamps(meta),
         AtFlags::SYMLINK_NOFOLLOW,
     )
     .map_err(|e| io_err(path, "setting the times", e))

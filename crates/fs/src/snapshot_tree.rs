@@ -1,7 +1,9 @@
 //! Reading a filesystem snapshot's trees: walk, look up a path, diff.
 
+use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path};
+use std::sync::Arc;
 
 use tessera_core::{BlobId, Node, NodeKind, Repository, Snapshot};
 
@@ -63,9 +65,48 @@ pub async fn find_node(
     Ok(found)
 }
 
+/// A tree's nodes with their parsed metadata.
+type Listing = Arc<Vec<(Node, Option<FsMeta>)>>;
+
+/// Trees fetched per batch, at most.
+const TREE_BATCH: usize = 4096;
+
+/// Reads trees in one batch, parsing metadata on rayon.
+async fn read_listings(
+    repo: &Repository,
+    ids: &[BlobId],
+) -> Result<HashMap<BlobId, Listing>, Error> {
+    Ok(repo
+        .read_trees(ids, "snapshot tree", |tree| {
+            Ok(Arc::new(
+                tree.nodes
+                    .into_iter()
+                    .map(|n| {
+                        let meta = FsMeta::from_meta(&n.meta).ok();
+                        (n, meta)
+                    })
+                    .collect(),
+            ))
+        })
+        .await?)
+}
+
+/// One directory being walked: its path, depth, listing and next index.
+struct Open {
+    path: Vec<u8>,
+    depth: usize,
+    listing: Listing,
+    next: usize,
+}
+
 /// Calls `visit` for every entry below the tree `root` (whose path is
 /// `root_path`), depth first, parents before children, names in byte
 /// order. `visit` returns false to skip a directory's contents.
+///
+/// Trees are fetched ahead in batches: when the walk needs a tree it does
+/// not hold, it fetches it together with every other subtree still ahead
+/// of it in the directories being walked (so a skipped directory costs at
+/// most its own tree, never its descendants').
 ///
 /// # Errors
 /// Storage or corruption errors; `visit`'s errors.
@@ -75,35 +116,58 @@ pub async fn walk_tree(
     root_path: &[u8],
     mut visit: impl FnMut(&TreeEntry) -> Result<bool, Error>,
 ) -> Result<(), Error> {
-    // A stack of directories still to list: (path, depth, nodes left reversed).
-    let first = repo.read_tree(root, "snapshot tree").await?;
-    let mut stack: Vec<(Vec<u8>, usize, Vec<Node>)> = vec![(
-        root_path.to_vec(),
-        0,
-        first.nodes.into_iter().rev().collect(),
-    )];
-    while let Some((dir, depth, nodes)) = stack.last_mut() {
-        let Some(node) = nodes.pop() else {
+    let mut ahead = read_listings(repo, &[root]).await?;
+    let listing = ahead
+        .remove(&root)
+        .ok_or_else(|| Error::Internal("root tree not read".into()))?;
+    let mut stack = vec![Open {
+        path: root_path.to_vec(),
+        depth: 0,
+        listing,
+        next: 0,
+    }];
+    while let Some(top) = stack.last_mut() {
+        let Some((node, meta)) = top.listing.get(top.next) else {
             stack.pop();
             continue;
         };
+        top.next += 1;
         let entry = TreeEntry {
-            path: join(dir, node.name_bytes()),
-            meta: FsMeta::from_meta(&node.meta).ok(),
-            depth: *depth,
-            node,
+            path: join(&top.path, node.name_bytes()),
+            meta: meta.clone(),
+            depth: top.depth,
+            node: node.clone(),
         };
-        let descend = visit(&entry)?;
-        if let (true, NodeKind::Dir { subtree }) = (descend, &entry.node.kind) {
-            let t = repo
-                .read_tree(*subtree, &String::from_utf8_lossy(&entry.path))
-                .await?;
-            stack.push((
-                entry.path,
-                entry.depth + 1,
-                t.nodes.into_iter().rev().collect(),
-            ));
+        if !visit(&entry)? {
+            continue;
         }
+        let NodeKind::Dir { subtree } = entry.node.kind else {
+            continue;
+        };
+        if !ahead.contains_key(&subtree) {
+            let mut batch = vec![subtree];
+            batch.extend(
+                stack
+                    .iter()
+                    .flat_map(|o| o.listing.get(o.next..).unwrap_or_default())
+                    .filter_map(|(n, _)| match n.kind {
+                        NodeKind::Dir { subtree } => Some(subtree),
+                        _ => None,
+                    })
+                    .filter(|id| !ahead.contains_key(id))
+                    .take(TREE_BATCH),
+            );
+            ahead.extend(read_listings(repo, &batch).await?);
+        }
+        let listing = ahead
+            .remove(&subtree)
+            .ok_or_else(|| Error::Internal(format!("tree {subtree} not read")))?;
+        stack.push(Open {
+            path: entry.path,
+            depth: entry.depth + 1,
+            listing,
+            next: 0,
+        });
     }
     Ok(())
 }
