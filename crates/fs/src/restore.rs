@@ -1,16 +1,22 @@
 //! Restore: recreate a snapshot's entries under a target directory.
 //!
-//! 1. Plan: walk the snapshot (or the part asked for), apply the include
-//!    and exclude patterns, and list every entry.
-//! 2. Create directories, then files (at their final size, so holes stay
-//!    holes), links, symlinks and special files. A file already present
-//!    with the right size is checked blob by blob: ranges that already
-//!    hold the right bytes (same keyed hash) are not written again, so an
-//!    interrupted restore resumes where it stopped.
-//! 3. Fetch the missing blobs in pack order (parallel range reads) and
-//!    write each to every place that needs it, in place.
-//! 4. Set metadata: files as they are done, directories last, deepest
-//!    first, so writing into a directory does not change its times again.
+//! 1. Plan: walk the snapshot (or the part asked for; trees are fetched in
+//!    batches), apply the include and exclude patterns, list every entry.
+//! 2. Create directories in order, then symlinks, special files and empty
+//!    files in parallel. A file already present with the right size is
+//!    checked blob by blob: ranges that already hold the right bytes (same
+//!    keyed hash) are not written again, so an interrupted restore resumes
+//!    where it stopped. Files in a directory the restore made are not
+//!    created yet: their first write creates them (at their final size, so
+//!    holes stay holes), which overlaps creating inodes with decrypting.
+//! 3. Fetch the missing blobs in pack order (parallel range reads); each
+//!    blob is opened and written to every place that needs it by one rayon
+//!    task. A file's descriptor stays open between its writes (up to
+//!    [`MAX_OPEN_FILES`]), and the write that completes a file sets its
+//!    owner, xattrs, mode and times through that descriptor.
+//! 4. Hard links (every first member exists by now), `--delete`, then
+//!    directory metadata, deepest first, so writing into a directory does
+//!    not change its times again.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
