@@ -12,7 +12,7 @@ use crate::id::BlobId;
 use crate::tree::Meta;
 
 /// Bytes read per batch (at least twice the largest chunk).
-pub(crate) const BATCH_BYTES: usize = 16 * 1024 * 1024;
+pub(crate) const BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// Pieces per batch: bounds the latency of metadata-only runs (a walk of
 /// unchanged files reads no bytes but must keep flowing).
 const PIECES_PER_BATCH: usize = 4096;
