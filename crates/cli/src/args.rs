@@ -170,7 +170,8 @@ pub struct RestoreArgs {
     /// Leave out paths matching this gitignore-style pattern (repeatable)
     #[arg(long, short = 'e')]
     pub exclude: Vec<String>,
-    /// Remove files in the target that are not in the snapshot
+    /// Remove entries of the target that the snapshot lacks (in the
+    /// directories restored whole; entries the filters leave out stay)
     #[arg(long)]
     pub delete: bool,
     /// Print a JSON summary

@@ -149,9 +149,18 @@ pub struct Index {
     sorted: Vec<Entry>,
     packs: Vec<PackRef>,
     pack_numbers: HashMap<PackId, u32>,
-    /// Blobs added since the last [`Index::commit_pending`] (this session).
+    /// Blobs added since the last [`Index::commit_pending`] (this session)
+    /// and not yet merged into `sorted`.
     pending: HashMap<BlobId, Entry>,
+    /// The first pack number of this session: merged entries with a pack
+    /// number from here on are still pending (a failed session drops them).
+    session_start: Option<u32>,
 }
+
+/// Pending blobs held in the hash map at most; then they are merged into
+/// the sorted array (48 bytes each instead of about 130 in the map), so a
+/// session that stores a million blobs does not double the index's RAM.
+const PENDING_MERGE: usize = 65_536;
 
 impl Index {
     /// An empty index.
@@ -209,23 +218,42 @@ impl Index {
     /// # Errors
     /// When the pack count limit is reached.
     pub fn add_pending(&mut self, pack: PackId, key_id: DataKeyId, e: &PackEntry) -> Result<()> {
+        self.session_start.get_or_insert(self.packs.len() as u32);
         let n = self.pack_number(pack, key_id)?;
         self.pending.insert(e.id, Self::entry(n, e));
+        if self.pending.len() >= PENDING_MERGE {
+            self.merge_pending();
+        }
         Ok(())
+    }
+
+    /// Moves the hash map's entries into the sorted array (a stable sort
+    /// finds the two sorted runs and merges them).
+    fn merge_pending(&mut self) {
+        let mut new: Vec<Entry> = self.pending.drain().map(|(_, e)| e).collect();
+        new.sort_unstable_by_key(|e| e.id);
+        self.sorted.extend(new);
+        self.sorted.sort_by_key(|e| e.id);
+        self.sorted.dedup_by(|a, b| a.id == b.id);
     }
 
     /// Makes this session's blobs permanent (after their index segment is stored).
     pub fn commit_pending(&mut self) {
-        if self.pending.is_empty() {
-            return;
+        if !self.pending.is_empty() {
+            self.merge_pending();
         }
-        self.sorted.extend(self.pending.drain().map(|(_, e)| e));
-        self.finish_loading();
+        self.session_start = None;
     }
 
-    /// Forgets this session's blobs (the backup failed).
+    /// Forgets this session's blobs and packs (the backup failed).
     pub fn discard_pending(&mut self) {
         self.pending.clear();
+        if let Some(start) = self.session_start.take() {
+            self.sorted.retain(|e| e.pack_bits >> 2 < start);
+            for p in self.packs.drain(start as usize..) {
+                self.pack_numbers.remove(&p.id);
+            }
+        }
     }
 
     fn find(&self, id: &BlobId) -> Option<&Entry> {
@@ -361,5 +389,46 @@ mod tests {
         idx.commit_pending();
         assert_eq!(idx.len(), 51);
         assert_eq!(idx.lookup(&BlobId([99; 32])).unwrap().pack, PackId([2; 32]));
+    }
+
+    /// Past `PENDING_MERGE`, pending blobs move into the sorted array: they
+    /// stay visible, a failed session still drops every one of them (and
+    /// its packs), and a committed one keeps them.
+    #[test]
+    fn merged_pending_blobs_are_discarded_or_committed_whole() {
+        let id = |i: u32| {
+            let mut b = [0u8; 32];
+            b[..4].copy_from_slice(&i.to_be_bytes());
+            b[31] = 1;
+            BlobId(b)
+        };
+        let blob = |i: u32| PackEntry {
+            id: id(i),
+            ..entry(1, BlobType::Data)
+        };
+        let n = (PENDING_MERGE + PENDING_MERGE / 2) as u32;
+        let mut idx = Index::new();
+        idx.add_pending(PackId([1; 32]), DataKeyId([0; 16]), &blob(u32::MAX))
+            .unwrap();
+        idx.commit_pending();
+        for round in 0..2 {
+            for i in 0..n {
+                let pack = PackId([2 + (i % 3) as u8; 32]);
+                idx.add_pending(pack, DataKeyId([0; 16]), &blob(i)).unwrap();
+            }
+            assert!(idx.sorted.len() > PENDING_MERGE, "merged while pending");
+            assert_eq!(idx.len(), n as usize + 1);
+            assert!((0..n).step_by(997).all(|i| idx.contains(&id(i))));
+            if round == 0 {
+                idx.discard_pending();
+                assert_eq!(idx.len(), 1);
+                assert_eq!(idx.pack_count(), 1);
+                assert!(!idx.contains(&id(5)) && idx.contains(&id(u32::MAX)));
+            }
+        }
+        idx.commit_pending();
+        idx.discard_pending();
+        assert_eq!(idx.len(), n as usize + 1, "a commit is final");
+        assert_eq!(idx.lookup(&id(4)).unwrap().pack, PackId([3; 32]));
     }
 }

@@ -215,7 +215,9 @@ impl FilesCache {
     pub fn writer(&self) -> Result<CacheWriter, Error> {
         let path = self.path.clone();
         let conn = open_conn(&path).map_err(|e| sql(&path, e))?;
-        let (tx, rx) = std::sync::mpsc::channel::<Op>();
+        // Bounded: a writer behind the walk slows it instead of queueing
+        // a row per file in memory.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Op>(4096);
         let handle = std::thread::Builder::new()
             .name("tessera-cache".into())
             .spawn(move || write_loop(conn, &rx).map_err(|e| sql(&path, e)))
@@ -304,7 +306,7 @@ fn write_loop(mut conn: Connection, rx: &std::sync::mpsc::Receiver<Op>) -> rusql
 
 /// Queues cache updates; [`CacheWriter::commit`] makes them durable.
 pub struct CacheWriter {
-    tx: Option<std::sync::mpsc::Sender<Op>>,
+    tx: Option<std::sync::mpsc::SyncSender<Op>>,
     handle: Option<std::thread::JoinHandle<Result<(), Error>>>,
 }
 
@@ -342,7 +344,7 @@ impl Drop for CacheWriter {
 
 /// Queues cache updates from any thread.
 #[derive(Clone)]
-pub struct CacheSender(Option<std::sync::mpsc::Sender<Op>>);
+pub struct CacheSender(Option<std::sync::mpsc::SyncSender<Op>>);
 
 impl CacheSender {
     /// A sender that drops everything (no cache).

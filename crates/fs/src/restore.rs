@@ -45,7 +45,10 @@ pub struct RestoreOptions {
     pub include: Vec<String>,
     /// Leave out entries matching these patterns.
     pub exclude: Vec<String>,
-    /// Remove entries of the target that the snapshot does not have.
+    /// Remove entries of the target that the snapshot does not have, in
+    /// the directories restored whole (every one without `include`, the
+    /// included ones with it). Entries the snapshot has but the patterns
+    /// leave out are kept.
     pub delete: bool,
     /// Counters to show progress.
     pub progress: Option<Arc<RestoreProgress>>,
@@ -141,7 +144,17 @@ pub async fn restore(
     // 1. Plan.
     let mut items: Vec<Item> = Vec::new();
     let mut dirs_kept: HashSet<Vec<u8>> = HashSet::new();
+    // For --delete: every snapshot entry met (restored or filtered out),
+    // and the directories restored whole (included, not just ancestors).
+    let mut in_snapshot: HashSet<Vec<u8>> = HashSet::new();
+    let mut covered: HashSet<Vec<u8>> = HashSet::new();
+    if include.is_none() {
+        covered.insert(target.clone());
+    }
     let mut add = |e: &TreeEntry, rel: &[u8]| -> Result<bool, Error> {
+        if options.delete {
+            in_snapshot.insert(join(&target, rel));
+        }
         let Some(meta) = e.meta.clone() else {
             return Err(Error::Invalid(format!(
                 "{}: no filesystem metadata in the snapshot",
@@ -177,6 +190,9 @@ pub async fn restore(
             }
             if is_dir {
                 dirs_kept.insert(rel.to_vec());
+                if options.delete {
+                    covered.insert(join(&target, rel));
+                }
             }
         }
         items.push(Item {
@@ -218,6 +234,13 @@ pub async fn restore(
                 }
             }
         }
+    }
+    if start
+        .as_ref()
+        .is_some_and(|n| !matches!(n.kind, NodeKind::Dir { .. }))
+    {
+        // One file restored into the target: the target's other entries are not its business.
+        covered.clear();
     }
     // Directories kept only for what they hold: drop those that hold nothing included.
     let tlen = target.len() + 1;
@@ -342,7 +365,7 @@ pub async fn restore(
 
     // 4. Directory metadata, deepest first.
     if options.delete {
-        summary.deleted = delete_extra(&items, &target)?;
+        summary.deleted = delete_extra(&covered, &in_snapshot)?;
     }
     for item in items.iter().rev().filter(|i| i.kind == FileKind::Dir) {
         set_meta(&item.target, &item.meta, is_root, &mut summary.warnings)?;
@@ -916,16 +939,12 @@ fn set_meta(
     .map_err(|e| io_err(path, "setting the times", e))
 }
 
-/// Removes target entries under restored directories that the snapshot
-/// does not have; returns how many.
-fn delete_extra(items: &[Item], target: &[u8]) -> Result<u64, Error> {
-    let known: HashSet<&[u8]> = items.iter().map(|i| i.target.as_slice()).collect();
-    let mut dirs: Vec<&[u8]> = items
-        .iter()
-        .filter(|i| i.kind == FileKind::Dir)
-        .map(|i| i.target.as_slice())
-        .collect();
-    dirs.push(target);
+/// Removes what the snapshot does not have from the directories restored
+/// whole (`covered`); entries the snapshot has but the filters left out
+/// (`in_snapshot` lists every entry met) stay. Returns how many went.
+fn delete_extra(covered: &HashSet<Vec<u8>>, in_snapshot: &HashSet<Vec<u8>>) -> Result<u64, Error> {
+    let mut dirs: Vec<&Vec<u8>> = covered.iter().collect();
+    dirs.sort();
     let mut deleted = 0;
     for dir in dirs {
         let fd = open_long(
@@ -940,7 +959,7 @@ fn delete_extra(items: &[Item], target: &[u8]) -> Result<u64, Error> {
         while let Some(e) = d.read() {
             let e = e.map_err(|e| io_err(dir, "listing", e))?;
             let n = e.file_name().to_bytes();
-            if n != b"." && n != b".." && !known.contains(join(dir, n).as_slice()) {
+            if n != b"." && n != b".." && !in_snapshot.contains(join(dir, n).as_slice()) {
                 extra.push(n.to_vec());
             }
         }

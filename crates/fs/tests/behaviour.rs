@@ -205,6 +205,34 @@ async fn restore_resumes_deletes_extras_and_restores_parts() {
     assert_eq!(r.files, 1);
     assert!(part.join("one.txt").exists());
     assert!(!part.join("b/two.log").exists() && !part.join("b/three.txt").exists());
+    // --delete with filters: entries the filters left out stay, and so does
+    // what lies outside the included directories; inside them, what the
+    // snapshot lacks goes.
+    std::fs::write(out.join("a/b/two.log"), b"filtered out, kept").unwrap();
+    std::fs::write(out.join("a/stray"), b"outside the included directory").unwrap();
+    std::fs::write(out.join("a/b/stray"), b"inside it, not in the snapshot").unwrap();
+    let filtered = tessera_fs::restore(
+        &repo,
+        &done.snapshot,
+        &root,
+        &out,
+        RestoreOptions {
+            include: vec!["/**/a/b".into()],
+            exclude: vec!["*.log".into()],
+            delete: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(filtered.deleted, 1);
+    assert!(!out.join("a/b/stray").exists());
+    assert!(out.join("a/stray").exists());
+    assert_eq!(
+        std::fs::read(out.join("a/b/two.log")).unwrap(),
+        b"filtered out, kept"
+    );
+    assert!(out.join("a/b/three.txt").exists() && out.join("a/one.txt").exists());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,6 +46,9 @@ pub use reader::{Content, Entry, OnStored};
 const UPLOAD_CONCURRENCY: usize = 3;
 /// Packs described by one index segment written during a backup.
 const PACKS_PER_SEGMENT: usize = 256;
+/// ... or for every this many blobs: packs of small files hold about
+/// 100,000 blobs each, whose entries would otherwise wait in memory.
+const BLOBS_PER_SEGMENT: usize = 65_536;
 
 /// One named byte stream to back up.
 pub struct StreamSource {
@@ -351,7 +354,8 @@ impl Repository {
                 }
             }
             inflight.push(upload(pack));
-            if segment.len() >= PACKS_PER_SEGMENT {
+            let blobs: usize = segment.iter().map(|p| p.blobs.len()).sum();
+            if segment.len() >= PACKS_PER_SEGMENT || blobs >= BLOBS_PER_SEGMENT {
                 bytes += self
                     .write_index_segment(std::mem::take(&mut segment))
                     .await?;
