@@ -9,7 +9,8 @@
 //!    rayon; the backup thread packs their blobs in stream order (one
 //!    finished pack queued);
 //! 3. the async side uploads packs (a few at a time), writes an index
-//!    segment for every 256 uploaded packs and at the end, then the snapshot.
+//!    segment for every 256 uploaded packs (or 65,536 blobs) and at the end,
+//!    then the snapshot.
 //!
 //! Peak memory is about 5 batches and their sealed blobs + 5 packs, whatever
 //! the input size: measured peak RSS of the CLI backing up the 2.5 GB
