@@ -441,23 +441,61 @@ pub async fn dump_file(
             repo.restore_node(&node, out).await?;
         }
         Some(extents) => {
-            // Content is the data extents concatenated: fill the holes.
-            let mut data = Vec::new();
-            repo.restore_node(&node, &mut data).await?;
-            let (mut pos, mut at) = (0u64, 0usize);
-            for (off, len) in extents {
-                std::io::copy(&mut std::io::repeat(0).take(off - pos), out)?;
-                let part = data
-                    .get(at..at + *len as usize)
-                    .context("extents larger than the content")?;
-                out.write_all(part)?;
-                at += *len as usize;
-                pos = off + len;
+            let mut file = Holes {
+                out,
+                extents: extents.iter(),
+                left: 0,
+                pos: 0,
+            };
+            repo.restore_node(&node, &mut file).await?;
+            if file.left > 0 || file.extents.next().is_some() {
+                bail!("{path}: content shorter than its data extents");
             }
-            std::io::copy(&mut std::io::repeat(0).take(meta.size - pos), out)?;
+            let rest = meta.size.saturating_sub(file.pos);
+            std::io::copy(&mut std::io::repeat(0).take(rest), file.out)?;
         }
     }
     Ok(())
 }
 
 use std::io::Read as _;
+
+/// Writes a sparse file's content (its data extents concatenated) as the
+/// whole file, zeros where the holes are, without holding it in memory.
+struct Holes<'a, W: Write> {
+    out: &'a mut W,
+    extents: std::slice::Iter<'a, (u64, u64)>,
+    /// Bytes left in the current extent.
+    left: u64,
+    /// File offset written up to.
+    pos: u64,
+}
+
+impl<W: Write> Write for Holes<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            if self.left == 0 {
+                let (off, len) = self
+                    .extents
+                    .next()
+                    .ok_or_else(|| std::io::Error::other("content longer than its data extents"))?;
+                let gap = off.checked_sub(self.pos).ok_or_else(|| {
+                    std::io::Error::other("data extents overlap or are out of order")
+                })?;
+                std::io::copy(&mut std::io::repeat(0).take(gap), self.out)?;
+                (self.pos, self.left) = (*off, *len);
+                continue;
+            }
+            let n = (self.left as usize).min(buf.len() - done);
+            self.out
+                .write_all(buf.get(done..done + n).unwrap_or_default())?;
+            (self.pos, self.left, done) = (self.pos + n as u64, self.left - n as u64, done + n);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}

@@ -21,12 +21,21 @@ fn directories_round_trip_and_can_be_browsed() {
     std::fs::create_dir_all(src.join("etc/conf.d")).unwrap();
     std::fs::write(src.join("etc/app.conf"), b"key = value\n").unwrap();
     std::fs::write(src.join("etc/conf.d/big.bin"), random_bytes(3 << 20, 1)).unwrap();
+    // A sparse file: data at 1 MiB and at its end, holes elsewhere.
+    let sparse = std::fs::File::create(src.join("etc/sparse.img")).unwrap();
+    sparse.set_len(8 << 20).unwrap();
+    use std::os::unix::fs::FileExt;
+    sparse
+        .write_all_at(&random_bytes(70_000, 2), 1 << 20)
+        .unwrap();
+    sparse.write_all_at(b"tail", (8 << 20) - 4).unwrap();
+    drop(sparse);
     let cache = t.path("cache");
     let cache = cache.to_str().unwrap();
     let src_s = src.to_str().unwrap();
     let first = t.ok(&["--cache-dir", cache, "backup", src_s, "--json"]);
     let first: serde_json::Value = serde_json::from_str(&first).unwrap();
-    assert_eq!(first["files_new"], 2);
+    assert_eq!(first["files_new"], 3);
     std::fs::write(src.join("etc/new.conf"), b"x").unwrap();
     let second = t.ok(&["--cache-dir", cache, "backup", src_s, "--json"]);
     let second: serde_json::Value = serde_json::from_str(&second).unwrap();
@@ -35,7 +44,7 @@ fn directories_round_trip_and_can_be_browsed() {
             second["files_new"].as_u64(),
             second["files_unmodified"].as_u64()
         ),
-        (Some(1), Some(2))
+        (Some(1), Some(3))
     );
     let ls = t.ok(&["ls", "latest", &format!("{src_s}/etc"), "--long"]);
     assert!(
@@ -63,6 +72,41 @@ fn directories_round_trip_and_can_be_browsed() {
         .output()
         .unwrap();
     assert_eq!(dumped.stdout, random_bytes(3 << 20, 1));
+    let dumped = t
+        .cmd()
+        .args(["dump", "latest", &format!("{src_s}/etc/sparse.img")])
+        .output()
+        .unwrap();
+    assert!(
+        dumped.stdout == std::fs::read(src.join("etc/sparse.img")).unwrap(),
+        "the sparse file dumps with its holes as zeros"
+    );
+    // JSON shapes: one object per line.
+    let ls = t.ok(&["ls", "latest", &format!("{src_s}/etc"), "--json"]);
+    let entries: Vec<serde_json::Value> = ls
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let app = entries
+        .iter()
+        .find(|e| e["name"] == "app.conf")
+        .expect("app.conf listed");
+    assert_eq!(app["path"], format!("{src_s}/etc/app.conf"));
+    assert_eq!(
+        (app["type"].as_str(), app["size"].as_u64()),
+        (Some("file"), Some(12))
+    );
+    assert!(app["mode"].is_u64() && app["uid"].is_u64() && app["mtime"].is_string());
+    let dir = entries
+        .iter()
+        .find(|e| e["name"] == "conf.d")
+        .expect("conf.d listed");
+    assert_eq!(dir["type"], "dir");
+    let found = t.ok(&["find", "sparse.img", "--json"]);
+    let hit: serde_json::Value = serde_json::from_str(found.lines().next().unwrap()).unwrap();
+    assert_eq!(hit["path"], format!("{src_s}/etc/sparse.img"));
+    assert_eq!(hit["size"], 8 << 20);
+    assert!(hit["snapshot"].is_string(), "{hit}");
     let out = t.path("out");
     t.ok(&[
         "restore",
