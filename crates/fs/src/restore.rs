@@ -853,13 +853,24 @@ fn set_file_meta(
         )
         .map_err(|e| io_err(path, "setting the owner", e))?;
     }
+    set_xattrs(meta, path, warnings, |name, value| {
+        rustix::fs::fsetxattr(fd, name, value, rustix::fs::XattrFlags::empty())
+    });
+    rustix::fs::fchmod(fd, Mode::from_bits_truncate(meta.mode))
+        .map_err(|e| io_err(path, "setting the mode", e))?;
+    rustix::fs::futimens(fd, &timestamps(meta)).map_err(|e| io_err(path, "setting the times", e))
+}
+
+/// Sets every extended attribute with `set`; one that fails is a warning
+/// (the filesystem may not support its namespace), not an error.
+fn set_xattrs(
+    meta: &FsMeta,
+    path: &[u8],
+    warnings: &mut Vec<String>,
+    set: impl Fn(&str, &[u8]) -> rustix::io::Result<()>,
+) {
     for x in &meta.xattrs {
-        if let Err(e) = rustix::fs::fsetxattr(
-            fd,
-            x.name.as_str(),
-            &x.value,
-            rustix::fs::XattrFlags::empty(),
-        ) {
+        if let Err(e) = set(&x.name, &x.value) {
             warnings.push(format!(
                 "{}: extended attribute {} not restored: {e}",
                 String::from_utf8_lossy(path),
@@ -867,9 +878,6 @@ fn set_file_meta(
             ));
         }
     }
-    rustix::fs::fchmod(fd, Mode::from_bits_truncate(meta.mode))
-        .map_err(|e| io_err(path, "setting the mode", e))?;
-    rustix::fs::futimens(fd, &timestamps(meta)).map_err(|e| io_err(path, "setting the times", e))
 }
 
 fn timestamps(meta: &FsMeta) -> Timestamps {
@@ -906,20 +914,9 @@ fn set_meta(
     }
     if !meta.xattrs.is_empty() {
         let p = proc_path(&parent, name);
-        for x in &meta.xattrs {
-            if let Err(e) = rustix::fs::lsetxattr(
-                p.as_c_str(),
-                x.name.as_str(),
-                &x.value,
-                rustix::fs::XattrFlags::empty(),
-            ) {
-                warnings.push(format!(
-                    "{}: extended attribute {} not restored: {e}",
-                    String::from_utf8_lossy(path),
-                    x.name
-                ));
-            }
-        }
+        set_xattrs(meta, path, warnings, |name, value| {
+            rustix::fs::lsetxattr(p.as_c_str(), name, value, rustix::fs::XattrFlags::empty())
+        });
     }
     if !link {
         rustix::fs::chmodat(
