@@ -5,7 +5,6 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 
-use crate::blob::{self, BlobHeader};
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::config::{self, Compression, CompressionAlgorithm, PackSizes, RepoConfig};
 use crate::crypto::Keyring;
@@ -373,30 +372,10 @@ impl Repository {
                 blob: id.to_hex(),
                 referrer: referrer.to_string(),
             })?;
-        let range = u64::from(loc.offset)..u64::from(loc.offset) + u64::from(loc.stored_len);
-        let sealed = self
-            .inner
-            .backend
-            .get_range(ObjectKind::Pack, &loc.pack.to_hex(), range)
-            .await?;
-        let inner = self.inner.clone();
-        on_rayon(move || {
-            let object = ObjectKind::Pack.object_name(&loc.pack.to_hex());
-            let key = inner.keyring.data_key(loc.key_id).ok_or_else(|| {
-                Error::corrupt(
-                    &object,
-                    format!("sealed with unknown data key {}", loc.key_id),
-                )
-            })?;
-            let h = BlobHeader {
-                id,
-                blob_type: loc.blob_type,
-                flags: loc.flags,
-                raw_len: loc.raw_len,
-            };
-            blob::open(&inner.keyring, key, &h, &sealed, &object)
-        })
-        .await
+        self.fetch_span(crate::restore::ReadSpan::one(id, loc))
+            .await?
+            .pop()
+            .ok_or_else(|| Error::Internal(format!("blob {id} not opened")))
     }
 
     /// Reads and decodes a tree blob.

@@ -28,12 +28,26 @@ const READ_AHEAD: usize = 4;
 const MAX_GAP: u64 = 256 * 1024;
 
 /// Consecutive blobs of one pack, read with one request.
-struct ReadSpan {
+pub(crate) struct ReadSpan {
     pack: PackId,
     key_id: DataKeyId,
     start: u64,
     end: u64,
     blobs: Vec<(BlobId, BlobLocation)>,
+}
+
+impl ReadSpan {
+    /// The span of a single blob.
+    pub(crate) fn one(id: BlobId, loc: BlobLocation) -> Self {
+        let start = u64::from(loc.offset);
+        ReadSpan {
+            pack: loc.pack,
+            key_id: loc.key_id,
+            start,
+            end: start + u64::from(loc.stored_len),
+            blobs: vec![(id, loc)],
+        }
+    }
 }
 
 /// Index locations of `ids`, in order.
@@ -276,7 +290,8 @@ impl Repository {
         Ok(bytes)
     }
 
-    async fn fetch_span(&self, span: ReadSpan) -> Result<Vec<Vec<u8>>> {
+    /// Reads a span and opens its blobs (in parallel), in span order.
+    pub(crate) async fn fetch_span(&self, span: ReadSpan) -> Result<Vec<Vec<u8>>> {
         let bytes = self.read_span(&span).await?;
         let inner = self.inner.clone();
         on_rayon(move || {
