@@ -86,11 +86,7 @@ async fn init(g: &Global, a: InitArgs) -> Result<ExitCode> {
             .pack_size
             .checked_mul(1024 * 1024)
             .context("pack size too large")?,
-        kdf: KdfParams {
-            m_cost_kib: a.kdf_memory,
-            t_cost: a.kdf_iterations,
-            p_cost: 1,
-        },
+        kdf: kdf(a.kdf_memory, a.kdf_iterations),
         ..InitOptions::default()
     };
     let credential = credentials::credential(g, true)?;
@@ -340,7 +336,7 @@ fn kdf(memory: u32, iterations: u32) -> KdfParams {
     KdfParams {
         m_cost_kib: memory,
         t_cost: iterations,
-        p_cost: 1,
+        ..KdfParams::default()
     }
 }
 

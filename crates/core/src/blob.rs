@@ -119,12 +119,13 @@ pub struct BlobHeader {
     pub raw_len: u32,
 }
 
-/// zstd decompression with one context per thread (making a context per
-/// blob costs more than decompressing a small one).
-fn decompress(body: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+/// Decompresses `body` into `out` (replacing what it held) with one
+/// context per thread (making a context per blob costs more than
+/// decompressing a small one).
+fn decompress_into(body: &[u8], raw_len: usize, out: &mut Vec<u8>) -> std::io::Result<()> {
     thread_local! {
-        static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
-            const { std::cell::RefCell::new(None) };
+        static DCTX: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { RefCell::new(None) };
     }
     DCTX.with(|cell| {
         let mut slot = cell.borrow_mut();
@@ -132,8 +133,72 @@ fn decompress(body: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
             Some(d) => d,
             None => slot.insert(zstd::bulk::Decompressor::new()?),
         };
-        dctx.decompress(body, capacity)
+        out.clear();
+        out.reserve(raw_len);
+        // Output is bounded by the capacity: at least `raw_len`, and a
+        // longer result fails the length check below.
+        dctx.decompress_to_buffer(body, out).map(|_| ())
     })
+}
+
+/// Buffers for opening blobs: the decrypted body and the plaintext.
+#[derive(Default)]
+pub struct OpenBuffers {
+    body: Vec<u8>,
+    plain: Vec<u8>,
+}
+
+/// Largest buffer a thread keeps between blobs (more than any chunk).
+const KEPT_BUFFER: usize = 16 << 20;
+
+thread_local! {
+    static OPEN_BUFFERS: RefCell<OpenBuffers> = RefCell::new(OpenBuffers::default());
+}
+
+/// Opens a sealed blob, decompresses it and verifies its id, into
+/// `bufs`; returns the buffer that holds the plaintext.
+///
+/// # Errors
+/// [`Error::Corrupt`] naming `object` (the pack) and the blob.
+pub fn open_into<'b>(
+    keyring: &Keyring,
+    key: &DataKey,
+    h: &BlobHeader,
+    sealed: &[u8],
+    object: &str,
+    bufs: &'b mut OpenBuffers,
+) -> Result<&'b mut Vec<u8>> {
+    let name = || format!("{object} blob {}", h.id);
+    if !key.open_into(&aad(h.blob_type, h.flags, &h.id), sealed, &mut bufs.body) {
+        return Err(Error::corrupt(
+            name(),
+            "authentication failed (modified or damaged bytes)",
+        ));
+    }
+    let plain = if h.flags & FLAG_ZSTD != 0 {
+        decompress_into(&bufs.body, h.raw_len as usize, &mut bufs.plain)
+            .map_err(|e| Error::corrupt(name(), format!("zstd: {e}")))?;
+        &mut bufs.plain
+    } else {
+        &mut bufs.body
+    };
+    if plain.len() != h.raw_len as usize {
+        return Err(Error::corrupt(
+            name(),
+            format!(
+                "plaintext is {} bytes, index says {}",
+                plain.len(),
+                h.raw_len
+            ),
+        ));
+    }
+    if keyring.blob_id(plain) != h.id {
+        return Err(Error::corrupt(
+            name(),
+            "content does not hash to the blob id",
+        ));
+    }
+    Ok(plain)
 }
 
 /// Opens a sealed blob, decompresses it and verifies its id.
@@ -147,35 +212,30 @@ pub fn open(
     sealed: &[u8],
     object: &str,
 ) -> Result<Vec<u8>> {
-    let name = || format!("{object} blob {}", h.id);
-    let body = key
-        .open(&aad(h.blob_type, h.flags, &h.id), sealed)
-        .ok_or_else(|| {
-            Error::corrupt(name(), "authentication failed (modified or damaged bytes)")
-        })?;
-    let plain = if h.flags & FLAG_ZSTD != 0 {
-        decompress(&body, h.raw_len as usize)
-            .map_err(|e| Error::corrupt(name(), format!("zstd: {e}")))?
-    } else {
-        body
-    };
-    if plain.len() != h.raw_len as usize {
-        return Err(Error::corrupt(
-            name(),
-            format!(
-                "plaintext is {} bytes, index says {}",
-                plain.len(),
-                h.raw_len
-            ),
-        ));
+    let mut bufs = OpenBuffers::default();
+    open_into(keyring, key, h, sealed, object, &mut bufs).map(std::mem::take)
+}
+
+/// Opens a blob like [`open`] and lends its plaintext to `f`, in buffers
+/// the thread reuses from blob to blob (no allocation, no page faults
+/// on fresh memory). `f` may open blobs itself: it then gets new buffers.
+///
+/// # Errors
+/// As [`open`].
+pub fn open_with<R>(
+    keyring: &Keyring,
+    key: &DataKey,
+    h: &BlobHeader,
+    sealed: &[u8],
+    object: &str,
+    f: impl FnOnce(&[u8]) -> R,
+) -> Result<R> {
+    let mut bufs = OPEN_BUFFERS.with(RefCell::take);
+    let result = open_into(keyring, key, h, sealed, object, &mut bufs).map(|p| f(p));
+    if bufs.body.capacity().max(bufs.plain.capacity()) <= KEPT_BUFFER {
+        OPEN_BUFFERS.with(|b| b.replace(bufs));
     }
-    if keyring.blob_id(&plain) != h.id {
-        return Err(Error::corrupt(
-            name(),
-            "content does not hash to the blob id",
-        ));
-    }
-    Ok(plain)
+    result
 }
 
 #[cfg(test)]

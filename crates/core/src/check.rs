@@ -303,7 +303,7 @@ impl Repository {
                         flags: e.flags,
                         raw_len: e.raw_len,
                     };
-                    blob::open(&inner.keyring, key, &h, sealed, &object).map(|_| ())
+                    blob::open_with(&inner.keyring, key, &h, sealed, &object, |_| ())
                 })
                 .collect::<Result<Vec<()>>>()
                 .map(|v| v.len())

@@ -7,6 +7,7 @@
 //! hold several generations of data keys (master-key rotation) and, later,
 //! sealed per-session keys (put-only clients); see `docs/FORMAT.md`.
 
+use chacha20poly1305::aead::inout::InOutBuf;
 use chacha20poly1305::aead::{AeadInOut, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use serde::{Deserialize, Serialize};
@@ -75,23 +76,34 @@ impl DataKey {
 
     /// Opens `nonce || ciphertext || tag`; `None` when authentication fails.
     pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        self.open_into(aad, sealed, &mut out).then_some(out)
+    }
+
+    /// Opens `nonce || ciphertext || tag` into `out` (replacing what it
+    /// held, reusing its allocation); false when authentication fails.
+    /// The plaintext goes straight into `out`, with no copy of the
+    /// ciphertext first.
+    pub fn open_into(&self, aad: &[u8], sealed: &[u8], out: &mut Vec<u8>) -> bool {
         if sealed.len() < SEAL_OVERHEAD {
-            return None;
+            return false;
         }
         let (nonce, rest) = sealed.split_at(NONCE_LEN);
         let (ct, tag) = rest.split_at(rest.len() - TAG_LEN);
-        let nonce: [u8; NONCE_LEN] = nonce.try_into().ok()?;
-        let tag: [u8; TAG_LEN] = tag.try_into().ok()?;
-        let mut buf = ct.to_vec();
+        let (Ok(nonce), Ok(tag)) = (
+            <[u8; NONCE_LEN]>::try_from(nonce),
+            <[u8; TAG_LEN]>::try_from(tag),
+        ) else {
+            return false;
+        };
+        // Stale bytes are overwritten; only growth is zero-filled.
+        out.resize(ct.len(), 0);
+        let Ok(buf) = InOutBuf::new(ct, out.as_mut_slice()) else {
+            return false;
+        };
         self.cipher
-            .decrypt_inout_detached(
-                &XNonce::from(nonce),
-                aad,
-                buf.as_mut_slice().into(),
-                &tag.into(),
-            )
-            .ok()?;
-        Some(buf)
+            .decrypt_inout_detached(&XNonce::from(nonce), aad, buf, &tag.into())
+            .is_ok()
     }
 }
 

@@ -12,6 +12,7 @@ use futures::{StreamExt, TryStreamExt};
 use rayon::prelude::*;
 
 use crate::blob::{self, BlobHeader};
+use crate::crypto::DataKey;
 use crate::error::{Error, Result};
 use crate::format::ObjectKind;
 use crate::id::{BlobId, DataKeyId, PackId};
@@ -196,6 +197,7 @@ impl Repository {
     /// a pack share one range request, `READ_AHEAD` requests run at once,
     /// and blobs are opened and handed to `deliver` on rayon, in parallel.
     /// This is the read path of a restore that writes many files in place.
+    /// `deliver` borrows the plaintext from buffers its thread reuses.
     ///
     /// # Errors
     /// [`Error::BlobNotIndexed`] (naming `referrer`), missing or corrupt
@@ -207,7 +209,7 @@ impl Repository {
         deliver: F,
     ) -> std::result::Result<(), E>
     where
-        F: Fn(BlobId, Vec<u8>) -> std::result::Result<(), E> + Send + Sync + 'static,
+        F: Fn(BlobId, &[u8]) -> std::result::Result<(), E> + Send + Sync + 'static,
         E: From<Error> + Send + 'static,
     {
         let mut located = {
@@ -227,10 +229,10 @@ impl Repository {
                     // Each blob is opened and delivered by one rayon task, so
                     // a span's plaintext is never held all at once.
                     on_rayon(move || {
-                        let open = span_opener(&inner, &span, &bytes)?;
-                        span.blobs
-                            .par_iter()
-                            .try_for_each(|(id, loc)| deliver(*id, open(id, loc)?))
+                        let blobs = SpanBlobs::new(&inner, &span, &bytes)?;
+                        span.blobs.par_iter().try_for_each(|(id, loc)| {
+                            blobs.open_with(id, loc, |plain| deliver(*id, plain))?
+                        })
                     })
                     .await
                 }
@@ -266,7 +268,7 @@ impl Repository {
         let sink = out.clone();
         let of = referrer.to_string();
         self.fetch_blobs(unique, referrer, move |id, plain| -> Result<()> {
-            let tree = Tree::decode(&plain, &format!("tree {id} (of {of})"))?;
+            let tree = Tree::decode(plain, &format!("tree {id} (of {of})"))?;
             let prepared = prepare(tree)?;
             sink.lock().map_err(|_| poisoned())?.insert(id, prepared);
             Ok(())
@@ -295,41 +297,73 @@ impl Repository {
         let bytes = self.read_span(&span).await?;
         let inner = self.inner.clone();
         on_rayon(move || {
-            let open = span_opener(&inner, &span, &bytes)?;
+            let blobs = SpanBlobs::new(&inner, &span, &bytes)?;
             span.blobs
                 .par_iter()
-                .map(|(id, loc)| open(id, loc))
+                .map(|(id, loc)| blobs.open(id, loc))
                 .collect()
         })
         .await
     }
 }
 
-/// Opens the blobs of `span` (read into `bytes`): authenticates,
-/// decompresses and checks each against its id.
-fn span_opener<'a>(
+/// The blobs of a span read into `bytes`: each is authenticated,
+/// decompressed and checked against its id when opened.
+struct SpanBlobs<'a> {
     inner: &'a Inner,
+    key: &'a DataKey,
     span: &'a ReadSpan,
     bytes: &'a [u8],
-) -> Result<impl Fn(&BlobId, &BlobLocation) -> Result<Vec<u8>> + Sync + 'a> {
-    let object = ObjectKind::Pack.object_name(&span.pack.to_hex());
-    let key = inner.keyring.data_key(span.key_id).ok_or_else(|| {
-        Error::corrupt(
-            &object,
-            format!("sealed with unknown data key {}", span.key_id),
-        )
-    })?;
-    Ok(move |id: &BlobId, loc: &BlobLocation| {
-        let from = (u64::from(loc.offset) - span.start) as usize;
-        let sealed = bytes
+    object: String,
+}
+
+impl<'a> SpanBlobs<'a> {
+    fn new(inner: &'a Inner, span: &'a ReadSpan, bytes: &'a [u8]) -> Result<Self> {
+        let object = ObjectKind::Pack.object_name(&span.pack.to_hex());
+        let key = inner.keyring.data_key(span.key_id).ok_or_else(|| {
+            Error::corrupt(
+                &object,
+                format!("sealed with unknown data key {}", span.key_id),
+            )
+        })?;
+        Ok(SpanBlobs {
+            inner,
+            key,
+            span,
+            bytes,
+            object,
+        })
+    }
+
+    /// The blob's header and sealed bytes.
+    fn sealed(&self, id: &BlobId, loc: &BlobLocation) -> Result<(BlobHeader, &'a [u8])> {
+        let from = (u64::from(loc.offset) - self.span.start) as usize;
+        let sealed = self
+            .bytes
             .get(from..from + loc.stored_len as usize)
-            .ok_or_else(|| Error::corrupt(&object, "blob outside the range read"))?;
+            .ok_or_else(|| Error::corrupt(&self.object, "blob outside the range read"))?;
         let h = BlobHeader {
             id: *id,
             blob_type: loc.blob_type,
             flags: loc.flags,
             raw_len: loc.raw_len,
         };
-        blob::open(&inner.keyring, key, &h, sealed, &object)
-    })
+        Ok((h, sealed))
+    }
+
+    fn open(&self, id: &BlobId, loc: &BlobLocation) -> Result<Vec<u8>> {
+        let (h, sealed) = self.sealed(id, loc)?;
+        blob::open(&self.inner.keyring, self.key, &h, sealed, &self.object)
+    }
+
+    /// Opens the blob and lends its plaintext to `f` (see [`blob::open_with`]).
+    fn open_with<R>(
+        &self,
+        id: &BlobId,
+        loc: &BlobLocation,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R> {
+        let (h, sealed) = self.sealed(id, loc)?;
+        blob::open_with(&self.inner.keyring, self.key, &h, sealed, &self.object, f)
+    }
 }

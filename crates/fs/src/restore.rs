@@ -273,11 +273,21 @@ pub async fn restore(
     if target_empty {
         fresh.insert(&target);
     }
-    for item in items.iter().filter(|i| i.kind == FileKind::Dir) {
-        if make_dir(&item.target)? {
-            fresh.insert(&item.target);
+    // Directories level by level (parents first), each level in parallel.
+    let depth = |i: &&Item| i.target.iter().filter(|b| **b == b'/').count();
+    let mut dirs: Vec<&Item> = items.iter().filter(|i| i.kind == FileKind::Dir).collect();
+    dirs.sort_by_cached_key(depth);
+    for level in dirs.chunk_by(|a, b| depth(a) == depth(b)) {
+        let made: Vec<bool> = level
+            .par_iter()
+            .map(|item| make_dir(&item.target))
+            .collect::<Result<_, Error>>()?;
+        for (item, new) in level.iter().zip(made) {
+            if new {
+                fresh.insert(&item.target);
+            }
         }
-        summary.dirs += 1;
+        summary.dirs += level.len() as u64;
     }
     let in_fresh_dir = |item: &Item| {
         let cut = item.target.iter().rposition(|b| *b == b'/').unwrap_or(0);
@@ -344,7 +354,7 @@ pub async fn restore(
     {
         let writer = writer.clone();
         let ids: Vec<BlobId> = writer.needed.keys().copied().collect();
-        repo.fetch_blobs(ids, "restore", move |id, plain| writer.deliver(id, &plain))
+        repo.fetch_blobs(ids, "restore", move |id, plain| writer.deliver(id, plain))
             .await?;
     }
     summary.bytes_written = progress.bytes_written.load(Ordering::Relaxed);

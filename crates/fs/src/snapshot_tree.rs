@@ -1,6 +1,6 @@
 //! Reading a filesystem snapshot's trees: walk, look up a path, diff.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path};
 use std::sync::Arc;
@@ -99,14 +99,85 @@ struct Open {
     next: usize,
 }
 
+/// Listings of trees fetched for a walk.
+#[derive(Default)]
+struct Fetched {
+    /// Fetched, not visited yet.
+    ahead: HashMap<BlobId, Listing>,
+    /// Visited, kept for other directories with the same tree (identical
+    /// directories share one: every empty directory with the same
+    /// metadata, for one), up to [`RECENT_NODES`] nodes in all.
+    recent: HashMap<BlobId, Listing>,
+    recent_nodes: usize,
+}
+
+/// Nodes of visited listings kept for directories with the same tree.
+const RECENT_NODES: usize = 65_536;
+
+impl Fetched {
+    fn get(&self, id: &BlobId) -> Option<&Listing> {
+        self.ahead.get(id).or_else(|| self.recent.get(id))
+    }
+
+    /// The listing of `id` for the walk to enter, when fetched.
+    fn take(&mut self, id: &BlobId) -> Option<Listing> {
+        if let Some(l) = self.recent.get(id) {
+            return Some(l.clone());
+        }
+        let listing = self.ahead.remove(id)?;
+        if self.recent_nodes + listing.len() > RECENT_NODES {
+            self.recent.clear();
+            self.recent_nodes = 0;
+        }
+        self.recent_nodes += listing.len();
+        self.recent.insert(*id, listing.clone());
+        Some(listing)
+    }
+}
+
+/// The trees the walk will need next, in the order it will need them,
+/// among those not fetched yet (at most [`TREE_BATCH`]): `first`, then
+/// the unvisited subdirectories of the open directories, deepest first,
+/// looking through the listings already fetched to their descendants. One
+/// fetch then serves many levels of the walk, not one directory.
+fn trees_ahead(first: BlobId, stack: &[Open], fetched: &Fetched) -> Vec<BlobId> {
+    let mut batch = vec![first];
+    let mut seen = HashSet::from([first]);
+    // Listings still to look through, as (listing, next index); the top
+    // of this stack is what the walk reaches first.
+    let mut todo: Vec<(&Listing, usize)> = stack.iter().map(|o| (&o.listing, o.next)).collect();
+    while let Some((listing, next)) = todo.pop() {
+        let Some((node, _)) = listing.get(next) else {
+            continue;
+        };
+        todo.push((listing, next + 1));
+        let NodeKind::Dir { subtree } = node.kind else {
+            continue;
+        };
+        if !seen.insert(subtree) {
+            continue;
+        }
+        match fetched.get(&subtree) {
+            Some(sub) => todo.push((sub, 0)),
+            None => {
+                batch.push(subtree);
+                if batch.len() >= TREE_BATCH {
+                    break;
+                }
+            }
+        }
+    }
+    batch
+}
+
 /// Calls `visit` for every entry below the tree `root` (whose path is
 /// `root_path`), depth first, parents before children, names in byte
 /// order. `visit` returns false to skip a directory's contents.
 ///
 /// Trees are fetched ahead in batches: when the walk needs a tree it does
-/// not hold, it fetches it together with every other subtree still ahead
-/// of it in the directories being walked (so a skipped directory costs at
-/// most its own tree, never its descendants').
+/// not hold, it fetches it together with the next trees the walk will
+/// need that are known by then (see [`trees_ahead`]; a skipped
+/// directory's descendants may have been fetched for nothing).
 ///
 /// # Errors
 /// Storage or corruption errors; `visit`'s errors.
@@ -116,9 +187,12 @@ pub async fn walk_tree(
     root_path: &[u8],
     mut visit: impl FnMut(&TreeEntry) -> Result<bool, Error>,
 ) -> Result<(), Error> {
-    let mut ahead = read_listings(repo, &[root]).await?;
-    let listing = ahead
-        .remove(&root)
+    let mut fetched = Fetched {
+        ahead: read_listings(repo, &[root]).await?,
+        ..Fetched::default()
+    };
+    let listing = fetched
+        .take(&root)
         .ok_or_else(|| Error::Internal("root tree not read".into()))?;
     let mut stack = vec![Open {
         path: root_path.to_vec(),
@@ -144,23 +218,12 @@ pub async fn walk_tree(
         let NodeKind::Dir { subtree } = entry.node.kind else {
             continue;
         };
-        if !ahead.contains_key(&subtree) {
-            let mut batch = vec![subtree];
-            batch.extend(
-                stack
-                    .iter()
-                    .flat_map(|o| o.listing.get(o.next..).unwrap_or_default())
-                    .filter_map(|(n, _)| match n.kind {
-                        NodeKind::Dir { subtree } => Some(subtree),
-                        _ => None,
-                    })
-                    .filter(|id| !ahead.contains_key(id))
-                    .take(TREE_BATCH),
-            );
-            ahead.extend(read_listings(repo, &batch).await?);
+        if fetched.get(&subtree).is_none() {
+            let batch = trees_ahead(subtree, &stack, &fetched);
+            fetched.ahead.extend(read_listings(repo, &batch).await?);
         }
-        let listing = ahead
-            .remove(&subtree)
+        let listing = fetched
+            .take(&subtree)
             .ok_or_else(|| Error::Internal(format!("tree {subtree} not read")))?;
         stack.push(Open {
             path: entry.path,
