@@ -7,8 +7,9 @@
 //!    checked blob by blob: ranges that already hold the right bytes (same
 //!    keyed hash) are not written again, so an interrupted restore resumes
 //!    where it stopped. Files in a directory the restore made are not
-//!    created yet: their first write creates them (at their final size, so
-//!    holes stay holes), which overlaps creating inodes with decrypting.
+//!    created yet: their first write creates them (holes stay holes: the
+//!    writes skip them, and a truncate sizes a file that ends in one),
+//!    which overlaps creating inodes with decrypting.
 //! 3. Fetch the missing blobs in pack order (parallel range reads); each
 //!    blob is opened and written to every place that needs it by one rayon
 //!    task. A file's descriptor stays open between its writes (up to
@@ -809,7 +810,8 @@ impl Writer {
 
     /// The file's descriptor: the one kept open, or a new one (kept when
     /// more writes follow and the budget allows). The first call creates
-    /// a deferred file, at its final size so holes stay holes.
+    /// a deferred file; the writes give it its size, or a truncate when
+    /// it ends in a hole (holes stay holes either way).
     fn fd_for(&self, item: &Item, slot: &FileSlot) -> Result<Arc<OwnedFd>, Error> {
         let mut state = lock(&slot.state);
         if let Some(fd) = state.fd.as_ref() {
@@ -822,8 +824,10 @@ impl Writer {
                 Mode::from_bits_truncate(0o600),
             )
             .map_err(|e| io_err(&item.target, "creating", e))?;
-            rustix::fs::ftruncate(&fd, item.meta.size)
-                .map_err(|e| io_err(&item.target, "sizing", e))?;
+            if ends_in_hole(&item.meta) {
+                rustix::fs::ftruncate(&fd, item.meta.size)
+                    .map_err(|e| io_err(&item.target, "sizing", e))?;
+            }
             state.to_create = false;
             fd
         } else {
@@ -844,6 +848,14 @@ impl Writer {
         }
         Ok(fd)
     }
+}
+
+/// True when the file's last byte lies in a hole, so no write reaches
+/// its end.
+fn ends_in_hole(meta: &FsMeta) -> bool {
+    meta.extents
+        .as_ref()
+        .is_some_and(|e| e.last().is_none_or(|(start, len)| start + len < meta.size))
 }
 
 /// [`set_meta`] for a regular file through its open descriptor (no path

@@ -68,6 +68,10 @@ fn build(root: &Path) {
         f.write_all_at(b"middle", 30 << 20).unwrap();
         f.write_all_at(&big[..100_000], (64 << 20) - 100_000)
             .unwrap();
+        // Ending in a hole: no write reaches its end.
+        let f = std::fs::File::create(root.join("tail-hole.img")).unwrap();
+        f.set_len(16 << 20).unwrap();
+        f.write_all_at(&big[..1 << 20], 1 << 20).unwrap();
     }
     // Symlinks: relative, absolute, dangling, a loop.
     std::os::unix::fs::symlink("dir/small.txt", root.join("rel-link")).unwrap();
@@ -226,6 +230,7 @@ fn build(root: &Path) {
         "empty",
         "dir/sub/big.bin",
         "sparse.img",
+        "tail-hole.img",
         "rel-link",
         "dangling",
         "hard-1",
