@@ -44,6 +44,8 @@ pub enum Command {
     Backup(BackupArgs),
     /// List snapshots
     Snapshots(JsonFlag),
+    /// Remove snapshots by retention rules (their data goes with the next prune)
+    Forget(ForgetArgs),
     /// Write one file (or stream) of a snapshot to standard output
     Dump {
         /// Snapshot: id, unique prefix or `latest`
@@ -294,4 +296,48 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|e| format!("{s:?}: {e}"))?
         .checked_mul(mult)
         .ok_or_else(|| format!("{s:?}: too large"))
+}
+
+/// Retention rules. A snapshot is kept when any rule keeps it.
+#[derive(Args, Debug)]
+pub struct ForgetArgs {
+    /// Keep the N newest snapshots
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_last: u32,
+    /// Keep the newest snapshot of each of the last N hours that have one
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_hourly: u32,
+    /// Keep the newest snapshot of each of the last N days that have one
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_daily: u32,
+    /// Keep the newest snapshot of each of the last N ISO weeks that have one
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_weekly: u32,
+    /// Keep the newest snapshot of each of the last N months that have one
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_monthly: u32,
+    /// Keep the newest snapshot of each of the last N years that have one
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub keep_yearly: u32,
+    /// Keep snapshots younger than this before the group's newest (e.g. 1y6m, 14d12h)
+    #[arg(long, value_name = "DURATION")]
+    pub keep_within: Option<tessera_core::retention::KeepWithin>,
+    /// Keep snapshots carrying all these tags (comma-separated; repeat for alternatives)
+    #[arg(long, value_name = "TAGS")]
+    pub keep_tag: Vec<String>,
+    /// Apply the rules separately per group of: host, paths, tags (comma-separated; '' for one group)
+    #[arg(long, default_value = "host,paths")]
+    pub group_by: tessera_core::retention::GroupBy,
+    /// Only consider snapshots of this host (repeatable)
+    #[arg(long)]
+    pub host: Vec<String>,
+    /// Only consider snapshots carrying this tag (repeatable: any of them)
+    #[arg(long)]
+    pub tag: Vec<String>,
+    /// Say what would be removed and why; remove nothing
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Print the decisions as JSON
+    #[arg(long)]
+    pub json: bool,
 }

@@ -6,13 +6,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result};
+use tessera_core::retention::{self, Policy};
 use tessera_core::{
     BackupOptions, BackupProgress, ChunkerParams, Credential, InitOptions, KdfParams, ObjectKind,
     Repository, StreamSource, open_location,
 };
 
 use crate::args::{
-    BackupArgs, CatWhat, CheckArgs, Cli, Command, Global, InitArgs, KeyCommand, RestoreArgs,
+    BackupArgs, CatWhat, CheckArgs, Cli, Command, ForgetArgs, Global, InitArgs, KeyCommand,
+    RestoreArgs,
 };
 use crate::credentials;
 use crate::output::{self, SnapshotJson};
@@ -23,6 +25,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Init(a) => init(g, a).await,
         Command::Backup(a) => backup(g, a).await,
         Command::Snapshots(a) => snapshots(g, a.json).await,
+        Command::Forget(a) => forget(g, &a).await,
         Command::Dump { snapshot, name } => dump(g, &snapshot, &name).await,
         Command::Restore(a) => restore(g, &a).await,
         Command::Ls {
@@ -181,6 +184,58 @@ async fn snapshots(g: &Global, json: bool) -> Result<ExitCode> {
         println!("{}", serde_json::to_string(&out)?);
     } else {
         print!("{}", output::snapshot_table(&list));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn forget(g: &Global, a: &ForgetArgs) -> Result<ExitCode> {
+    let policy = Policy {
+        last: a.keep_last,
+        hourly: a.keep_hourly,
+        daily: a.keep_daily,
+        weekly: a.keep_weekly,
+        monthly: a.keep_monthly,
+        yearly: a.keep_yearly,
+        within: a.keep_within,
+        tags: a
+            .keep_tag
+            .iter()
+            .map(|l| l.split(',').map(|t| t.trim().to_string()).collect())
+            .collect(),
+    };
+    let repo = open(g).await?;
+    let candidates: Vec<_> = repo
+        .snapshots()
+        .await?
+        .into_iter()
+        .filter(|e| a.host.is_empty() || a.host.contains(&e.snapshot.hostname))
+        .filter(|e| a.tag.is_empty() || a.tag.iter().any(|t| e.snapshot.tags.contains(t)))
+        .collect();
+    let plans = retention::plan(
+        &candidates,
+        &policy,
+        a.group_by,
+        &jiff::tz::TimeZone::system(),
+    )?;
+    let (mut kept, mut removed) = (0usize, 0usize);
+    for d in plans.iter().flat_map(|p| &p.decisions) {
+        if d.keep {
+            kept += 1;
+        } else {
+            if !a.dry_run {
+                repo.forget_snapshot(d.id)
+                    .await
+                    .with_context(|| format!("removing snapshot {}", d.id.short()))?;
+            }
+            removed += 1;
+        }
+    }
+    if a.json {
+        println!("{}", serde_json::to_string(&output::forget_json(&plans))?);
+    } else if !g.quiet || a.dry_run {
+        print!("{}", output::forget_table(&plans, a.dry_run));
+        let verb = if a.dry_run { "would remove" } else { "removed" };
+        println!("kept {kept} snapshots, {verb} {removed}");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,7 @@
 //! the README; they follow restic's where the concept is the same.
 
 use serde::Serialize;
+use tessera_core::retention::GroupPlan;
 use tessera_core::{SnapshotEntry, SnapshotStats};
 
 /// One snapshot as `snapshots --json` prints it.
@@ -81,6 +82,60 @@ pub fn snapshot_table(list: &[SnapshotEntry]) -> String {
         ));
     }
     out.push_str(&format!("{} snapshots\n", list.len()));
+    out
+}
+
+/// `forget`'s decisions as JSON: one object per group with its `keep`
+/// and `remove` lists, each snapshot with the reasons.
+pub fn forget_json(plans: &[GroupPlan]) -> serde_json::Value {
+    let side = |p: &GroupPlan, keep: bool| {
+        p.decisions
+            .iter()
+            .filter(|d| d.keep == keep)
+            .map(|d| {
+                serde_json::json!({
+                    "id": d.id.to_hex(),
+                    "short_id": d.id.short(),
+                    "time": d.time.to_string(),
+                    "reasons": d.reasons,
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    plans
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "group": p.group,
+                "keep": side(p, true),
+                "remove": side(p, false),
+            })
+        })
+        .collect()
+}
+
+/// `forget`'s decisions for people: per group, every snapshot newest
+/// first with what keeps it or why it goes.
+pub fn forget_table(plans: &[GroupPlan], dry_run: bool) -> String {
+    let gone = if dry_run { "would remove" } else { "removed" };
+    let mut out = String::new();
+    for p in plans {
+        out.push_str(&format!("{}:\n", p.group));
+        for d in &p.decisions {
+            let time = d
+                .time
+                .to_zoned(jiff::tz::TimeZone::system())
+                .strftime("%Y-%m-%d %H:%M:%S")
+                .to_string();
+            out.push_str(&format!(
+                "  {:<12} {:<10} {:<20} {}\n",
+                if d.keep { "keep" } else { gone },
+                d.id.short(),
+                time,
+                d.reasons.join(", ")
+            ));
+        }
+    }
     out
 }
 

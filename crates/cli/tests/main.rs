@@ -4,6 +4,7 @@ mod common;
 
 mod corruption;
 mod crash;
+mod forget;
 mod keys;
 mod roundtrip;
 mod trees;

@@ -40,6 +40,7 @@ pub mod id;
 pub mod index;
 pub mod key;
 pub mod pack;
+pub mod retention;
 pub mod sealed;
 pub mod snapshot;
 pub mod storage;

@@ -330,6 +330,24 @@ impl Repository {
         Snapshot::decode(&plain, &ObjectKind::Snapshot.object_name(&name))
     }
 
+    /// Removes a snapshot object. Its data stays until a prune finds it
+    /// referenced by no other snapshot. Removing a snapshot that is
+    /// already gone succeeds (two `forget` runs may race).
+    ///
+    /// # Errors
+    /// Storage errors (a backend that refuses deletes, for one).
+    pub async fn forget_snapshot(&self, id: SnapshotId) -> Result<()> {
+        match self
+            .inner
+            .backend
+            .delete(ObjectKind::Snapshot, &id.to_hex())
+            .await
+        {
+            Ok(()) | Err(StorageError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Resolves a full id, unique prefix or `latest`.
     ///
     /// # Errors
