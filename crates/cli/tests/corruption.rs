@@ -154,3 +154,82 @@ fn wrong_password_missing_slots_unknown_versions() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no repository at"));
     assert!(!empty.exists(), "opening must not create the directory");
 }
+
+/// The tree blobs an index segment lists: (pack file, offset, blob id).
+fn tree_blobs(t: &TestRepo, segment: &Path) -> Vec<(std::path::PathBuf, u64, String)> {
+    let name = segment.file_name().unwrap().to_str().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&t.ok(&["cat", "index", name])).unwrap();
+    let mut out = Vec::new();
+    for p in v["packs"].as_array().unwrap() {
+        let pack = t
+            .objects("packs")
+            .into_iter()
+            .find(|f| f.file_name().unwrap().to_str().unwrap() == p["id"].as_str().unwrap());
+        for b in p["blobs"].as_array().unwrap() {
+            if b["type"] == "Tree" {
+                out.push((
+                    pack.clone().unwrap(),
+                    b["offset"].as_u64().unwrap(),
+                    b["id"].as_str().unwrap().to_string(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn check_walks_every_tree_and_names_the_snapshots_a_damage_affects() {
+    let t = TestRepo::new(&[]);
+    let src = t.path("src");
+    std::fs::create_dir_all(src.join("a/deep")).unwrap();
+    std::fs::create_dir_all(src.join("b")).unwrap();
+    std::fs::write(src.join("a/deep/f"), b"deep file").unwrap();
+    std::fs::write(src.join("b/g"), b"b file").unwrap();
+    let backup = |t: &TestRepo| -> String {
+        let out = t.ok(&["backup", "--json", src.to_str().unwrap()]);
+        let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        v["short_id"].as_str().unwrap().to_string()
+    };
+    let first = backup(&t);
+    let segments_before = t.objects("index");
+    std::fs::create_dir_all(src.join("c")).unwrap();
+    std::fs::write(src.join("c/h"), b"new in the second").unwrap();
+    let second = backup(&t);
+    t.ok(&["check"]);
+
+    // A missing index segment: the second backup's trees dangle. Only the
+    // second snapshot is affected, and its root is named.
+    let segment = t
+        .objects("index")
+        .into_iter()
+        .find(|s| !segments_before.contains(s))
+        .unwrap();
+    let kept = std::fs::read(&segment).unwrap();
+    std::fs::remove_file(&segment).unwrap();
+    let err = t.fails(&["check"]);
+    assert!(
+        err.contains(&format!(
+            "at the root of snapshot {second} is not in the index"
+        )) && err.contains(&format!("(snapshots affected: {second})")),
+        "{err}"
+    );
+    assert!(!err.contains(&first), "the first snapshot is intact: {err}");
+    std::fs::write(&segment, kept).unwrap();
+    t.ok(&["check"]);
+
+    // A damaged subtree shared by both snapshots: named with its path,
+    // both snapshots listed.
+    // Trees are stored children first: the first one is that of a/deep.
+    let trees = tree_blobs(&t, &segments_before[0]);
+    let deep = trees.iter().min_by_key(|(_, offset, _)| *offset).unwrap();
+    flip_byte(&deep.0, deep.1 + 30);
+    let err = t.fails(&["check"]);
+    assert!(err.contains(&format!("tree {} at /", deep.2)), "{err}");
+    assert!(err.contains("/src/a/deep: "), "{err}");
+    assert!(
+        err.contains(&format!("snapshots affected: {first}, {second}"))
+            || err.contains(&format!("snapshots affected: {second}, {first}")),
+        "{err}"
+    );
+}

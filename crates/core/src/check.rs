@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::blob::{self, BlobHeader};
 use crate::error::{Error, Result};
 use crate::format::{ObjectKind, PREAMBLE_LEN};
-use crate::id::{DataKeyId, IndexId, PackId};
+use crate::id::{BlobId, DataKeyId, IndexId, PackId};
 use crate::index::Index;
 use crate::key::KeySlot;
 use crate::pack::{self, PackEntry};
@@ -42,6 +42,27 @@ impl CheckReport {
     /// Whether no error was found.
     pub fn is_ok(&self) -> bool {
         self.errors.is_empty()
+    }
+}
+
+/// Trees read per batch while checking snapshots.
+const CHECK_TREE_BATCH: usize = 4096;
+
+/// One tree as `check` found it.
+#[derive(Default)]
+struct CheckedTree {
+    /// Its subtrees.
+    children: Vec<BlobId>,
+    /// What is wrong with it (missing, undecodable, naming missing blobs).
+    problems: Vec<String>,
+}
+
+impl CheckedTree {
+    fn damaged(problem: String) -> Self {
+        CheckedTree {
+            children: Vec::new(),
+            problems: vec![problem],
+        }
     }
 }
 
@@ -139,8 +160,13 @@ impl Repository {
         Ok(report)
     }
 
+    /// Reads every snapshot and walks every tree they reach (each tree
+    /// once, however many snapshots share it): each tree must be indexed
+    /// and decode, each blob it names must be indexed. A problem is
+    /// reported once, with the path it was first met at and every
+    /// snapshot that reaches it.
     async fn check_snapshots(&self, index: &Index, report: &mut CheckReport) -> Result<()> {
-        let mut missing: HashMap<String, Vec<String>> = HashMap::new();
+        let mut roots: Vec<(String, BlobId)> = Vec::new();
         for info in self.inner.backend.list(ObjectKind::Snapshot).await? {
             report.snapshots += 1;
             let snap = match info.name.parse() {
@@ -150,54 +176,133 @@ impl Repository {
                     "name is not a hex id",
                 )),
             };
-            let snap = match snap {
-                Ok(s) => s,
-                Err(e) => {
-                    report.errors.push(e.to_string());
-                    continue;
-                }
-            };
-            let short = info.name.get(..8).unwrap_or(&info.name).to_string();
-            if index.lookup(&snap.tree).is_none() {
-                report.errors.push(format!(
-                    "snapshot {short}: root tree {} is not in the index",
-                    snap.tree
-                ));
-                continue;
+            match snap {
+                Ok(s) => roots.push((info.name.get(..8).unwrap_or(&info.name).to_string(), s.tree)),
+                Err(e) => report.errors.push(e.to_string()),
             }
-            let tree = match self
-                .read_tree(snap.tree, &format!("snapshot {short}"))
-                .await
-            {
-                Ok(t) => t,
-                Err(e) => {
-                    report.errors.push(format!("snapshot {short}: {e}"));
-                    continue;
+        }
+        let trees = self.walk_all_trees(index, &roots).await?;
+        if trees.values().all(|t| t.problems.is_empty()) {
+            return Ok(());
+        }
+        // Which snapshots reach each damaged tree.
+        let mut affected: HashMap<BlobId, Vec<String>> = HashMap::new();
+        for (short, root) in &roots {
+            let mut seen = HashSet::from([*root]);
+            let mut stack = vec![*root];
+            while let Some(id) = stack.pop() {
+                let Some(t) = trees.get(&id) else { continue };
+                if !t.problems.is_empty() {
+                    affected.entry(id).or_default().push(short.clone());
                 }
-            };
-            for node in &tree.nodes {
-                if let NodeKind::Stream { content } = &node.kind {
-                    let mut seen = HashSet::new();
-                    for id in content.iter().filter(|id| seen.insert(**id)) {
-                        if index.lookup(id).is_none() {
-                            missing
-                                .entry(format!("blob {id} of stream {:?}", node.name))
-                                .or_default()
-                                .push(short.clone());
+                stack.extend(t.children.iter().filter(|c| seen.insert(**c)));
+            }
+        }
+        let mut errors: Vec<String> = trees
+            .iter()
+            .flat_map(|(id, t)| {
+                let snaps = affected.get(id).map(|v| v.join(", ")).unwrap_or_default();
+                t.problems
+                    .iter()
+                    .map(move |p| format!("{p} (snapshots affected: {snaps})"))
+            })
+            .collect();
+        errors.sort();
+        report.errors.extend(errors);
+        Ok(())
+    }
+
+    /// Walks the trees below `roots` level by level, reading each level
+    /// in batches (pack order, parallel decoding).
+    async fn walk_all_trees(
+        &self,
+        index: &Index,
+        roots: &[(String, BlobId)],
+    ) -> Result<HashMap<BlobId, CheckedTree>> {
+        let mut trees: HashMap<BlobId, CheckedTree> = HashMap::new();
+        let mut path_of: HashMap<BlobId, String> = HashMap::new();
+        let mut level: Vec<BlobId> = Vec::new();
+        for (short, root) in roots {
+            if !path_of.contains_key(root) {
+                path_of.insert(*root, format!("the root of snapshot {short}"));
+                level.push(*root);
+            }
+        }
+        while !level.is_empty() {
+            let (present, absent): (Vec<BlobId>, Vec<BlobId>) =
+                level.drain(..).partition(|id| index.lookup(id).is_some());
+            for id in absent {
+                let problem = format!("tree {id} at {} is not in the index", path_of[&id]);
+                trees.insert(id, CheckedTree::damaged(problem));
+            }
+            for batch in present.chunks(CHECK_TREE_BATCH) {
+                for (id, listing) in self.read_listings(batch, &path_of).await {
+                    let path = path_of[&id].clone();
+                    let mut checked = CheckedTree::default();
+                    match listing {
+                        Err(problem) => checked.problems.push(problem),
+                        Ok(nodes) => {
+                            for (name, kind) in nodes {
+                                let at = if path.starts_with("the root") {
+                                    format!("/{name}")
+                                } else {
+                                    format!("{path}/{name}")
+                                };
+                                match kind {
+                                    NodeKind::Dir { subtree } => {
+                                        checked.children.push(subtree);
+                                        if !path_of.contains_key(&subtree) {
+                                            path_of.insert(subtree, at);
+                                            level.push(subtree);
+                                        }
+                                    }
+                                    NodeKind::Stream { content } => {
+                                        let mut seen = HashSet::new();
+                                        for blob in content.iter().filter(|b| seen.insert(**b)) {
+                                            if index.lookup(blob).is_none() {
+                                                checked.problems.push(format!(
+                                                    "blob {blob} of {at} is not in the index"
+                                                ));
+                                            }
+                                        }
+                                    }
+                                    NodeKind::Leaf => {}
+                                }
+                            }
                         }
                     }
+                    trees.insert(id, checked);
                 }
             }
         }
-        let mut missing: Vec<_> = missing.into_iter().collect();
-        missing.sort();
-        for (what, snaps) in missing {
-            report.errors.push(format!(
-                "{what} is not in the index (snapshots affected: {})",
-                snaps.join(", ")
-            ));
+        Ok(trees)
+    }
+
+    /// The nodes (name and kind) of each tree in `ids`. A batch that
+    /// fails as a whole is read again tree by tree, so each damaged tree
+    /// is named (with its path) and the others still count.
+    async fn read_listings(
+        &self,
+        ids: &[BlobId],
+        path_of: &HashMap<BlobId, String>,
+    ) -> Vec<(BlobId, std::result::Result<Vec<(String, NodeKind)>, String>)> {
+        let nodes = |t: crate::tree::Tree| -> Vec<(String, NodeKind)> {
+            t.nodes.into_iter().map(|n| (n.name, n.kind)).collect()
+        };
+        if let Ok(all) = self.read_trees(ids, "check", move |t| Ok(nodes(t))).await {
+            return all.into_iter().map(|(id, n)| (id, Ok(n))).collect();
         }
-        Ok(())
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let at = &path_of[id];
+            let listing = self
+                .read_tree(*id, at)
+                .await
+                .map(nodes)
+                .map_err(|e| format!("tree {id} at {at}: {e}"));
+            out.push((*id, listing));
+        }
+        out
     }
 
     /// Returns (errors, blobs verified, bytes read).
