@@ -1,5 +1,6 @@
 //! `check`: verify structure and, optionally, every byte of data.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 
 use futures::StreamExt;
@@ -223,8 +224,8 @@ impl Repository {
         let mut path_of: HashMap<BlobId, String> = HashMap::new();
         let mut level: Vec<BlobId> = Vec::new();
         for (short, root) in roots {
-            if !path_of.contains_key(root) {
-                path_of.insert(*root, format!("the root of snapshot {short}"));
+            if let Entry::Vacant(v) = path_of.entry(*root) {
+                v.insert(format!("the root of snapshot {short}"));
                 level.push(*root);
             }
         }
@@ -251,8 +252,8 @@ impl Repository {
                                 match kind {
                                     NodeKind::Dir { subtree } => {
                                         checked.children.push(subtree);
-                                        if !path_of.contains_key(&subtree) {
-                                            path_of.insert(subtree, at);
+                                        if let Entry::Vacant(v) = path_of.entry(subtree) {
+                                            v.insert(at);
                                             level.push(subtree);
                                         }
                                     }
