@@ -232,6 +232,13 @@ pub struct CheckArgs {
     /// Also read, decrypt and verify every blob
     #[arg(long)]
     pub read_data: bool,
+    /// Read only part of the packs: N/M (part N of M; M runs cover all) or P% (a random P%)
+    #[arg(long, value_name = "SUBSET")]
+    pub read_data_subset: Option<String>,
+    /// Stop starting pack reads after this long (e.g. 10m, 1h); reads the packs
+    /// verified longest ago first (implies --read-data)
+    #[arg(long, value_name = "DURATION")]
+    pub max_duration: Option<jiff::SignedDuration>,
     /// Machine-readable output
     #[arg(long)]
     pub json: bool,

@@ -1,15 +1,18 @@
 //! One function per command.
 
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result};
+use tessera_core::id::PackId;
 use tessera_core::retention::{self, Policy};
+use tessera_core::verified::VerifiedLog;
 use tessera_core::{
-    BackupOptions, BackupProgress, ChunkerParams, Credential, InitOptions, KdfParams, ObjectKind,
-    Repository, StreamSource, open_location,
+    BackupOptions, BackupProgress, CheckOptions, ChunkerParams, Credential, InitOptions, KdfParams,
+    ObjectKind, ReadData, Repository, StreamSource, open_location,
 };
 
 use crate::args::{
@@ -347,9 +350,70 @@ async fn cat(g: &Global, what: CatWhat, id: Option<&str>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A file in the local cache directory of the repository `id`
+/// (`--cache-dir`, else `$XDG_CACHE_HOME/tessera` or `~/.cache/tessera`).
+pub fn cache_file(g: &Global, id: &str, name: &str) -> Option<PathBuf> {
+    let base = g.cache_dir.clone().or_else(|| {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|d| d.join("tessera"))
+    })?;
+    Some(base.join(id).join(name))
+}
+
 async fn check(g: &Global, a: CheckArgs) -> Result<ExitCode> {
     let repo = open(g).await?;
-    let report = repo.check(a.read_data).await?;
+    let mut read_data = match &a.read_data_subset {
+        Some(subset) => subset.parse()?,
+        None if a.read_data || a.max_duration.is_some() => ReadData::All,
+        None => ReadData::None,
+    };
+    // The record of verified packs: a time-boxed check reads the packs
+    // verified longest ago first.
+    let log = match cache_file(g, &repo.config().id, "check.db") {
+        Some(path) if read_data != ReadData::None => Some(VerifiedLog::open(&path)?),
+        _ => None,
+    };
+    let deadline = a
+        .max_duration
+        .map(|d| std::time::Instant::now() + d.unsigned_abs());
+    if let (Some(log), Some(_)) = (&log, deadline) {
+        let packs: Vec<PackId> = repo
+            .backend()
+            .list(ObjectKind::Pack)
+            .await?
+            .iter()
+            .filter_map(|o| o.name.parse().ok())
+            .collect();
+        read_data = ReadData::Packs(log.stalest_first(&read_data.select(&packs))?);
+    }
+    let reads = read_data != ReadData::None;
+    let report = repo
+        .check_with(CheckOptions {
+            read_data,
+            deadline,
+        })
+        .await?;
+    let never = match log {
+        Some(mut log) => {
+            log.record(&report.packs_verified, jiff::Timestamp::now())?;
+            let all: Vec<PackId> = repo
+                .backend()
+                .list(ObjectKind::Pack)
+                .await?
+                .iter()
+                .filter_map(|o| o.name.parse().ok())
+                .collect();
+            Some(
+                log.last_verified(&all)?
+                    .iter()
+                    .filter(|t| t.is_none())
+                    .count(),
+            )
+        }
+        None => None,
+    };
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -364,9 +428,10 @@ async fn check(g: &Global, a: CheckArgs) -> Result<ExitCode> {
             report.snapshots,
             report.packs,
             report.blobs,
-            if a.read_data {
+            if reads {
                 format!(
-                    " ({} blobs and {} of data read)",
+                    " ({} packs, {} blobs and {} of data read)",
+                    report.packs_verified.len(),
                     report.blobs_verified,
                     output::bytes(report.bytes_read)
                 )
@@ -379,6 +444,15 @@ async fn check(g: &Global, a: CheckArgs) -> Result<ExitCode> {
                 format!("{} errors", report.errors.len())
             }
         );
+        if report.packs_not_reached > 0 {
+            eprintln!(
+                "{} selected packs left for the next run (--max-duration reached)",
+                report.packs_not_reached
+            );
+        }
+        if let Some(never) = never {
+            eprintln!("{never} packs have never been verified from this machine");
+        }
     }
     Ok(if report.is_ok() {
         ExitCode::SUCCESS

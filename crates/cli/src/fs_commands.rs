@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,22 +13,11 @@ use tessera_core::{BackupProgress, NodeKind, Repository};
 use tessera_fs::{DiffKind, Excludes, FsMeta, TreeEntry};
 
 use crate::args::{BackupArgs, Global, RestoreArgs};
-use crate::commands::{open, parse_time, show_progress};
+use crate::commands::{cache_file, open, parse_time, show_progress};
 use crate::output;
 
 /// Exit code of a backup that completed but left something out (as restic).
 const EXIT_WARNINGS: u8 = 3;
-
-/// The files cache of the repository `id`.
-fn cache_path(g: &Global, id: &str) -> Option<PathBuf> {
-    let base = g.cache_dir.clone().or_else(|| {
-        std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-            .map(|d| d.join("tessera"))
-    })?;
-    Some(base.join(id).join("files.db"))
-}
 
 fn exclude_patterns(a: &BackupArgs) -> Result<Vec<String>> {
     let mut patterns = a.exclude.clone();
@@ -52,7 +41,7 @@ pub async fn backup_paths(g: &Global, a: BackupArgs) -> Result<ExitCode> {
     let cache = if a.no_cache {
         None
     } else {
-        cache_path(g, &repo.config().id)
+        cache_file(g, &repo.config().id, "files.db")
     };
     let progress = Arc::new(BackupProgress::default());
     let walk = Arc::new(tessera_fs::WalkStats::default());

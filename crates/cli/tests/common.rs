@@ -47,6 +47,8 @@ impl TestRepo {
             c.env_remove(var);
         }
         c.env("TESSERA_PASSWORD", PASSWORD);
+        // Caches (files, check record) stay inside the test's directory.
+        c.env("TESSERA_CACHE_DIR", self.dir.path().join("default-cache"));
         c.stdin(Stdio::null());
         c
     }

@@ -233,3 +233,62 @@ fn check_walks_every_tree_and_names_the_snapshots_a_damage_affects() {
         "{err}"
     );
 }
+
+#[test]
+fn read_data_subsets_partition_the_packs_and_time_boxed_checks_are_recorded() {
+    let t = TestRepo::new(&["--pack-size", "1"]);
+    t.backup("s", &random_bytes(6 << 20, 7), &[]);
+    let packs: Vec<String> = t
+        .objects("packs")
+        .iter()
+        .map(|p| p.file_name().unwrap().to_str().unwrap().to_string())
+        .collect();
+    assert!(packs.len() >= 5, "{} packs", packs.len());
+    let cache = t.path("cache");
+    let check = |args: &[&str]| -> serde_json::Value {
+        let mut all = vec!["--cache-dir", cache.to_str().unwrap(), "check", "--json"];
+        all.extend_from_slice(args);
+        serde_json::from_str(&t.ok(&all)).unwrap()
+    };
+    let verified = |v: &serde_json::Value| -> Vec<String> {
+        v["packs_verified"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap().to_string())
+            .collect()
+    };
+    // Parts 1/3, 2/3 and 3/3 read every pack exactly once.
+    let mut seen: Vec<String> = (1..=3)
+        .flat_map(|n| verified(&check(&["--read-data-subset", &format!("{n}/3")])))
+        .collect();
+    seen.sort();
+    let mut want = packs.clone();
+    want.sort();
+    assert_eq!(seen, want);
+    // A percentage reads that share, rounded up.
+    let half = check(&["--read-data-subset", "50%"]);
+    assert_eq!(verified(&half).len(), packs.len().div_ceil(2));
+    // A deadline already past reads nothing and says what is left.
+    let none = check(&["--max-duration", "0s"]);
+    assert!(verified(&none).is_empty());
+    assert_eq!(none["packs_not_reached"], packs.len());
+    // A damaged pack outside the part read goes unnoticed by that part, and
+    // is caught by the part that holds it.
+    let victim = &t.objects("packs")[0];
+    let name = victim.file_name().unwrap().to_str().unwrap().to_string();
+    flip_byte(victim, 100);
+    let part_of = (1..=3)
+        .find(|n| {
+            let args = ["check", "--read-data-subset", &format!("{n}/3")];
+            !t.run(&args).status.success()
+        })
+        .expect("one part reads the damaged pack");
+    let other = if part_of == 1 { 2 } else { 1 };
+    let out = t.run(&["check", "--read-data-subset", &format!("{other}/3")]);
+    assert!(out.status.success(), "part {other} does not hold {name}");
+    let err = t.fails(&["check", "--max-duration", "1h"]);
+    assert!(err.contains(&name), "{err}");
+    let err = t.fails(&["check", "--read-data-subset", "4/3"]);
+    assert!(err.contains("give N/M"), "{err}");
+}

@@ -20,6 +20,99 @@ use crate::tree::NodeKind;
 /// Packs verified at once.
 const CHECK_CONCURRENCY: usize = 4;
 
+/// Which packs `check` reads in full (every pack's header is checked
+/// against the index whatever this says).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum ReadData {
+    /// None: structure only.
+    #[default]
+    None,
+    /// Every pack.
+    All,
+    /// Part `n` of `m` (1-based): the packs whose id, as a big-endian
+    /// number, is `n - 1` modulo `m`. Parts 1 to `m` cover every pack once.
+    Subset {
+        /// Which part.
+        n: u32,
+        /// Of how many.
+        m: u32,
+    },
+    /// A random selection of this fraction of the packs (0 to 1).
+    Fraction(f64),
+    /// These packs, in this order (the stalest first, say), as many as
+    /// the deadline allows.
+    Packs(Vec<PackId>),
+}
+
+impl std::str::FromStr for ReadData {
+    type Err = Error;
+
+    /// `N/M` or `P%` (restic's `--read-data-subset` notation).
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::InvalidArgument(format!(
+                "read-data subset {s:?}: give N/M (1 <= N <= M) or P% (0 < P <= 100)"
+            ))
+        };
+        if let Some(p) = s.strip_suffix('%') {
+            let p: f64 = p.trim().parse().map_err(|_| bad())?;
+            if !(p > 0.0 && p <= 100.0) {
+                return Err(bad());
+            }
+            return Ok(ReadData::Fraction(p / 100.0));
+        }
+        let (n, m) = s.split_once('/').ok_or_else(bad)?;
+        let (n, m): (u32, u32) = (
+            n.trim().parse().map_err(|_| bad())?,
+            m.trim().parse().map_err(|_| bad())?,
+        );
+        if n == 0 || n > m {
+            return Err(bad());
+        }
+        Ok(ReadData::Subset { n, m })
+    }
+}
+
+impl ReadData {
+    /// The packs of `all` to read, in the order to read them.
+    pub fn select(&self, all: &[PackId]) -> Vec<PackId> {
+        match self {
+            ReadData::None => Vec::new(),
+            ReadData::All => all.to_vec(),
+            ReadData::Subset { n, m } => all
+                .iter()
+                .filter(|id| {
+                    let rem =
+                        id.0.iter()
+                            .fold(0u64, |r, b| (r * 256 + u64::from(*b)) % u64::from(*m));
+                    rem == u64::from(n - 1)
+                })
+                .copied()
+                .collect(),
+            ReadData::Fraction(f) => {
+                let mut v = all.to_vec();
+                let want = ((v.len() as f64) * f.clamp(0.0, 1.0)).ceil() as usize;
+                // A random order: sort by a keyed hash with a fresh key.
+                let key: [u8; 32] = crate::id::random_bytes();
+                v.sort_by_cached_key(|id| *blake3::keyed_hash(&key, &id.0).as_bytes());
+                v.truncate(want);
+                v
+            }
+            ReadData::Packs(order) => order.clone(),
+        }
+    }
+}
+
+/// How `check` runs.
+#[derive(Clone, Debug, Default)]
+pub struct CheckOptions {
+    /// Which packs to read in full.
+    pub read_data: ReadData,
+    /// Start no pack read after this instant (those already started
+    /// finish): a time-boxed check.
+    pub deadline: Option<std::time::Instant>,
+}
+
 /// What `check` found.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct CheckReport {
@@ -37,6 +130,10 @@ pub struct CheckReport {
     pub blobs_verified: usize,
     /// Pack bytes read.
     pub bytes_read: u64,
+    /// Packs read in full and found intact.
+    pub packs_verified: Vec<PackId>,
+    /// Packs selected for reading that the deadline left unread.
+    pub packs_not_reached: usize,
 }
 
 impl CheckReport {
@@ -67,6 +164,9 @@ impl CheckedTree {
     }
 }
 
+/// A pack's (errors, blobs verified, bytes read), and whether it was read.
+type PackOutcome = ((Vec<String>, usize, u64), bool);
+
 struct IndexedPack {
     key_id: DataKeyId,
     blobs: Vec<PackEntry>,
@@ -81,6 +181,24 @@ impl Repository {
     /// # Errors
     /// Only when storage cannot be listed; damage is reported in the report.
     pub async fn check(&self, read_data: bool) -> Result<CheckReport> {
+        let read_data = if read_data {
+            ReadData::All
+        } else {
+            ReadData::None
+        };
+        self.check_with(CheckOptions {
+            read_data,
+            deadline: None,
+        })
+        .await
+    }
+
+    /// [`Repository::check`] reading the packs `options` selects, within
+    /// its deadline.
+    ///
+    /// # Errors
+    /// Only when storage cannot be listed; damage is reported in the report.
+    pub async fn check_with(&self, options: CheckOptions) -> Result<CheckReport> {
         let mut report = CheckReport::default();
         let backend = &self.inner.backend;
 
@@ -136,26 +254,49 @@ impl Repository {
         }
 
         report.packs = indexed.len();
-        let work: Vec<(PackId, IndexedPack, Option<u64>)> = indexed
+        let mut ids: Vec<PackId> = indexed.keys().copied().collect();
+        ids.sort_unstable();
+        // Packs to read first, in order, then the rest (headers only).
+        let to_read = options.read_data.select(&ids);
+        let reading: HashSet<PackId> = to_read.iter().copied().collect();
+        let order: Vec<(PackId, bool)> = to_read
             .into_iter()
-            .map(|(id, p)| {
-                let size = stored.get(&id.to_hex()).copied();
-                (id, p, size)
-            })
+            .filter(|id| indexed.contains_key(id))
+            .map(|id| (id, true))
+            .chain(
+                ids.iter()
+                    .filter(|id| !reading.contains(id))
+                    .map(|id| (*id, false)),
+            )
             .collect();
-        let results: Vec<(Vec<String>, usize, u64)> = futures::stream::iter(work)
-            .map(|(id, p, size)| {
-                let repo = self.clone();
-                async move { repo.check_pack(id, &p, size, read_data).await }
+        let indexed = &indexed;
+        let stored = &stored;
+        let deadline = options.deadline;
+        let results: Vec<(PackId, bool, PackOutcome)> = futures::stream::iter(order)
+            .map(|(id, full)| async move {
+                let past = deadline.is_some_and(|d| std::time::Instant::now() >= d);
+                let read = full && !past;
+                let size = stored.get(&id.to_hex()).copied();
+                let outcome = match indexed.get(&id) {
+                    Some(p) => self.check_pack(id, p, size, read).await,
+                    None => (Vec::new(), 0, 0),
+                };
+                (id, full && past, (outcome, read))
             })
             .buffer_unordered(CHECK_CONCURRENCY)
             .collect()
             .await;
-        for (errors, verified, read) in results {
+        for (id, not_reached, ((errors, verified, read), was_read)) in results {
+            if not_reached {
+                report.packs_not_reached += 1;
+            } else if was_read && errors.is_empty() {
+                report.packs_verified.push(id);
+            }
             report.errors.extend(errors);
             report.blobs_verified += verified;
             report.bytes_read += read;
         }
+        report.packs_verified.sort_unstable();
 
         self.check_snapshots(&index, &mut report).await?;
         Ok(report)

@@ -45,6 +45,7 @@ pub mod sealed;
 pub mod snapshot;
 pub mod storage;
 pub mod tree;
+pub mod verified;
 
 mod backup;
 mod check;
@@ -57,7 +58,7 @@ pub use backup::{
     BackupOptions, BackupProgress, BackupSummary, Content, Entry, KnownBlobs, OnStored, StoredTree,
     StreamSource, validate_stream_name,
 };
-pub use check::CheckReport;
+pub use check::{CheckOptions, CheckReport, ReadData};
 pub use chunker::ChunkerParams;
 pub use config::RepoConfig;
 pub use error::{Error, Result};
