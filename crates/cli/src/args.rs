@@ -102,6 +102,11 @@ pub enum Command {
     },
     /// Verify the repository
     Check(CheckArgs),
+    /// Rebuild repository structures from what is stored
+    Repair {
+        #[command(subcommand)]
+        command: RepairCommand,
+    },
     /// Manage key slots
     Key {
         #[command(subcommand)]
@@ -242,6 +247,19 @@ pub struct CheckArgs {
     /// Machine-readable output
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RepairCommand {
+    /// Rebuild the index from the pack headers (after lost or damaged index segments)
+    Index {
+        /// Say what would change; write nothing
+        #[arg(short = 'n', long)]
+        dry_run: bool,
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -17,7 +17,7 @@ use tessera_core::{
 
 use crate::args::{
     BackupArgs, CatWhat, CheckArgs, Cli, Command, ForgetArgs, Global, InitArgs, KeyCommand,
-    RestoreArgs,
+    RepairCommand, RestoreArgs,
 };
 use crate::credentials;
 use crate::output::{self, SnapshotJson};
@@ -50,6 +50,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         } => crate::fs_commands::diff(g, &first, &second, json).await,
         Command::Cat { what, id } => cat(g, what, id.as_deref()).await,
         Command::Check(a) => check(g, a).await,
+        Command::Repair { command } => repair(g, command).await,
         Command::Key { command } => key(g, command).await,
         Command::Stats(a) => stats(g, a.json).await,
     }
@@ -458,6 +459,42 @@ async fn check(g: &Global, a: CheckArgs) -> Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+async fn repair(g: &Global, command: RepairCommand) -> Result<ExitCode> {
+    let RepairCommand::Index { dry_run, json } = command;
+    let repo = open(g).await?;
+    let r = repo.repair_index(dry_run).await?;
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        for d in &r.damaged_segments {
+            eprintln!("warning: damaged segment replaced: {d}");
+        }
+        for u in &r.unreadable {
+            eprintln!("warning: left out of the index (its blobs are lost): {u}");
+        }
+        let (wrote, removed) = if dry_run {
+            ("would write", "would remove")
+        } else {
+            ("wrote", "removed")
+        };
+        eprintln!(
+            "{} packs, {} blobs ({} packs newly indexed, {} dropped); {wrote} {} index segments, {removed} {}",
+            r.packs,
+            r.blobs,
+            r.packs_added,
+            r.packs_dropped,
+            r.segments_written,
+            r.segments_removed
+        );
+    }
+    // Unreadable packs: the index is right, but data is lost (as restic, 3).
+    Ok(if r.unreadable.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
     })
 }
 

@@ -292,3 +292,57 @@ fn read_data_subsets_partition_the_packs_and_time_boxed_checks_are_recorded() {
     let err = t.fails(&["check", "--read-data-subset", "4/3"]);
     assert!(err.contains("give N/M"), "{err}");
 }
+
+#[test]
+fn repair_index_rebuilds_lost_and_damaged_segments_from_the_packs() {
+    let t = TestRepo::new(&["--pack-size", "1"]);
+    let a = random_bytes(3 << 20, 11);
+    let b = random_bytes(2 << 20, 12);
+    let first = t.backup("a", &a, &[]);
+    let second = t.backup("b", &b, &[]);
+    let segments = t.objects("index");
+    assert_eq!(segments.len(), 2);
+
+    // One segment lost, the other damaged: check fails, naming the damage.
+    std::fs::remove_file(&segments[0]).unwrap();
+    flip_byte(&segments[1], 40);
+    let err = t.fails(&["check"]);
+    assert!(err.contains(&object_name(&t, &segments[1])), "{err}");
+
+    // A dry run changes nothing.
+    let v: serde_json::Value =
+        serde_json::from_str(&t.ok(&["repair", "index", "--dry-run", "--json"])).unwrap();
+    assert_eq!(v["packs"], t.objects("packs").len());
+    assert_eq!(v["damaged_segments"].as_array().unwrap().len(), 1);
+    assert!(t.objects("index").contains(&segments[1]));
+
+    let v: serde_json::Value = serde_json::from_str(&t.ok(&["repair", "index", "--json"])).unwrap();
+    assert_eq!(
+        v["packs_added"],
+        t.objects("packs").len(),
+        "no segment decoded before"
+    );
+    assert!(v["unreadable"].as_array().unwrap().is_empty());
+    assert!(
+        !t.objects("index").contains(&segments[1]),
+        "the damaged segment is gone"
+    );
+    t.ok(&["check", "--read-data"]);
+    assert_eq!(t.dump(&first, "a"), a);
+    assert_eq!(t.dump(&second, "b"), b);
+
+    // A truncated pack is left out and named; check then names the
+    // snapshot that lost blobs.
+    let victim = t.objects("packs")[0].clone();
+    let bytes = std::fs::read(&victim).unwrap();
+    std::fs::write(&victim, &bytes[..100]).unwrap();
+    let out = t.run(&["repair", "index"]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&object_name(&t, &victim)), "{err}");
+    let err = t.fails(&["check"]);
+    assert!(
+        err.contains("is not in the index") && err.contains("snapshots affected"),
+        "{err}"
+    );
+}

@@ -472,6 +472,35 @@ impl Repository {
         }
     }
 
+    /// A pack's data key and blob list, from its preamble and sealed
+    /// header (three range reads; `size` is the pack's stored size).
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] naming the pack; storage errors.
+    pub(crate) async fn read_pack_header(
+        &self,
+        id: PackId,
+        size: u64,
+    ) -> Result<(DataKeyId, Vec<PackEntry>)> {
+        let name = id.to_hex();
+        let object = ObjectKind::Pack.object_name(&name);
+        let backend = &self.inner.backend;
+        if size < (PREAMBLE_LEN + 4) as u64 {
+            return Err(Error::corrupt(&object, format!("truncated: {size} bytes")));
+        }
+        let last4 = backend
+            .get_range(ObjectKind::Pack, &name, size - 4..size)
+            .await?;
+        let trailer_len = pack::trailer_len(&last4, size, &object)?;
+        let trailer = backend
+            .get_range(ObjectKind::Pack, &name, size - trailer_len..size)
+            .await?;
+        let pre = backend
+            .get_range(ObjectKind::Pack, &name, 0..PREAMBLE_LEN as u64)
+            .await?;
+        pack::open_header(&self.inner.keyring, id, &pre, &trailer, size)
+    }
+
     async fn verify_pack(
         &self,
         id: PackId,
@@ -491,23 +520,7 @@ impl Repository {
                 Some(bytes),
             )
         } else {
-            if size < (PREAMBLE_LEN + 4) as u64 {
-                return Err(Error::corrupt(&object, format!("truncated: {size} bytes")));
-            }
-            let last4 = backend
-                .get_range(ObjectKind::Pack, &name, size - 4..size)
-                .await?;
-            let trailer_len = pack::trailer_len(&last4, size, &object)?;
-            let trailer = backend
-                .get_range(ObjectKind::Pack, &name, size - trailer_len..size)
-                .await?;
-            let pre = backend
-                .get_range(ObjectKind::Pack, &name, 0..PREAMBLE_LEN as u64)
-                .await?;
-            (
-                pack::open_header(&self.inner.keyring, id, &pre, &trailer, size)?,
-                None,
-            )
+            (self.read_pack_header(id, size).await?, None)
         };
         let (key_id, entries) = header;
         if key_id != p.key_id {

@@ -46,10 +46,10 @@ pub use reader::{Content, Entry, OnStored};
 /// Packs uploaded at once.
 const UPLOAD_CONCURRENCY: usize = 3;
 /// Packs described by one index segment written during a backup.
-const PACKS_PER_SEGMENT: usize = 256;
+pub(crate) const PACKS_PER_SEGMENT: usize = 256;
 /// ... or for every this many blobs: packs of small files hold about
 /// 100,000 blobs each, whose entries would otherwise wait in memory.
-const BLOBS_PER_SEGMENT: usize = 65_536;
+pub(crate) const BLOBS_PER_SEGMENT: usize = 65_536;
 
 /// One named byte stream to back up.
 pub struct StreamSource {
@@ -372,7 +372,7 @@ impl Repository {
     }
 
     /// Stores an index segment for packs that are already durable.
-    async fn write_index_segment(&self, packs: Vec<IndexPack>) -> Result<u64> {
+    pub(crate) async fn write_index_segment(&self, packs: Vec<IndexPack>) -> Result<u64> {
         let id = IndexId::random();
         let plain = IndexSegment { packs }.encode();
         let bytes = sealed::seal(&self.inner.keyring, ObjectKind::Index, &id.to_hex(), &plain);
