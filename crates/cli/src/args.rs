@@ -46,6 +46,8 @@ pub enum Command {
     Snapshots(JsonFlag),
     /// Remove snapshots by retention rules (their data goes with the next prune)
     Forget(ForgetArgs),
+    /// Copy snapshots to another repository, storing there only the blobs it lacks
+    Copy(CopyArgs),
     /// Write one file (or stream) of a snapshot to standard output
     Dump {
         /// Snapshot: id, unique prefix or `latest`
@@ -133,6 +135,20 @@ pub enum CatWhat {
 
 #[derive(Args, Debug)]
 pub struct InitArgs {
+    /// Share this repository's chunker parameters and blob naming, so `copy`
+    /// between the two sends only missing blobs (its password: --from-password-file,
+    /// --from-password-command, TESSERA_FROM_PASSWORD or --from-key-file)
+    #[arg(long, value_name = "REPO")]
+    pub copy_params_from: Option<String>,
+    /// Password file of --copy-params-from
+    #[arg(long, env = "TESSERA_FROM_PASSWORD_FILE")]
+    pub from_password_file: Option<PathBuf>,
+    /// Password command of --copy-params-from
+    #[arg(long, env = "TESSERA_FROM_PASSWORD_COMMAND")]
+    pub from_password_command: Option<String>,
+    /// Key file of --copy-params-from
+    #[arg(long, env = "TESSERA_FROM_KEY_FILE")]
+    pub from_key_file: Option<PathBuf>,
     /// zstd level for new blobs (0 = off)
     #[arg(long, default_value_t = tessera_core::config::DEFAULT_COMPRESSION_LEVEL)]
     pub compression: i32,
@@ -365,4 +381,33 @@ pub struct ForgetArgs {
     /// Print the decisions as JSON
     #[arg(long)]
     pub json: bool,
+}
+
+/// `copy`: where to, and which snapshots.
+#[derive(Args, Debug)]
+pub struct CopyArgs {
+    /// Target repository (its password: --to-password-file, --to-password-command,
+    /// TESSERA_TO_PASSWORD or --to-key-file)
+    #[arg(long, env = "TESSERA_TO_REPO")]
+    pub to: String,
+    /// Password file of the target
+    #[arg(long, env = "TESSERA_TO_PASSWORD_FILE")]
+    pub to_password_file: Option<PathBuf>,
+    /// Password command of the target
+    #[arg(long, env = "TESSERA_TO_PASSWORD_COMMAND")]
+    pub to_password_command: Option<String>,
+    /// Key file of the target
+    #[arg(long, env = "TESSERA_TO_KEY_FILE")]
+    pub to_key_file: Option<PathBuf>,
+    /// Snapshots to copy (ids, prefixes or `latest`; default: all). Those the
+    /// target already has (same time, host, user, paths, tags and kind) are skipped
+    pub snapshots: Vec<String>,
+}
+
+/// A second repository and how to unlock it.
+pub struct OtherRepo {
+    pub location: String,
+    pub password_file: Option<PathBuf>,
+    pub password_command: Option<String>,
+    pub key_file: Option<PathBuf>,
 }

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use anyhow::{Context, Result};
 use tessera_core::id::PackId;
 use tessera_core::retention::{self, Policy};
+use tessera_core::snapshot::{Snapshot, SnapshotEntry};
 use tessera_core::verified::VerifiedLog;
 use tessera_core::{
     BackupOptions, BackupProgress, CheckOptions, ChunkerParams, Credential, InitOptions, KdfParams,
@@ -16,8 +17,8 @@ use tessera_core::{
 };
 
 use crate::args::{
-    BackupArgs, CatWhat, CheckArgs, Cli, Command, ForgetArgs, Global, InitArgs, KeyCommand,
-    RepairCommand, RestoreArgs,
+    BackupArgs, CatWhat, CheckArgs, Cli, Command, CopyArgs, ForgetArgs, Global, InitArgs,
+    KeyCommand, OtherRepo, RepairCommand, RestoreArgs,
 };
 use crate::credentials;
 use crate::output::{self, SnapshotJson};
@@ -29,6 +30,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Backup(a) => backup(g, a).await,
         Command::Snapshots(a) => snapshots(g, a.json).await,
         Command::Forget(a) => forget(g, &a).await,
+        Command::Copy(a) => copy(g, a).await,
         Command::Dump { snapshot, name } => dump(g, &snapshot, &name).await,
         Command::Restore(a) => restore(g, &a).await,
         Command::Ls {
@@ -71,6 +73,81 @@ pub(crate) async fn open(g: &Global) -> Result<Repository> {
         .with_context(|| format!("opening repository {loc}"))
 }
 
+/// Opens a second repository (`copy --to`, `init --copy-params-from`).
+async fn open_other(other: &OtherRepo, env: &str, what: &str) -> Result<Repository> {
+    let credential = credentials::other_credential(other, env, what)?;
+    Repository::open(open_location(&other.location, false)?, &credential)
+        .await
+        .with_context(|| format!("opening repository {}", other.location))
+}
+
+async fn copy(g: &Global, a: CopyArgs) -> Result<ExitCode> {
+    let source = open(g).await?;
+    let to = OtherRepo {
+        location: a.to,
+        password_file: a.to_password_file,
+        password_command: a.to_password_command,
+        key_file: a.to_key_file,
+    };
+    let target = open_other(
+        &to,
+        "TESSERA_TO_PASSWORD",
+        "password of the --to repository",
+    )
+    .await?;
+    if source.config().id == target.config().id {
+        anyhow::bail!("--to names the repository being copied from");
+    }
+    let all = source.snapshots().await?;
+    let chosen: Vec<SnapshotEntry> = if a.snapshots.is_empty() {
+        all
+    } else {
+        let mut v = Vec::new();
+        for r in &a.snapshots {
+            v.push(tessera_core::snapshot::resolve(&all, r)?.clone());
+        }
+        v
+    };
+    // Identity of a snapshot across repositories (ids and tree ids differ).
+    let same = |x: &Snapshot, y: &Snapshot| {
+        x.time == y.time
+            && x.hostname == y.hostname
+            && x.username == y.username
+            && x.paths == y.paths
+            && x.tags == y.tags
+            && x.source_kind == y.source_kind
+    };
+    let existing = target.snapshots().await?;
+    let (mut copied, mut skipped) = (0, 0);
+    for entry in &chosen {
+        if existing.iter().any(|e| same(&e.snapshot, &entry.snapshot)) {
+            skipped += 1;
+            if !g.quiet {
+                eprintln!("snapshot {} is already in the target", entry.id.short());
+            }
+            continue;
+        }
+        let done = source
+            .copy_snapshot(&target, entry)
+            .await
+            .with_context(|| format!("copying snapshot {}", entry.id.short()))?;
+        copied += 1;
+        if !g.quiet {
+            eprintln!(
+                "snapshot {} copied as {}: {} new ({} stored)",
+                entry.id.short(),
+                done.id.short(),
+                output::bytes(done.snapshot.stats.new_bytes),
+                output::bytes(done.snapshot.stats.stored_bytes)
+            );
+        }
+    }
+    if !g.quiet {
+        eprintln!("copied {copied} snapshots, {skipped} already there");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(crate) fn show_progress(g: &Global) -> bool {
     !g.quiet && std::io::stderr().is_terminal()
 }
@@ -96,8 +173,31 @@ async fn init(g: &Global, a: InitArgs) -> Result<ExitCode> {
         kdf: kdf(a.kdf_memory, a.kdf_iterations),
         ..InitOptions::default()
     };
+    let like = match a.copy_params_from {
+        Some(location) => {
+            let other = OtherRepo {
+                location,
+                password_file: a.from_password_file,
+                password_command: a.from_password_command,
+                key_file: a.from_key_file,
+            };
+            Some(
+                open_other(
+                    &other,
+                    "TESSERA_FROM_PASSWORD",
+                    "password of --copy-params-from",
+                )
+                .await?,
+            )
+        }
+        None => None,
+    };
     let credential = credentials::credential(g, true)?;
-    let repo = Repository::init(open_location(loc, true)?, &credential, options).await?;
+    let backend = open_location(loc, true)?;
+    let repo = match &like {
+        Some(like) => Repository::init_sharing_ids(backend, &credential, options, like).await?,
+        None => Repository::init(backend, &credential, options).await?,
+    };
     println!(
         "created tessera repository {} at {loc}",
         &repo.config().id[..10]

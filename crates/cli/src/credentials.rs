@@ -6,17 +6,14 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use tessera_core::Credential;
 
-use crate::args::Global;
+use crate::args::{Global, OtherRepo};
 
 /// The credential that opens the repository: `--key-file`, then
 /// `TESSERA_PASSWORD`, `--password-file`, `--password-command`, then a
 /// prompt on the terminal.
 pub fn credential(global: &Global, confirm: bool) -> Result<Credential> {
     if let Some(path) = &global.key_file {
-        let contents = std::fs::read_to_string(path)
-            .with_context(|| format!("reading key file {}", path.display()))?;
-        return Credential::key_file(&contents)
-            .with_context(|| format!("key file {}", path.display()));
+        return key_file(path);
     }
     password_from(
         "TESSERA_PASSWORD",
@@ -30,6 +27,29 @@ pub fn credential(global: &Global, confirm: bool) -> Result<Credential> {
 
 /// A new password for `key add` / `key passwd`: `TESSERA_NEW_PASSWORD`,
 /// `--new-password-file`, or a prompt (asked twice).
+fn key_file(path: &std::path::Path) -> Result<Credential> {
+    let contents = std::fs::read_to_string(path)
+        .with_context(|| format!("reading key file {}", path.display()))?;
+    Credential::key_file(&contents).with_context(|| format!("key file {}", path.display()))
+}
+
+/// The credential of a second repository (`copy --to`, `init
+/// --copy-params-from`): its key file, or a password from `env`, its
+/// password file or command, or the terminal.
+pub fn other_credential(other: &OtherRepo, env: &str, what: &str) -> Result<Credential> {
+    if let Some(path) = &other.key_file {
+        return key_file(path);
+    }
+    password_from(
+        env,
+        other.password_file.as_deref(),
+        other.password_command.as_deref(),
+        what,
+        false,
+    )
+    .map(Credential::password)
+}
+
 pub fn new_password(file: Option<&std::path::Path>) -> Result<Credential> {
     password_from("TESSERA_NEW_PASSWORD", file, None, "new password", true)
         .map(Credential::password)

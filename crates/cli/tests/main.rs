@@ -2,6 +2,7 @@
 
 mod common;
 
+mod copy;
 mod corruption;
 mod crash;
 mod forget;

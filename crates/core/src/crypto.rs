@@ -143,6 +143,19 @@ impl Keyring {
         }
     }
 
+    /// A new keyring with this one's id and chunker keys and a fresh data
+    /// key: a repository made with it cuts and names chunks exactly as
+    /// this one does (so copies between them send only missing blobs and
+    /// keep tree ids), while nothing sealed in one opens in the other.
+    pub fn generate_sharing_ids(&self) -> Self {
+        Keyring {
+            id_key: self.id_key.clone(),
+            chunker_key: self.chunker_key.clone(),
+            data_keys: vec![DataKey::generate()],
+            current: 0,
+        }
+    }
+
     /// Keyed BLAKE3 of `data`: the blob id.
     pub fn blob_id(&self, data: &[u8]) -> BlobId {
         BlobId(*blake3::keyed_hash(&self.id_key, data).as_bytes())

@@ -49,6 +49,7 @@ pub mod verified;
 
 mod backup;
 mod check;
+mod copy;
 mod error;
 mod repair;
 mod repo;

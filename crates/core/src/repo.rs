@@ -99,6 +99,41 @@ impl Repository {
         credential: &Credential,
         options: InitOptions,
     ) -> Result<Self> {
+        Self::init_with(backend, credential, options, Keyring::generate()).await
+    }
+
+    /// Creates a repository that shares `like`'s chunker parameters and
+    /// its id and chunker keys (`options.chunker` is ignored), with its own
+    /// data key: `copy` between the two sends only the blobs the target
+    /// lacks and keeps every tree id, and backups of the same files into
+    /// either produce the same chunks.
+    ///
+    /// # Errors
+    /// As [`Repository::init`].
+    pub async fn init_sharing_ids(
+        backend: Arc<dyn Backend>,
+        credential: &Credential,
+        mut options: InitOptions,
+        like: &Repository,
+    ) -> Result<Self> {
+        options.chunker = like.inner.config.chunker;
+        let keyring = like.inner.keyring.generate_sharing_ids();
+        Self::init_with(backend, credential, options, keyring).await
+    }
+
+    /// Whether `other` names blobs as this repository does (same id key):
+    /// then a blob id means the same bytes in both.
+    pub fn shares_ids_with(&self, other: &Repository) -> bool {
+        let probe = b"tessera: do these repositories share blob ids?";
+        self.blob_id_of(probe) == other.blob_id_of(probe)
+    }
+
+    async fn init_with(
+        backend: Arc<dyn Backend>,
+        credential: &Credential,
+        options: InitOptions,
+        keyring: Keyring,
+    ) -> Result<Self> {
         let location = backend.location().to_string();
         match backend.get(ObjectKind::Config, "").await {
             Ok(_) => return Err(Error::AlreadyInitialized { location }),
@@ -117,7 +152,6 @@ impl Repository {
                 "pack sizes must be at least 1 KiB".into(),
             ));
         }
-        let keyring = Keyring::generate();
         let config = RepoConfig {
             version: config::CONFIG_VERSION,
             id: hex::encode(crate::id::random_bytes::<16>()),

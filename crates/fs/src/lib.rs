@@ -244,6 +244,7 @@ pub async fn backup(
         source_kind: Some(SOURCE_KIND.into()),
         source_meta: summary_meta,
         progress: options.progress,
+        username: None,
     };
     let done = repo.commit_snapshot(stored, core_options).await?;
     if let Some(w) = writer {

@@ -91,6 +91,8 @@ pub struct BackupOptions {
     pub hostname: Option<String>,
     /// Tags.
     pub tags: Vec<String>,
+    /// User name (default: this process's user).
+    pub username: Option<String>,
     /// What was backed up, recorded in the snapshot (default for stream
     /// backups: the stream names).
     pub paths: Vec<String>,
@@ -275,7 +277,7 @@ impl Repository {
             version: SNAPSHOT_VERSION,
             time: options.time.unwrap_or_else(jiff::Timestamp::now),
             hostname: options.hostname.unwrap_or_else(snapshot::hostname),
-            username: snapshot::username(),
+            username: options.username.unwrap_or_else(snapshot::username),
             tags: options.tags,
             paths: options.paths,
             source_kind: options.source_kind.unwrap_or_else(|| "stream".into()),

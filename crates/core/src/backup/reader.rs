@@ -22,6 +22,10 @@ pub enum Content {
     /// Read the bytes (the reader is first called on the reading thread, so
     /// a lazy reader opens its file there).
     Read(Box<dyn Read + Send>),
+    /// Already cut into chunks (a copy from another repository): each is
+    /// stored as one blob, whatever this repository's chunker would cut.
+    /// An error leaves the file out, as a failed read does.
+    Chunks(Box<dyn Iterator<Item = std::io::Result<Vec<u8>>> + Send>),
     /// Already stored: the chunk ids and their total size (e.g. from a
     /// files cache). The caller checks that the repository holds them.
     Stored {
@@ -168,6 +172,19 @@ impl<F: FnMut(Batch) -> bool> Batcher<F> {
                     });
                     self.read_file(reader);
                 }
+                Entry::File {
+                    name,
+                    meta,
+                    content: Content::Chunks(chunks),
+                    on_stored,
+                } => {
+                    self.pieces.push(Piece::Start {
+                        name,
+                        meta,
+                        on_stored,
+                    });
+                    self.take_chunks(chunks);
+                }
             }
             if self.pieces.len() >= PIECES_PER_BATCH {
                 self.flush(0);
@@ -217,6 +234,47 @@ impl<F: FnMut(Batch) -> bool> Batcher<F> {
                 }
             }
         }
+    }
+
+    /// Adds a file's ready-cut chunks to the batch, emitting full batches
+    /// as it goes.
+    fn take_chunks(&mut self, chunks: Box<dyn Iterator<Item = std::io::Result<Vec<u8>>> + Send>) {
+        let mut pending = 0;
+        for chunk in chunks {
+            if self.stopped {
+                return;
+            }
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    if pending > 0 {
+                        self.pieces.push(Piece::Chunks(pending));
+                    }
+                    // The ordered stage drops the chunks already queued.
+                    self.pieces.push(Piece::Failed(e));
+                    return;
+                }
+            };
+            if chunk.is_empty() {
+                continue;
+            }
+            if self.data.len() + chunk.len() > self.capacity && !self.data.is_empty() {
+                if pending > 0 {
+                    self.pieces.push(Piece::Chunks(pending));
+                    pending = 0;
+                }
+                let all = self.data.len();
+                self.flush(all);
+            }
+            let start = self.data.len();
+            self.data.extend_from_slice(&chunk);
+            self.chunks.push(start..self.data.len());
+            pending += 1;
+        }
+        if pending > 0 {
+            self.pieces.push(Piece::Chunks(pending));
+        }
+        self.pieces.push(Piece::End);
     }
 
     /// Cuts chunks from `start` on (all of it at the end of a file, else
