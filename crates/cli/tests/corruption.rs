@@ -85,7 +85,7 @@ fn flipped_bytes_are_detected_and_named() {
 
 #[test]
 fn check_reports_missing_and_truncated_packs() {
-    let (t, _) = populated();
+    let (t, snap) = populated();
     let packs = t.objects("packs");
     let truncated = &packs[0];
     let bytes = std::fs::read(truncated).unwrap();
@@ -97,6 +97,12 @@ fn check_reports_missing_and_truncated_packs() {
     assert!(err.contains(&object_name(&t, truncated)), "{err}");
     assert!(
         err.contains(&format!("{} is missing", object_name(&t, &packs[1]))),
+        "{err}"
+    );
+    // And what loses data (the stream's blobs, or the root tree when
+    // its pack is the damaged one), with its snapshot.
+    assert!(
+        err.contains(&format!("(snapshots affected: {})", &snap[..8])),
         "{err}"
     );
     let json: serde_json::Value =
@@ -344,5 +350,47 @@ fn repair_index_rebuilds_lost_and_damaged_segments_from_the_packs() {
     assert!(
         err.contains("is not in the index") && err.contains("snapshots affected"),
         "{err}"
+    );
+}
+
+#[test]
+fn check_names_the_files_and_snapshots_a_missing_data_pack_affects() {
+    let t = TestRepo::new(&["--pack-size", "1"]);
+    let first = t.backup("big", &random_bytes(3 << 20, 31), &[]);
+    let second = t.backup("other", &random_bytes(1 << 20, 32), &[]);
+    // The data packs are the ones `cat index` lists with data blobs.
+    let data_pack = t
+        .objects("index")
+        .iter()
+        .flat_map(|s| {
+            let name = s.file_name().unwrap().to_str().unwrap().to_string();
+            let v: serde_json::Value =
+                serde_json::from_str(&t.ok(&["cat", "index", &name])).unwrap();
+            v["packs"].as_array().unwrap().clone()
+        })
+        .find(|p| p["blobs"][0]["type"] == "Data" && p["blobs"].as_array().unwrap().len() == 1)
+        .map(|p| p["id"].as_str().unwrap().to_string())
+        .unwrap();
+    let victim = t
+        .objects("packs")
+        .into_iter()
+        .find(|p| p.file_name().unwrap().to_str() == Some(&data_pack))
+        .unwrap();
+    std::fs::remove_file(&victim).unwrap();
+    let err = t.fails(&["check"]);
+    let name = object_name(&t, &victim);
+    let line = err
+        .lines()
+        .find(|l| l.contains(&format!("is in the damaged {name}")))
+        .unwrap_or_else(|| panic!("no line names the stream in {name}: {err}"));
+    let (snap, stream) = if line.contains("/big") {
+        (&first, "/big")
+    } else {
+        (&second, "/other")
+    };
+    assert!(line.contains(stream), "{line}");
+    assert!(
+        line.ends_with(&format!("(snapshots affected: {})", &snap[..8])),
+        "{line}"
     );
 }

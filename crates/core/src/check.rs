@@ -286,7 +286,11 @@ impl Repository {
             .buffer_unordered(CHECK_CONCURRENCY)
             .collect()
             .await;
+        let mut damaged: HashSet<PackId> = HashSet::new();
         for (id, not_reached, ((errors, verified, read), was_read)) in results {
+            if !errors.is_empty() {
+                damaged.insert(id);
+            }
             if not_reached {
                 report.packs_not_reached += 1;
             } else if was_read && errors.is_empty() {
@@ -298,7 +302,7 @@ impl Repository {
         }
         report.packs_verified.sort_unstable();
 
-        self.check_snapshots(&index, &mut report).await?;
+        self.check_snapshots(&index, &damaged, &mut report).await?;
         Ok(report)
     }
 
@@ -307,7 +311,12 @@ impl Repository {
     /// and decode, each blob it names must be indexed. A problem is
     /// reported once, with the path it was first met at and every
     /// snapshot that reaches it.
-    async fn check_snapshots(&self, index: &Index, report: &mut CheckReport) -> Result<()> {
+    async fn check_snapshots(
+        &self,
+        index: &Index,
+        damaged: &HashSet<PackId>,
+        report: &mut CheckReport,
+    ) -> Result<()> {
         let mut roots: Vec<(String, BlobId)> = Vec::new();
         for info in self.inner.backend.list(ObjectKind::Snapshot).await? {
             report.snapshots += 1;
@@ -323,7 +332,7 @@ impl Repository {
                 Err(e) => report.errors.push(e.to_string()),
             }
         }
-        let trees = self.walk_all_trees(index, &roots).await?;
+        let trees = self.walk_all_trees(index, damaged, &roots).await?;
         if trees.values().all(|t| t.problems.is_empty()) {
             return Ok(());
         }
@@ -359,6 +368,7 @@ impl Repository {
     async fn walk_all_trees(
         &self,
         index: &Index,
+        damaged: &HashSet<PackId>,
         roots: &[(String, BlobId)],
     ) -> Result<HashMap<BlobId, CheckedTree>> {
         let mut trees: HashMap<BlobId, CheckedTree> = HashMap::new();
@@ -401,10 +411,18 @@ impl Repository {
                                     NodeKind::Stream { content } => {
                                         let mut seen = HashSet::new();
                                         for blob in content.iter().filter(|b| seen.insert(**b)) {
-                                            if index.lookup(blob).is_none() {
-                                                checked.problems.push(format!(
+                                            match index.lookup(blob) {
+                                                None => checked.problems.push(format!(
                                                     "blob {blob} of {at} is not in the index"
-                                                ));
+                                                )),
+                                                Some(l) if damaged.contains(&l.pack) => {
+                                                    checked.problems.push(format!(
+                                                        "blob {blob} of {at} is in the damaged {}",
+                                                        ObjectKind::Pack
+                                                            .object_name(&l.pack.to_hex())
+                                                    ))
+                                                }
+                                                Some(_) => {}
                                             }
                                         }
                                     }
