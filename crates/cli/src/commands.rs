@@ -479,14 +479,17 @@ async fn check(g: &Global, a: CheckArgs) -> Result<ExitCode> {
     let deadline = a
         .max_duration
         .map(|d| std::time::Instant::now() + d.unsigned_abs());
-    if let (Some(log), Some(_)) = (&log, deadline) {
-        let packs: Vec<PackId> = repo
+    let packs: Vec<PackId> = match &log {
+        Some(_) => repo
             .backend()
             .list(ObjectKind::Pack)
             .await?
             .iter()
             .filter_map(|o| o.name.parse().ok())
-            .collect();
+            .collect(),
+        None => Vec::new(),
+    };
+    if let (Some(log), Some(_)) = (&log, deadline) {
         read_data = ReadData::Packs(log.stalest_first(&read_data.select(&packs))?);
     }
     let reads = read_data != ReadData::None;
@@ -499,15 +502,8 @@ async fn check(g: &Global, a: CheckArgs) -> Result<ExitCode> {
     let never = match log {
         Some(mut log) => {
             log.record(&report.packs_verified, jiff::Timestamp::now())?;
-            let all: Vec<PackId> = repo
-                .backend()
-                .list(ObjectKind::Pack)
-                .await?
-                .iter()
-                .filter_map(|o| o.name.parse().ok())
-                .collect();
             Some(
-                log.last_verified(&all)?
+                log.last_verified(&packs)?
                     .iter()
                     .filter(|t| t.is_none())
                     .count(),

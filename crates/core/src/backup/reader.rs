@@ -151,40 +151,32 @@ impl<F: FnMut(Batch) -> bool> Batcher<F> {
                 Entry::File {
                     name,
                     meta,
-                    content: Content::Stored { content, size },
-                    ..
-                } => self.pieces.push(Piece::Stored {
-                    name,
-                    meta,
                     content,
-                    size,
-                }),
-                Entry::File {
-                    name,
-                    meta,
-                    content: Content::Read(reader),
                     on_stored,
-                } => {
-                    self.pieces.push(Piece::Start {
+                } => match content {
+                    Content::Stored { content, size } => self.pieces.push(Piece::Stored {
                         name,
                         meta,
-                        on_stored,
-                    });
-                    self.read_file(reader);
-                }
-                Entry::File {
-                    name,
-                    meta,
-                    content: Content::Chunks(chunks),
-                    on_stored,
-                } => {
-                    self.pieces.push(Piece::Start {
-                        name,
-                        meta,
-                        on_stored,
-                    });
-                    self.take_chunks(chunks);
-                }
+                        content,
+                        size,
+                    }),
+                    Content::Read(reader) => {
+                        self.pieces.push(Piece::Start {
+                            name,
+                            meta,
+                            on_stored,
+                        });
+                        self.read_file(reader);
+                    }
+                    Content::Chunks(chunks) => {
+                        self.pieces.push(Piece::Start {
+                            name,
+                            meta,
+                            on_stored,
+                        });
+                        self.take_chunks(chunks);
+                    }
+                },
             }
             if self.pieces.len() >= PIECES_PER_BATCH {
                 self.flush(0);
