@@ -143,6 +143,11 @@ impl CheckReport {
     }
 }
 
+/// Where a tree was first met (every tree walked has been given one).
+fn path_at<'a>(path_of: &'a HashMap<BlobId, String>, id: &BlobId) -> &'a str {
+    path_of.get(id).map_or("an unknown path", String::as_str)
+}
+
 /// Trees read per batch while checking snapshots.
 const CHECK_TREE_BATCH: usize = 4096;
 
@@ -384,12 +389,15 @@ impl Repository {
             let (present, absent): (Vec<BlobId>, Vec<BlobId>) =
                 level.drain(..).partition(|id| index.lookup(id).is_some());
             for id in absent {
-                let problem = format!("tree {id} at {} is not in the index", path_of[&id]);
+                let problem = format!(
+                    "tree {id} at {} is not in the index",
+                    path_at(&path_of, &id)
+                );
                 trees.insert(id, CheckedTree::damaged(problem));
             }
             for batch in present.chunks(CHECK_TREE_BATCH) {
                 for (id, listing) in self.read_listings(batch, &path_of).await {
-                    let path = path_of[&id].clone();
+                    let path = path_at(&path_of, &id).to_string();
                     let mut checked = CheckedTree::default();
                     match listing {
                         Err(problem) => checked.problems.push(problem),
@@ -454,7 +462,7 @@ impl Repository {
         }
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            let at = &path_of[id];
+            let at = path_at(path_of, id);
             let listing = self
                 .read_tree(*id, at)
                 .await
