@@ -276,6 +276,15 @@ pub enum RepairCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Rewrite snapshots that lost data without what was lost (tagged `repaired`);
+    /// run `repair index` first when index segments are damaged
+    Snapshots {
+        /// Remove each original once its repaired snapshot is stored
+        #[arg(long)]
+        forget: bool,
+        /// Snapshots to repair (default: all)
+        snapshots: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -559,7 +559,12 @@ async fn check(g: &Global, a: CheckArgs) -> Result<ExitCode> {
 }
 
 async fn repair(g: &Global, command: RepairCommand) -> Result<ExitCode> {
-    let RepairCommand::Index { dry_run, json } = command;
+    let (dry_run, json) = match command {
+        RepairCommand::Index { dry_run, json } => (dry_run, json),
+        RepairCommand::Snapshots { forget, snapshots } => {
+            return repair_snapshots(g, forget, &snapshots).await;
+        }
+    };
     let repo = open(g).await?;
     let r = repo.repair_index(dry_run).await?;
     if json {
@@ -592,6 +597,46 @@ async fn repair(g: &Global, command: RepairCommand) -> Result<ExitCode> {
     } else {
         ExitCode::from(3)
     })
+}
+
+async fn repair_snapshots(g: &Global, forget: bool, refs: &[String]) -> Result<ExitCode> {
+    let repo = open(g).await?;
+    let all = repo.snapshots().await?;
+    let chosen: Vec<&SnapshotEntry> = if refs.is_empty() {
+        all.iter().collect()
+    } else {
+        refs.iter()
+            .map(|r| tessera_core::snapshot::resolve(&all, r))
+            .collect::<Result<_, _>>()?
+    };
+    let mut repaired = 0;
+    for entry in chosen {
+        let short = entry.id.short();
+        let Some(r) = repo
+            .repair_snapshot(entry)
+            .await
+            .with_context(|| format!("repairing snapshot {short}"))?
+        else {
+            continue;
+        };
+        repaired += 1;
+        for path in &r.left_out {
+            eprintln!("snapshot {short}: {path}");
+        }
+        eprintln!(
+            "snapshot {short}: {} entries left out, saved as {}",
+            r.left_out.len(),
+            r.snapshot.id.short()
+        );
+        if forget {
+            repo.forget_snapshot(entry.id)
+                .await
+                .with_context(|| format!("removing snapshot {short}"))?;
+            eprintln!("snapshot {short} removed");
+        }
+    }
+    eprintln!("{repaired} snapshots repaired");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn kdf(memory: u32, iterations: u32) -> KdfParams {

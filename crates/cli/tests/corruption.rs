@@ -394,3 +394,94 @@ fn check_names_the_files_and_snapshots_a_missing_data_pack_affects() {
         "{line}"
     );
 }
+
+#[test]
+fn repair_snapshots_leaves_out_what_was_lost_and_keeps_the_rest() {
+    let t = TestRepo::new(&["--pack-size", "1"]);
+    let src = t.path("src");
+    std::fs::create_dir_all(src.join("keep")).unwrap();
+    std::fs::write(src.join("keep/small.txt"), b"still here\n").unwrap();
+    let kept_big = random_bytes(1 << 20, 41);
+    std::fs::write(src.join("keep/big.bin"), &kept_big).unwrap();
+    let backup = || -> String {
+        let out = t.ok(&["backup", "--json", "--tag", "daily", src.to_str().unwrap()]);
+        let v: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        v["short_id"].as_str().unwrap().to_string()
+    };
+    let first = backup();
+    let segments_before = t.objects("index");
+    // The second backup adds one file: its new data packs hold only that file.
+    std::fs::create_dir_all(src.join("lose")).unwrap();
+    std::fs::write(src.join("lose/gone.bin"), random_bytes(3 << 20, 42)).unwrap();
+    let second = backup();
+    t.ok(&["repair", "snapshots"]);
+    assert_eq!(
+        t.ok(&["snapshots", "--json"]).matches("\"id\"").count(),
+        2,
+        "intact: untouched"
+    );
+
+    let segment = t
+        .objects("index")
+        .into_iter()
+        .find(|s| !segments_before.contains(s))
+        .unwrap();
+    let tree_packs: Vec<_> = tree_blobs(&t, &segment)
+        .into_iter()
+        .map(|(p, _, _)| p)
+        .collect();
+    let name = segment.file_name().unwrap().to_str().unwrap().to_string();
+    let v: serde_json::Value = serde_json::from_str(&t.ok(&["cat", "index", &name])).unwrap();
+    let data_pack = v["packs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_string())
+        .find(|id| !tree_packs.iter().any(|p| p.ends_with(id)))
+        .unwrap();
+    let victim = t
+        .objects("packs")
+        .into_iter()
+        .find(|p| p.file_name().unwrap().to_str() == Some(&data_pack))
+        .unwrap();
+    std::fs::remove_file(&victim).unwrap();
+    t.ok(&["repair", "index"]);
+    t.fails(&["check"]);
+
+    let out = t.run(&["repair", "snapshots", "--forget"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/lose/gone.bin: file left out: some of its data is lost"),
+        "{err}"
+    );
+    assert!(err.contains(&format!("snapshot {second} removed")), "{err}");
+    assert!(
+        !err.contains(&first),
+        "the first snapshot lost nothing: {err}"
+    );
+    t.ok(&["check"]);
+    let v: serde_json::Value = serde_json::from_str(&t.ok(&["snapshots", "--json"])).unwrap();
+    let snaps = v.as_array().unwrap();
+    assert_eq!(snaps.len(), 2);
+    let repaired = snaps
+        .iter()
+        .find(|s| s["short_id"] != first.as_str())
+        .unwrap();
+    assert_eq!(repaired["tags"], serde_json::json!(["daily", "repaired"]));
+    let dir = t.path("restored");
+    let id = repaired["id"].as_str().unwrap();
+    t.ok(&["restore", id, "--target", dir.to_str().unwrap()]);
+    let base = dir.join(src.strip_prefix("/").unwrap());
+    assert_eq!(std::fs::read(base.join("keep/big.bin")).unwrap(), kept_big);
+    assert_eq!(
+        std::fs::read(base.join("keep/small.txt")).unwrap(),
+        b"still here\n"
+    );
+    assert!(!base.join("lose/gone.bin").exists());
+    assert!(base.join("lose").is_dir());
+}

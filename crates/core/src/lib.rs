@@ -63,6 +63,7 @@ pub use backup::{
 pub use check::{CheckOptions, CheckReport, ReadData};
 pub use chunker::ChunkerParams;
 pub use config::RepoConfig;
+pub use copy::{REPAIRED_TAG, RepairedSnapshot};
 pub use error::{Error, Result};
 pub use format::ObjectKind;
 pub use id::{BlobId, KeySlotId, PackId, SnapshotId};
