@@ -198,11 +198,15 @@ async fn init(g: &Global, a: InitArgs) -> Result<ExitCode> {
         Some(like) => Repository::init_sharing_ids(backend, &credential, options, like).await?,
         None => Repository::init(backend, &credential, options).await?,
     };
-    println!(
-        "created tessera repository {} at {loc}",
-        &repo.config().id[..10]
-    );
-    println!("Please note that knowledge of your password is required to access the repository.");
+    if !g.quiet {
+        println!(
+            "created tessera repository {} at {loc}",
+            &repo.config().id[..10]
+        );
+        println!(
+            "Please note that knowledge of your password is required to access the repository."
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
