@@ -343,12 +343,33 @@ pub async fn restore(
         .sum();
     let progress = options.progress.clone().unwrap_or_default();
     progress.bytes_total.store(total, Ordering::Relaxed);
+    // In an empty target whose directory is neither setgid nor carries a
+    // default ACL, no directory the restore makes does either: a file it
+    // creates gets this process's owner and its mode less the umask.
+    let plain_target = target_empty
+        && rustix::fs::stat(OsStr::from_bytes(&target)).is_ok_and(|st| st.st_mode & 0o2000 == 0)
+        && matches!(
+            rustix::fs::getxattr(
+                OsStr::from_bytes(&target),
+                "system.posix_acl_default",
+                &mut [0u8; 0][..]
+            ),
+            Err(rustix::io::Errno::NODATA)
+        );
+    let created_owner = plain_target.then(|| {
+        (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        )
+    });
     let writer = Arc::new(Writer {
         items,
         needed,
         slots,
         open_fds: AtomicUsize::new(0),
         is_root,
+        created_owner,
+        umask: if plain_target { umask() } else { None },
         warnings,
         progress: progress.clone(),
     });
@@ -756,6 +777,9 @@ struct SlotState {
     fd: Option<Arc<OwnedFd>>,
     /// The file does not exist yet.
     to_create: bool,
+    /// The permission bits the restore created the file with (known when
+    /// the umask is), so a matching mode needs no chmod.
+    created_mode: Option<u32>,
 }
 
 impl FileSlot {
@@ -764,6 +788,7 @@ impl FileSlot {
             state: Mutex::new(SlotState {
                 fd: None,
                 to_create,
+                created_mode: None,
             }),
             remaining: AtomicU32::new(writes),
         }
@@ -778,6 +803,13 @@ struct Writer {
     slots: HashMap<usize, FileSlot>,
     open_fds: AtomicUsize,
     is_root: bool,
+    /// Owner (uid, gid) every file the restore creates gets: known when
+    /// the target was empty and its directory is not setgid (so no
+    /// directory the restore made is).
+    created_owner: Option<(u32, u32)>,
+    /// This process's umask, when /proc tells it and it alone decides a
+    /// new file's mode (see `created_owner`).
+    umask: Option<u32>,
     warnings: Mutex<Vec<String>>,
     progress: Arc<RestoreProgress>,
 }
@@ -798,8 +830,14 @@ impl Writer {
                 if lock(&slot.state).fd.take().is_some() {
                     self.open_fds.fetch_sub(1, Ordering::Relaxed);
                 }
+                let created_mode = lock(&slot.state).created_mode;
+                let done = Done {
+                    owner: created_mode.and(self.created_owner)
+                        == Some((item.meta.uid, item.meta.gid)),
+                    mode: created_mode == Some(item.meta.mode & 0o7777),
+                };
                 let mut w = Vec::new();
-                set_file_meta(item, &fd, self.is_root, &mut w)?;
+                set_file_meta(item, &fd, self.is_root, done, &mut w)?;
                 if !w.is_empty() {
                     lock(&self.warnings).extend(w);
                 }
@@ -818,12 +856,17 @@ impl Writer {
             return Ok(fd.clone());
         }
         let fd = if state.to_create {
+            // Created with its final permission bits when the owner may
+            // write it (a later reopen for writing must succeed), else 0600.
+            let perm = item.meta.mode & 0o777;
+            let create_mode = if perm & 0o200 != 0 { perm } else { 0o600 };
             let fd = open_long(
                 &item.target,
                 OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                Mode::from_bits_truncate(0o600),
+                Mode::from_bits_truncate(create_mode),
             )
             .map_err(|e| io_err(&item.target, "creating", e))?;
+            state.created_mode = self.umask.map(|u| create_mode & !u);
             if ends_in_hole(&item.meta) {
                 rustix::fs::ftruncate(&fd, item.meta.size)
                     .map_err(|e| io_err(&item.target, "sizing", e))?;
@@ -858,16 +901,35 @@ fn ends_in_hole(meta: &FsMeta) -> bool {
         .is_some_and(|e| e.last().is_none_or(|(start, len)| start + len < meta.size))
 }
 
+/// What a file already has from its creation.
+#[derive(Clone, Copy, Default)]
+struct Done {
+    /// Its owner and group.
+    owner: bool,
+    /// Its mode.
+    mode: bool,
+}
+
+/// This process's umask, from /proc (reading it with umask(2) would
+/// change it for a moment, under other threads' feet).
+fn umask() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Umask:"))?;
+    u32::from_str_radix(line.trim_start_matches("Umask:").trim(), 8).ok()
+}
+
 /// [`set_meta`] for a regular file through its open descriptor (no path
-/// lookups): owner, extended attributes, mode, times.
+/// lookups): owner, extended attributes, mode, times; what the file got
+/// at its creation (`done`) is not set again.
 fn set_file_meta(
     item: &Item,
     fd: &OwnedFd,
     is_root: bool,
+    done: Done,
     warnings: &mut Vec<String>,
 ) -> Result<(), Error> {
     let (meta, path) = (&item.meta, &item.target);
-    if is_root {
+    if is_root && !done.owner {
         rustix::fs::fchown(
             fd,
             Some(rustix::fs::Uid::from_raw(meta.uid)),
@@ -878,8 +940,10 @@ fn set_file_meta(
     set_xattrs(meta, path, warnings, |name, value| {
         rustix::fs::fsetxattr(fd, name, value, rustix::fs::XattrFlags::empty())
     });
-    rustix::fs::fchmod(fd, Mode::from_bits_truncate(meta.mode))
-        .map_err(|e| io_err(path, "setting the mode", e))?;
+    if !done.mode {
+        rustix::fs::fchmod(fd, Mode::from_bits_truncate(meta.mode))
+            .map_err(|e| io_err(path, "setting the mode", e))?;
+    }
     rustix::fs::futimens(fd, &timestamps(meta)).map_err(|e| io_err(path, "setting the times", e))
 }
 
