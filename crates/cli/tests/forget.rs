@@ -143,3 +143,23 @@ fn forget_refuses_an_empty_policy_and_bad_rules() {
     assert!(err.contains("host, paths and/or tags"), "{err}");
     assert_eq!(snapshot_ids(&t).len(), 1);
 }
+
+#[test]
+fn init_quiet_prints_nothing() {
+    let t = TestRepo::new(&[]);
+    let other = t.path("quiet-repo");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .env("TESSERA_PASSWORD", crate::common::PASSWORD)
+        .env_remove("TESSERA_REPO")
+        .args(["-r", other.to_str().unwrap(), "-q", "init"])
+        .args(["--kdf-memory", "64", "--kdf-iterations", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
+    assert!(other.join("config").exists());
+}

@@ -321,3 +321,87 @@ async fn a_file_changing_while_read_is_reported_and_not_cached() {
         0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directories_sharing_a_tree_are_each_walked_and_restored() {
+    // Identical directories share one tree blob; the walk reuses listings
+    // it has entered (and evicts them past its budget): every copy must
+    // still be listed and restored, in order.
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("t");
+    for i in 0..300 {
+        std::fs::create_dir_all(root.join(format!("empty{i:03}"))).unwrap();
+        let same = root.join(format!("same{i:03}/inner"));
+        std::fs::create_dir_all(&same).unwrap();
+        std::fs::write(same.join("f.txt"), b"identical\n").unwrap();
+    }
+    let epoch = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+    for p in tessera_walk(&root) {
+        let f = std::fs::File::open(&p).unwrap();
+        let times = std::fs::FileTimes::new()
+            .set_accessed(epoch)
+            .set_modified(epoch);
+        f.set_times(times).unwrap();
+    }
+    let repo = repo().await;
+    let done = tessera_fs::backup(&repo, std::slice::from_ref(&root), BackupOptions::default())
+        .await
+        .unwrap();
+    let mut empty_trees = std::collections::HashSet::new();
+    tessera_fs::walk_tree(&repo, done.snapshot.tree, b"/", |e| {
+        if let tessera_core::NodeKind::Dir { subtree } = e.node.kind {
+            if e.node.name.starts_with("empty") {
+                empty_trees.insert(subtree);
+            }
+        }
+        Ok(true)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        empty_trees.len(),
+        1,
+        "the 300 empty directories share one tree"
+    );
+    let listed = listing(&repo, &done.snapshot).await;
+    let under = |prefix: &str| listed.iter().filter(|p| p.contains(prefix)).count();
+    assert_eq!(under("/empty"), 300);
+    assert_eq!(under("/f.txt"), 300);
+    assert_eq!(
+        under("/inner"),
+        600,
+        "300 directories and the files in them"
+    );
+    let out = tempfile::tempdir().unwrap();
+    tessera_fs::restore(
+        &repo,
+        &done.snapshot,
+        &root,
+        out.path(),
+        RestoreOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        crate::common::describe(out.path()),
+        crate::common::describe(&root)
+    );
+}
+
+/// Every path below `root`, deepest first (so setting a directory's time
+/// comes after its entries were made).
+fn tessera_walk(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    out
+}
