@@ -81,6 +81,20 @@ async fn open_other(other: &OtherRepo, env: &str, what: &str) -> Result<Reposito
         .with_context(|| format!("opening repository {}", other.location))
 }
 
+/// The snapshots `refs` name (ids, prefixes, `latest`), or all of them.
+fn chosen_snapshots<'a>(
+    all: &'a [SnapshotEntry],
+    refs: &[String],
+) -> Result<Vec<&'a SnapshotEntry>> {
+    if refs.is_empty() {
+        return Ok(all.iter().collect());
+    }
+    Ok(refs
+        .iter()
+        .map(|r| tessera_core::snapshot::resolve(all, r))
+        .collect::<Result<_, _>>()?)
+}
+
 async fn copy(g: &Global, a: CopyArgs) -> Result<ExitCode> {
     let source = open(g).await?;
     let to = OtherRepo {
@@ -99,15 +113,7 @@ async fn copy(g: &Global, a: CopyArgs) -> Result<ExitCode> {
         anyhow::bail!("--to names the repository being copied from");
     }
     let all = source.snapshots().await?;
-    let chosen: Vec<SnapshotEntry> = if a.snapshots.is_empty() {
-        all
-    } else {
-        let mut v = Vec::new();
-        for r in &a.snapshots {
-            v.push(tessera_core::snapshot::resolve(&all, r)?.clone());
-        }
-        v
-    };
+    let chosen = chosen_snapshots(&all, &a.snapshots)?;
     // Identity of a snapshot across repositories (ids and tree ids differ).
     let same = |x: &Snapshot, y: &Snapshot| {
         x.time == y.time
@@ -119,7 +125,7 @@ async fn copy(g: &Global, a: CopyArgs) -> Result<ExitCode> {
     };
     let existing = target.snapshots().await?;
     let (mut copied, mut skipped) = (0, 0);
-    for entry in &chosen {
+    for entry in chosen {
         if existing.iter().any(|e| same(&e.snapshot, &entry.snapshot)) {
             skipped += 1;
             if !g.quiet {
@@ -606,15 +612,8 @@ async fn repair(g: &Global, command: RepairCommand) -> Result<ExitCode> {
 async fn repair_snapshots(g: &Global, forget: bool, refs: &[String]) -> Result<ExitCode> {
     let repo = open(g).await?;
     let all = repo.snapshots().await?;
-    let chosen: Vec<&SnapshotEntry> = if refs.is_empty() {
-        all.iter().collect()
-    } else {
-        refs.iter()
-            .map(|r| tessera_core::snapshot::resolve(&all, r))
-            .collect::<Result<_, _>>()?
-    };
     let mut repaired = 0;
-    for entry in chosen {
+    for entry in chosen_snapshots(&all, refs)? {
         let short = entry.id.short();
         let Some(r) = repo
             .repair_snapshot(entry)

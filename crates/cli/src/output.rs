@@ -56,6 +56,13 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// A time as people read it here: local zone, to the second.
+pub fn local_time(t: jiff::Timestamp) -> String {
+    t.to_zoned(jiff::tz::TimeZone::system())
+        .strftime("%Y-%m-%d %H:%M:%S")
+        .to_string()
+}
+
 /// Snapshot table, restic-like.
 pub fn snapshot_table(list: &[SnapshotEntry]) -> String {
     let mut out = format!(
@@ -67,11 +74,7 @@ pub fn snapshot_table(list: &[SnapshotEntry]) -> String {
     out.push('\n');
     for e in list {
         let s = &e.snapshot;
-        let time = s
-            .time
-            .to_zoned(jiff::tz::TimeZone::system())
-            .strftime("%Y-%m-%d %H:%M:%S")
-            .to_string();
+        let time = local_time(s.time);
         out.push_str(&format!(
             "{:<10} {:<20} {:<16} {:<16} {}\n",
             e.id.short(),
@@ -122,11 +125,7 @@ pub fn forget_table(plans: &[GroupPlan], dry_run: bool) -> String {
     for p in plans {
         out.push_str(&format!("{}:\n", p.group));
         for d in &p.decisions {
-            let time = d
-                .time
-                .to_zoned(jiff::tz::TimeZone::system())
-                .strftime("%Y-%m-%d %H:%M:%S")
-                .to_string();
+            let time = local_time(d.time);
             out.push_str(&format!(
                 "  {:<12} {:<10} {:<20} {}\n",
                 if d.keep { "keep" } else { gone },

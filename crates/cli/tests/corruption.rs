@@ -161,20 +161,29 @@ fn wrong_password_missing_slots_unknown_versions() {
     assert!(!empty.exists(), "opening must not create the directory");
 }
 
-/// The tree blobs an index segment lists: (pack file, offset, blob id).
-fn tree_blobs(t: &TestRepo, segment: &Path) -> Vec<(std::path::PathBuf, u64, String)> {
+/// The packs an index segment lists, as `cat index` prints them.
+fn index_packs(t: &TestRepo, segment: &Path) -> Vec<serde_json::Value> {
     let name = segment.file_name().unwrap().to_str().unwrap();
     let v: serde_json::Value = serde_json::from_str(&t.ok(&["cat", "index", name])).unwrap();
+    v["packs"].as_array().unwrap().clone()
+}
+
+/// The file of the pack with this id.
+fn pack_file(t: &TestRepo, id: &str) -> std::path::PathBuf {
+    t.objects("packs")
+        .into_iter()
+        .find(|f| f.file_name().unwrap().to_str() == Some(id))
+        .unwrap()
+}
+
+/// The tree blobs an index segment lists: (pack file, offset, blob id).
+fn tree_blobs(t: &TestRepo, segment: &Path) -> Vec<(std::path::PathBuf, u64, String)> {
     let mut out = Vec::new();
-    for p in v["packs"].as_array().unwrap() {
-        let pack = t
-            .objects("packs")
-            .into_iter()
-            .find(|f| f.file_name().unwrap().to_str().unwrap() == p["id"].as_str().unwrap());
+    for p in index_packs(t, segment) {
         for b in p["blobs"].as_array().unwrap() {
             if b["type"] == "Tree" {
                 out.push((
-                    pack.clone().unwrap(),
+                    pack_file(t, p["id"].as_str().unwrap()),
                     b["offset"].as_u64().unwrap(),
                     b["id"].as_str().unwrap().to_string(),
                 ));
@@ -362,20 +371,11 @@ fn check_names_the_files_and_snapshots_a_missing_data_pack_affects() {
     let data_pack = t
         .objects("index")
         .iter()
-        .flat_map(|s| {
-            let name = s.file_name().unwrap().to_str().unwrap().to_string();
-            let v: serde_json::Value =
-                serde_json::from_str(&t.ok(&["cat", "index", &name])).unwrap();
-            v["packs"].as_array().unwrap().clone()
-        })
+        .flat_map(|s| index_packs(&t, s))
         .find(|p| p["blobs"][0]["type"] == "Data" && p["blobs"].as_array().unwrap().len() == 1)
         .map(|p| p["id"].as_str().unwrap().to_string())
         .unwrap();
-    let victim = t
-        .objects("packs")
-        .into_iter()
-        .find(|p| p.file_name().unwrap().to_str() == Some(&data_pack))
-        .unwrap();
+    let victim = pack_file(&t, &data_pack);
     std::fs::remove_file(&victim).unwrap();
     let err = t.fails(&["check"]);
     let name = object_name(&t, &victim);
@@ -430,20 +430,12 @@ fn repair_snapshots_leaves_out_what_was_lost_and_keeps_the_rest() {
         .into_iter()
         .map(|(p, _, _)| p)
         .collect();
-    let name = segment.file_name().unwrap().to_str().unwrap().to_string();
-    let v: serde_json::Value = serde_json::from_str(&t.ok(&["cat", "index", &name])).unwrap();
-    let data_pack = v["packs"]
-        .as_array()
-        .unwrap()
+    let data_pack = index_packs(&t, &segment)
         .iter()
         .map(|p| p["id"].as_str().unwrap().to_string())
         .find(|id| !tree_packs.iter().any(|p| p.ends_with(id)))
         .unwrap();
-    let victim = t
-        .objects("packs")
-        .into_iter()
-        .find(|p| p.file_name().unwrap().to_str() == Some(&data_pack))
-        .unwrap();
+    let victim = pack_file(&t, &data_pack);
     std::fs::remove_file(&victim).unwrap();
     t.ok(&["repair", "index"]);
     t.fails(&["check"]);
