@@ -25,6 +25,8 @@ use crate::tree::{Node, NodeKind, Tree};
 const MAX_READ: u64 = 8 * 1024 * 1024;
 /// Range requests in flight ahead of the writer.
 const READ_AHEAD: usize = 4;
+/// Fewest blobs of a span opened by one thread before another takes over.
+const MIN_PIECE: usize = 8;
 /// Largest gap between two wanted blobs of a pack read through in one request.
 const MAX_GAP: u64 = 256 * 1024;
 
@@ -53,7 +55,7 @@ impl ReadSpan {
 
 /// Index locations of `ids`, in order.
 fn locate(index: &Index, ids: &[BlobId], referrer: &str) -> Result<Vec<(BlobId, BlobLocation)>> {
-    ids.iter()
+    ids.par_iter()
         .map(|id| {
             index
                 .lookup(id)
@@ -94,6 +96,29 @@ fn spans(located: Vec<(BlobId, BlobLocation)>, max_gap: u64) -> Vec<ReadSpan> {
         }
     }
     spans
+}
+
+/// Reorders spans as two interleaved runs, the first half and the second
+/// half of the pack order, so the spans that are opened at the same time
+/// usually belong to different files.
+fn interleave_halves(spans: Vec<ReadSpan>) -> Vec<ReadSpan> {
+    let half = spans.len().div_ceil(2);
+    let mut second: Vec<ReadSpan> = Vec::with_capacity(half);
+    let mut first: Vec<ReadSpan> = Vec::with_capacity(half);
+    for (i, s) in spans.into_iter().enumerate() {
+        if i < half {
+            first.push(s)
+        } else {
+            second.push(s)
+        }
+    }
+    let mut out = Vec::with_capacity(first.len() + second.len());
+    let mut second = second.into_iter();
+    for s in first {
+        out.push(s);
+        out.extend(second.next());
+    }
+    out
 }
 
 impl Repository {
@@ -182,7 +207,7 @@ impl Repository {
     pub async fn blob_sizes(&self, ids: &[BlobId]) -> Result<Vec<Option<u32>>> {
         let index = self.index().await?.read().map_err(|_| poisoned())?;
         Ok(ids
-            .iter()
+            .par_iter()
             .map(|id| index.lookup(id).map(|l| l.raw_len))
             .collect())
     }
@@ -216,9 +241,9 @@ impl Repository {
             let index = self.index().await?.read().map_err(|_| poisoned())?;
             locate(&index, &ids, referrer)?
         };
-        located.sort_by_key(|(_, l)| (l.pack, l.offset));
+        located.par_sort_unstable_by_key(|(_, l)| (l.pack, l.offset));
         located.dedup_by_key(|(id, _)| *id);
-        let spans = spans(located, MAX_GAP);
+        let spans = interleave_halves(spans(located, MAX_GAP));
         let deliver = std::sync::Arc::new(deliver);
         let mut reads = futures::stream::iter(spans)
             .map(|span| {
@@ -230,9 +255,16 @@ impl Repository {
                     // a span's plaintext is never held all at once.
                     on_rayon(move || {
                         let blobs = SpanBlobs::new(&inner, &span, &bytes)?;
-                        span.blobs.par_iter().try_for_each(|(id, loc)| {
-                            blobs.open_with(id, loc, |plain| deliver(*id, plain))?
-                        })
+                        // Pieces of at least `MIN_PIECE` blobs: a span of a
+                        // few large chunks (mostly one file's) stays on one
+                        // thread, as two threads writing one file queue on
+                        // its inode lock.
+                        span.blobs
+                            .par_iter()
+                            .with_min_len(MIN_PIECE)
+                            .try_for_each(|(id, loc)| {
+                                blobs.open_with(id, loc, |plain| deliver(*id, plain))?
+                            })
                     })
                     .await
                 }

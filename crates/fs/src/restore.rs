@@ -180,8 +180,9 @@ pub async fn restore(
             NodeKind::Stream { content } => content.clone(),
             _ => Vec::new(),
         };
-        if included {
-            // Every ancestor of an included entry is created.
+        // Every ancestor of an included entry is created (without
+        // --include, every directory met is kept: no bookkeeping).
+        if included && include.is_some() {
             let mut p = rel.to_vec();
             while let Some(i) = p.iter().rposition(|b| *b == b'/') {
                 p.truncate(i);
@@ -191,10 +192,10 @@ pub async fn restore(
             }
             if is_dir {
                 dirs_kept.insert(rel.to_vec());
-                if options.delete {
-                    covered.insert(join(&target, rel));
-                }
             }
+        }
+        if included && is_dir && options.delete {
+            covered.insert(join(&target, rel));
         }
         items.push(Item {
             target: join(&target, rel),
@@ -245,9 +246,11 @@ pub async fn restore(
     }
     // Directories kept only for what they hold: drop those that hold nothing included.
     let tlen = target.len() + 1;
-    items.retain(|i| {
-        i.kind != FileKind::Dir || dirs_kept.contains(i.target.get(tlen..).unwrap_or_default())
-    });
+    if include.is_some() {
+        items.retain(|i| {
+            i.kind != FileKind::Dir || dirs_kept.contains(i.target.get(tlen..).unwrap_or_default())
+        });
+    }
     // Hard links: later members of a group link to the first.
     let mut groups: HashMap<(u64, u64), usize> = HashMap::new();
     for (i, item) in items.iter_mut().enumerate() {
