@@ -46,6 +46,8 @@ pub enum Command {
     Snapshots(JsonFlag),
     /// Remove snapshots by retention rules (their data goes with the next prune)
     Forget(ForgetArgs),
+    /// Delete data no snapshot uses (safe while backups run)
+    Prune(PruneArgs),
     /// Copy snapshots to another repository, storing there only the blobs it lacks
     Copy(CopyArgs),
     /// Write one file (or stream) of a snapshot to standard output
@@ -390,6 +392,37 @@ pub struct ForgetArgs {
     /// Print the decisions as JSON
     #[arg(long)]
     pub json: bool,
+    /// Prune afterwards (with the prune options below)
+    #[arg(long)]
+    pub prune: bool,
+    #[command(flatten)]
+    pub prune_options: PruneOptionsArgs,
+}
+
+/// `prune`.
+#[derive(Args, Debug)]
+pub struct PruneArgs {
+    /// Say what would be deleted and repacked; change nothing
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Print the report as JSON
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub options: PruneOptionsArgs,
+}
+
+/// Options shared by `prune` and `forget --prune`.
+#[derive(Args, Debug)]
+pub struct PruneOptionsArgs {
+    /// Repack a pack when at least this share of its bytes is unused
+    /// (percent, 0-100; 100 repacks nothing)
+    #[arg(long, value_name = "PERCENT", default_value_t = 50.0)]
+    pub repack_threshold: f64,
+    /// A backup still running after this long (by the storage's clock) is
+    /// expired, so its crash cannot hold deletion back forever
+    #[arg(long, value_name = "DURATION", default_value = "24h")]
+    pub session_lease: jiff::SignedDuration,
 }
 
 /// `copy`: where to, and which snapshots.

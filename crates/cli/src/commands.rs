@@ -6,19 +6,19 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use tessera_core::id::PackId;
 use tessera_core::retention::{self, Policy};
 use tessera_core::snapshot::{Snapshot, SnapshotEntry};
 use tessera_core::verified::VerifiedLog;
 use tessera_core::{
     BackupOptions, BackupProgress, CheckOptions, ChunkerParams, Credential, InitOptions, KdfParams,
-    ObjectKind, ReadData, Repository, StreamSource, open_location,
+    ObjectKind, PruneOptions, ReadData, Repository, StreamSource, open_location,
 };
 
 use crate::args::{
     BackupArgs, CatWhat, CheckArgs, Cli, Command, CopyArgs, ForgetArgs, Global, InitArgs,
-    KeyCommand, OtherRepo, RepairCommand, RestoreArgs,
+    KeyCommand, OtherRepo, PruneOptionsArgs, RepairCommand, RestoreArgs,
 };
 use crate::credentials;
 use crate::output::{self, SnapshotJson};
@@ -30,6 +30,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Backup(a) => backup(g, a).await,
         Command::Snapshots(a) => snapshots(g, a.json).await,
         Command::Forget(a) => forget(g, &a).await,
+        Command::Prune(a) => prune(g, &a.options, a.dry_run, a.json).await,
         Command::Copy(a) => copy(g, a).await,
         Command::Dump { snapshot, name } => dump(g, &snapshot, &name).await,
         Command::Restore(a) => restore(g, &a).await,
@@ -350,6 +351,45 @@ async fn forget(g: &Global, a: &ForgetArgs) -> Result<ExitCode> {
         print!("{}", output::forget_table(&plans, a.dry_run));
         let verb = if a.dry_run { "would remove" } else { "removed" };
         println!("kept {kept} snapshots, {verb} {removed}");
+    }
+    if a.prune {
+        // One JSON document per line: the forget decisions, then the prune report.
+        return prune_repo(g, &repo, &a.prune_options, a.dry_run, a.json).await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn prune(g: &Global, o: &PruneOptionsArgs, dry_run: bool, json: bool) -> Result<ExitCode> {
+    let repo = open(g).await?;
+    prune_repo(g, &repo, o, dry_run, json).await
+}
+
+async fn prune_repo(
+    g: &Global,
+    repo: &Repository,
+    o: &PruneOptionsArgs,
+    dry_run: bool,
+    json: bool,
+) -> Result<ExitCode> {
+    if !(0.0..=100.0).contains(&o.repack_threshold) {
+        bail!(
+            "--repack-threshold {} is not a percentage between 0 and 100",
+            o.repack_threshold
+        );
+    }
+    if o.session_lease.is_negative() {
+        bail!("--session-lease must not be negative");
+    }
+    let options = PruneOptions {
+        repack_threshold: o.repack_threshold / 100.0,
+        dry_run,
+        lease: o.session_lease,
+    };
+    let report = repo.prune(&options).await?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else if !g.quiet || dry_run || report.round_waiting.is_some() {
+        print!("{}", output::prune_report(&report, o.session_lease));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -56,6 +56,78 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// What a prune did, for people.
+pub fn prune_report(r: &tessera_core::PruneReport, lease: jiff::SignedDuration) -> String {
+    let mut out = String::new();
+    let would = if r.dry_run { "would be " } else { "" };
+    if r.dry_run
+        && let Some(round) = r.round_waiting
+    {
+        out += &format!("GC round {round} is planned and not swept yet (run prune to sweep it)\n");
+    }
+    for round in r
+        .rounds_swept
+        .iter()
+        .filter(|x| Some(**x) != r.round_planned)
+    {
+        out += &format!("swept GC round {round} (planned by an earlier prune)\n");
+    }
+    if r.blobs > 0 || r.snapshots > 0 {
+        out += &format!(
+            "{} snapshots use {} of {} blobs; {} packs hold {}\n",
+            r.snapshots,
+            r.blobs_used,
+            r.blobs,
+            r.packs,
+            bytes(r.pack_bytes)
+        );
+        out += &format!(
+            "condemned: {} unused packs, {} packs in no index segment, {} packs to repack ({} blobs, {} {}copied)\n",
+            r.packs_unused,
+            r.packs_unindexed,
+            r.packs_repacked,
+            r.blobs_repacked,
+            bytes(r.bytes_repacked),
+            would
+        );
+        out += &format!(
+            "{} {}to be freed\n",
+            bytes(r.bytes_to_free),
+            if r.dry_run { "would be " } else { "" }
+        );
+    }
+    if let Some(round) = r.round_waiting.filter(|_| !r.dry_run) {
+        out += &format!(
+            "GC round {round} waits for {} backup(s) still running (sessions {}): run prune again once they end; a session open for {lease:#} (storage clock) is expired\n",
+            r.waiting_for.len(),
+            r.waiting_for.join(", ")
+        );
+    }
+    if !r.sessions_expired.is_empty() {
+        out += &format!(
+            "expired {} session(s) open longer than {lease:#}: {}\n",
+            r.sessions_expired.len(),
+            r.sessions_expired.join(", ")
+        );
+    }
+    if r.packs_revived > 0 {
+        out += &format!(
+            "kept {} condemned pack(s) that backups committed since need\n",
+            r.packs_revived
+        );
+    }
+    if !r.dry_run {
+        out += &format!(
+            "deleted {} packs, freed {}; index segments {} -> {}\n",
+            r.packs_deleted,
+            bytes(r.bytes_freed),
+            r.segments_before,
+            r.segments_after
+        );
+    }
+    out
+}
+
 /// A time as people read it here: local zone, to the second.
 pub fn local_time(t: jiff::Timestamp) -> String {
     t.to_zoned(jiff::tz::TimeZone::system())

@@ -51,6 +51,9 @@ impl Repository {
         let entries = Walk::new(self, root, known, failed.clone());
         let stored = target.store_tree(entries, None).await;
         if let Some(e) = failed.lock().map_err(|_| poisoned())?.take() {
+            if let Ok(tree) = stored {
+                target.abandon_tree(tree).await;
+            }
             return Err(e);
         }
         target.commit_snapshot(stored?, same_as(entry)).await
@@ -79,12 +82,16 @@ impl Repository {
         walk.left_out = Some(left_out.clone());
         let stored = self.store_tree(walk, None).await;
         if let Some(e) = failed.lock().map_err(|_| poisoned())?.take() {
+            if let Ok(tree) = stored {
+                self.abandon_tree(tree).await;
+            }
             return Err(e);
         }
         let stored = stored?;
         let left_out = std::mem::take(&mut *left_out.lock().map_err(|_| poisoned())?);
         if left_out.is_empty() {
             // Nothing lost: the same trees, already stored.
+            self.abandon_tree(stored).await;
             return Ok(None);
         }
         let mut options = same_as(entry);

@@ -95,6 +95,21 @@ pub enum Error {
         /// The name asked for.
         name: String,
     },
+    /// A prune expired this write session (it stayed open longer than the
+    /// lease); nothing it wrote is named by a snapshot.
+    #[error(
+        "write session {session} was expired by a concurrent prune (it stayed open longer than the lease): no snapshot was written; run the backup again"
+    )]
+    SessionExpired {
+        /// The session (short id).
+        session: String,
+    },
+    /// Prune found something that makes deleting unsafe; it deleted nothing.
+    #[error("prune stopped, nothing was deleted: {0}")]
+    PruneStopped(String),
+    /// Another process's garbage-collection round stops this operation.
+    #[error("{0}")]
+    GcBusy(String),
     /// A key-management operation was refused.
     #[error("{0}")]
     KeyRefused(String),

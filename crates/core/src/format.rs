@@ -33,18 +33,24 @@ pub enum ObjectKind {
     Pack = 3,
     /// `index/<id>`: an index segment (sealed binary).
     Index = 4,
-    /// `snapshots/<id>`: a snapshot (sealed JSON).
+    /// `snapshots/<id>`: a snapshot (sealed JSON), or a tombstone.
     Snapshot = 5,
+    /// `sessions/<id>`: a writer's session marker (sealed JSON).
+    Session = 6,
+    /// `gc/<round>-plan|open|done`: a garbage-collection round (sealed binary).
+    Gc = 7,
 }
 
 impl ObjectKind {
     /// Every kind, in listing order.
-    pub const ALL: [ObjectKind; 5] = [
+    pub const ALL: [ObjectKind; 7] = [
         ObjectKind::Config,
         ObjectKind::Key,
         ObjectKind::Pack,
         ObjectKind::Index,
         ObjectKind::Snapshot,
+        ObjectKind::Session,
+        ObjectKind::Gc,
     ];
 
     fn from_byte(b: u8) -> Option<Self> {
@@ -59,6 +65,8 @@ impl ObjectKind {
             ObjectKind::Pack => "packs",
             ObjectKind::Index => "index",
             ObjectKind::Snapshot => "snapshots",
+            ObjectKind::Session => "sessions",
+            ObjectKind::Gc => "gc",
         }
     }
 

@@ -7,12 +7,12 @@
 //! object, binary search for lookups.
 #![deny(clippy::indexing_slicing, clippy::unwrap_used)]
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::blob::{BlobType, FLAG_ZSTD};
 use crate::error::{Error, Result};
 use crate::format::Reader;
-use crate::id::{BlobId, DataKeyId, PackId};
+use crate::id::{BlobId, DataKeyId, IndexId, PackId};
 use crate::pack::PackEntry;
 
 /// Encoded size of one blob entry in a segment.
@@ -155,6 +155,23 @@ pub struct Index {
     /// The first pack number of this session: merged entries with a pack
     /// number from here on are still pending (a failed session drops them).
     session_start: Option<u32>,
+    /// Segments loaded (or written by this handle): a refresh loads only
+    /// the others.
+    segments: HashSet<IndexId>,
+    /// Pack numbers a pending GC round condemned: their blobs count as
+    /// absent for deduplication (they are still read).
+    condemned: HashSet<u32>,
+}
+
+/// One committed entry as [`Index::entries`] shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexedBlob {
+    /// Position in the sorted array ([`Index::position`]).
+    pub position: usize,
+    /// The pack's number ([`Index::pack_id`]).
+    pub pack: u32,
+    /// The blob as its pack holds it.
+    pub entry: PackEntry,
 }
 
 /// Pending blobs held in the hash map at most; then they are merged into
@@ -206,11 +223,60 @@ impl Index {
         Ok(())
     }
 
+    /// Adds a segment stored as `id` (see [`Index::add_segment`]) and
+    /// remembers it as loaded.
+    ///
+    /// # Errors
+    /// When the pack count limit is reached.
+    pub fn add_named_segment(&mut self, id: IndexId, segment: &IndexSegment) -> Result<()> {
+        self.segments.insert(id);
+        self.add_segment(segment)
+    }
+
+    /// Remembers a segment whose entries are already in the index (one
+    /// this handle wrote).
+    pub fn note_segment(&mut self, id: IndexId) {
+        self.segments.insert(id);
+    }
+
+    /// Whether the segment is loaded.
+    pub fn has_segment(&self, id: &IndexId) -> bool {
+        self.segments.contains(id)
+    }
+
+    /// The loaded segments.
+    pub fn segment_ids(&self) -> impl Iterator<Item = &IndexId> {
+        self.segments.iter()
+    }
+
     /// Sorts the entries (and drops duplicate blobs) after loading.
     pub fn finish_loading(&mut self) {
         self.sorted.sort_unstable_by_key(|e| e.id);
         self.sorted.dedup_by(|a, b| a.id == b.id);
         self.sorted.shrink_to_fit();
+    }
+
+    /// [`Index::finish_loading`], keeping of each duplicated blob a copy in
+    /// a pack that `shunned` does not name, when there is one.
+    pub fn finish_loading_preferring(&mut self, shunned: impl Fn(&PackId) -> bool) {
+        let shun: Vec<bool> = self.packs.iter().map(|p| shunned(&p.id)).collect();
+        self.sorted.sort_unstable_by_key(|e| {
+            let shunned = shun.get((e.pack_bits >> 2) as usize).copied();
+            (e.id, shunned.unwrap_or(false))
+        });
+        self.sorted.dedup_by(|a, b| a.id == b.id);
+        self.sorted.shrink_to_fit();
+    }
+
+    /// Marks the packs a pending GC round condemned: [`Index::contains`]
+    /// no longer finds blobs that only they hold, so a backup stores them
+    /// again instead of referring to packs about to go. Replaces the set
+    /// given before.
+    pub fn set_condemned(&mut self, packs: &HashSet<PackId>) {
+        self.condemned = packs
+            .iter()
+            .filter_map(|p| self.pack_numbers.get(p).copied())
+            .collect();
     }
 
     /// Records a blob written in this session (visible to lookups at once).
@@ -264,9 +330,55 @@ impl Index {
             .or_else(|| self.pending.get(id))
     }
 
-    /// Whether the blob is stored (or being stored by this session).
+    /// Whether the blob is stored (or being stored by this session) in a
+    /// pack no pending GC round condemned: whether a backup may refer to
+    /// it instead of storing it.
     pub fn contains(&self, id: &BlobId) -> bool {
-        self.find(id).is_some()
+        self.find(id)
+            .is_some_and(|e| !self.condemned.contains(&(e.pack_bits >> 2)))
+    }
+
+    /// The blob's position in the sorted array of committed entries.
+    pub fn position(&self, id: &BlobId) -> Option<usize> {
+        self.sorted.binary_search_by(|e| e.id.cmp(&id.0)).ok()
+    }
+
+    /// Every committed entry, in id order.
+    pub fn entries(&self) -> impl Iterator<Item = IndexedBlob> + '_ {
+        self.sorted
+            .iter()
+            .enumerate()
+            .map(|(position, e)| IndexedBlob {
+                position,
+                pack: e.pack_bits >> 2,
+                entry: PackEntry {
+                    id: BlobId(e.id),
+                    blob_type: if e.pack_bits & 2 != 0 {
+                        BlobType::Tree
+                    } else {
+                        BlobType::Data
+                    },
+                    flags: if e.pack_bits & 1 != 0 { FLAG_ZSTD } else { 0 },
+                    offset: e.offset,
+                    stored_len: e.stored_len,
+                    raw_len: e.raw_len,
+                },
+            })
+    }
+
+    /// The pack with this number.
+    pub fn pack_id(&self, number: u32) -> Option<PackId> {
+        self.packs.get(number as usize).map(|p| p.id)
+    }
+
+    /// The data key that sealed the pack with this number.
+    pub fn pack_key_id(&self, number: u32) -> Option<DataKeyId> {
+        self.packs.get(number as usize).map(|p| p.key_id)
+    }
+
+    /// The number of a pack.
+    pub fn pack_number_of(&self, id: &PackId) -> Option<u32> {
+        self.pack_numbers.get(id).copied()
     }
 
     /// Where the blob is.
@@ -308,6 +420,11 @@ impl Index {
         self.sorted.capacity() * std::mem::size_of::<Entry>()
             + self.packs.capacity() * std::mem::size_of::<PackRef>()
             + self.pack_numbers.capacity() * (std::mem::size_of::<(PackId, u32)>() + 1)
+    }
+
+    /// Number of committed entries ([`Index::position`] is below it).
+    pub fn committed_len(&self) -> usize {
+        self.sorted.len()
     }
 }
 

@@ -121,7 +121,8 @@ impl Repository {
         for packs in segments {
             let segment = crate::index::IndexSegment { packs };
             rebuilt.add_segment(&segment)?;
-            self.write_index_segment(segment.packs).await?;
+            let (id, _) = self.write_index_segment(segment.packs).await?;
+            rebuilt.note_segment(id);
             report.segments_written += 1;
         }
         rebuilt.finish_loading();

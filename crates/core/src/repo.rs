@@ -68,6 +68,8 @@ pub(crate) struct Inner {
     pub(crate) slot: std::sync::Mutex<KeySlotId>,
     pub(crate) index: tokio::sync::OnceCell<RwLock<Index>>,
     pub(crate) backup_lock: tokio::sync::Mutex<()>,
+    /// This handle's open write session (FORMAT.md §10), if any.
+    pub(crate) session: tokio::sync::Mutex<Option<SnapshotId>>,
 }
 
 /// An open repository. Cheap to clone; all methods take `&self`.
@@ -208,6 +210,7 @@ impl Repository {
                 slot: std::sync::Mutex::new(slot),
                 index: tokio::sync::OnceCell::new(),
                 backup_lock: tokio::sync::Mutex::new(()),
+                session: tokio::sync::Mutex::new(None),
             }),
         })
     }
@@ -282,8 +285,8 @@ impl Repository {
             .index
             .get_or_try_init(|| async {
                 let mut index = Index::new();
-                for (_, segment) in self.index_segments().await? {
-                    index.add_segment(&segment)?;
+                for (id, segment) in self.index_segments().await? {
+                    index.add_named_segment(id, &segment)?;
                 }
                 index.finish_loading();
                 Ok(RwLock::new(index))
@@ -343,10 +346,11 @@ impl Repository {
                         "snapshot name is not a hex id",
                     )
                 })?;
-                let snapshot = self.read_snapshot(id).await?;
-                Ok::<_, Error>(SnapshotEntry { id, snapshot })
+                let snapshot = self.read_snapshot_object(id).await?;
+                Ok::<_, Error>(snapshot.map(|snapshot| SnapshotEntry { id, snapshot }))
             })
             .buffer_unordered(METADATA_CONCURRENCY)
+            .try_filter_map(|e| async move { Ok(e) })
             .try_collect()
             .await?;
         all.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
@@ -358,10 +362,28 @@ impl Repository {
     /// # Errors
     /// [`Error::Missing`], [`Error::Corrupt`].
     pub async fn read_snapshot(&self, id: SnapshotId) -> Result<Snapshot> {
+        self.read_snapshot_object(id)
+            .await?
+            .ok_or_else(|| Error::SnapshotNotFound {
+                reference: format!(
+                    "{} (a tombstone: its session was expired by a prune)",
+                    id.short()
+                ),
+            })
+    }
+
+    /// Reads a snapshot object: a snapshot, or `None` for a tombstone.
+    ///
+    /// # Errors
+    /// [`Error::Missing`], [`Error::Corrupt`].
+    pub async fn read_snapshot_object(&self, id: SnapshotId) -> Result<Option<Snapshot>> {
         let name = id.to_hex();
         let bytes = self.inner.backend.get(ObjectKind::Snapshot, &name).await?;
         let plain = sealed::open(&self.inner.keyring, ObjectKind::Snapshot, &name, &bytes)?;
-        Snapshot::decode(&plain, &ObjectKind::Snapshot.object_name(&name))
+        if plain == snapshot::TOMBSTONE {
+            return Ok(None);
+        }
+        Snapshot::decode(&plain, &ObjectKind::Snapshot.object_name(&name)).map(Some)
     }
 
     /// Removes a snapshot object. Its data stays until a prune finds it

@@ -28,15 +28,15 @@ const READ_AHEAD: usize = 4;
 /// Fewest blobs of a span opened by one thread before another takes over.
 const MIN_PIECE: usize = 8;
 /// Largest gap between two wanted blobs of a pack read through in one request.
-const MAX_GAP: u64 = 256 * 1024;
+pub(crate) const MAX_GAP: u64 = 256 * 1024;
 
 /// Consecutive blobs of one pack, read with one request.
 pub(crate) struct ReadSpan {
-    pack: PackId,
-    key_id: DataKeyId,
-    start: u64,
-    end: u64,
-    blobs: Vec<(BlobId, BlobLocation)>,
+    pub(crate) pack: PackId,
+    pub(crate) key_id: DataKeyId,
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) blobs: Vec<(BlobId, BlobLocation)>,
 }
 
 impl ReadSpan {
@@ -54,7 +54,11 @@ impl ReadSpan {
 }
 
 /// Index locations of `ids`, in order.
-fn locate(index: &Index, ids: &[BlobId], referrer: &str) -> Result<Vec<(BlobId, BlobLocation)>> {
+pub(crate) fn locate(
+    index: &Index,
+    ids: &[BlobId],
+    referrer: &str,
+) -> Result<Vec<(BlobId, BlobLocation)>> {
     ids.par_iter()
         .map(|id| {
             index
@@ -71,7 +75,7 @@ fn locate(index: &Index, ids: &[BlobId], referrer: &str) -> Result<Vec<(BlobId, 
 /// Groups located blobs into range reads: a blob joins the previous read
 /// when it follows it in the same pack, at most `max_gap` bytes after it
 /// (gaps are read through: one request beats two), within `MAX_READ`.
-fn spans(located: Vec<(BlobId, BlobLocation)>, max_gap: u64) -> Vec<ReadSpan> {
+pub(crate) fn spans(located: Vec<(BlobId, BlobLocation)>, max_gap: u64) -> Vec<ReadSpan> {
     let mut spans: Vec<ReadSpan> = Vec::new();
     for (id, loc) in located {
         let start = u64::from(loc.offset);
@@ -237,10 +241,24 @@ impl Repository {
         F: Fn(BlobId, &[u8]) -> std::result::Result<(), E> + Send + Sync + 'static,
         E: From<Error> + Send + 'static,
     {
-        let mut located = {
+        let located = {
             let index = self.index().await?.read().map_err(|_| poisoned())?;
             locate(&index, &ids, referrer)?
         };
+        self.fetch_located(located, deliver).await
+    }
+
+    /// [`Repository::fetch_blobs`] for blobs already located (in an index
+    /// of the caller's).
+    pub(crate) async fn fetch_located<F, E>(
+        &self,
+        mut located: Vec<(BlobId, BlobLocation)>,
+        deliver: F,
+    ) -> std::result::Result<(), E>
+    where
+        F: Fn(BlobId, &[u8]) -> std::result::Result<(), E> + Send + Sync + 'static,
+        E: From<Error> + Send + 'static,
+    {
         located.par_sort_unstable_by_key(|(_, l)| (l.pack, l.offset));
         located.dedup_by_key(|(id, _)| *id);
         let spans = interleave_halves(spans(located, MAX_GAP));
@@ -293,13 +311,31 @@ impl Repository {
         T: Send + 'static,
         F: Fn(Tree) -> Result<T> + Send + Sync + 'static,
     {
-        let mut unique = ids.to_vec();
-        unique.sort_unstable();
-        unique.dedup();
-        let out = Arc::new(Mutex::new(HashMap::with_capacity(unique.len())));
+        let located = {
+            let index = self.index().await?.read().map_err(|_| poisoned())?;
+            locate(&index, ids, referrer)?
+        };
+        self.read_located_trees(located, referrer, prepare).await
+    }
+
+    /// [`Repository::read_trees`] for trees already located (in an index
+    /// of the caller's).
+    pub(crate) async fn read_located_trees<T, F>(
+        &self,
+        mut located: Vec<(BlobId, BlobLocation)>,
+        referrer: &str,
+        prepare: F,
+    ) -> Result<HashMap<BlobId, T>>
+    where
+        T: Send + 'static,
+        F: Fn(Tree) -> Result<T> + Send + Sync + 'static,
+    {
+        located.sort_unstable_by_key(|(id, _)| *id);
+        located.dedup_by_key(|(id, _)| *id);
+        let out = Arc::new(Mutex::new(HashMap::with_capacity(located.len())));
         let sink = out.clone();
         let of = referrer.to_string();
-        self.fetch_blobs(unique, referrer, move |id, plain| -> Result<()> {
+        self.fetch_located(located, move |id, plain| -> Result<()> {
             let tree = Tree::decode(plain, &format!("tree {id} (of {of})"))?;
             let prepared = prepare(tree)?;
             sink.lock().map_err(|_| poisoned())?.insert(id, prepared);
@@ -311,7 +347,7 @@ impl Repository {
     }
 
     /// The bytes of a span, checked for length.
-    async fn read_span(&self, span: &ReadSpan) -> Result<bytes::Bytes> {
+    pub(crate) async fn read_span(&self, span: &ReadSpan) -> Result<bytes::Bytes> {
         let bytes = self
             .inner
             .backend

@@ -27,6 +27,11 @@ pub struct SnapshotStats {
     pub duration_secs: f64,
 }
 
+/// The plaintext of a tombstone: a snapshot object a prune created under
+/// an expired session's name, so that session can never commit
+/// (FORMAT.md §10). Listings skip it.
+pub const TOMBSTONE: &[u8] = b"{\"expired\":true}";
+
 /// A snapshot.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {

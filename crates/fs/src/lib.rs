@@ -203,10 +203,16 @@ pub async fn backup(
         xattr_buf: Vec::new(),
     };
     let walk_roots = roots.clone();
-    let walk_thread = std::thread::Builder::new()
+    let walk_thread = match std::thread::Builder::new()
         .name("tessera-walk".into())
         .spawn(move || walker.run(&walk_roots))
-        .map_err(|e| Error::Internal(format!("starting the walk thread: {e}")))?;
+    {
+        Ok(t) => t,
+        Err(e) => {
+            repo.abandon_session().await;
+            return Err(Error::Internal(format!("starting the walk thread: {e}")));
+        }
+    };
     let stored = repo
         .store_tree(rx.into_iter().flatten(), options.progress.clone())
         .await;

@@ -36,6 +36,7 @@ use crate::pack::{FinishedPack, PackWriter};
 use crate::repo::{Inner, Repository, poisoned};
 use crate::sealed;
 use crate::snapshot::{self, SNAPSHOT_VERSION, Snapshot, SnapshotStats};
+use crate::storage::StorageError;
 use crate::tree::{Meta, Node, NodeKind, Tree};
 
 mod reader;
@@ -125,6 +126,8 @@ pub struct StoredTree {
     /// Entries left out and why.
     pub warnings: Vec<String>,
     started: Instant,
+    /// The write session it was stored in; the snapshot takes its name.
+    session: SnapshotId,
 }
 
 /// What the backup thread hands back.
@@ -211,25 +214,34 @@ impl Repository {
         progress: Option<Arc<BackupProgress>>,
     ) -> Result<StoredTree> {
         let _one_at_a_time = self.inner.backup_lock.lock().await;
-        let index = self.index().await?;
-        let result = self.run_store(Box::new(entries), progress).await;
-        let mut index = index.write().map_err(|_| poisoned())?;
-        match result {
-            Ok(tree) => {
-                index.commit_pending();
-                Ok(tree)
-            }
-            Err(e) => {
-                index.discard_pending();
-                Err(e)
+        let session = self.take_session().await?;
+        let result = async {
+            let index = self.index().await?;
+            let result = self.run_store(Box::new(entries), progress, session).await;
+            let mut index = index.write().map_err(|_| poisoned())?;
+            match result {
+                Ok(tree) => {
+                    index.commit_pending();
+                    Ok(tree)
+                }
+                Err(e) => {
+                    index.discard_pending();
+                    Err(e)
+                }
             }
         }
+        .await;
+        if result.is_err() {
+            self.delete_marker(session).await;
+        }
+        result
     }
 
     async fn run_store(
         &self,
         entries: Box<dyn Iterator<Item = Entry> + Send>,
         progress: Option<Arc<BackupProgress>>,
+        session: SnapshotId,
     ) -> Result<StoredTree> {
         let started = Instant::now();
         let (pack_tx, pack_rx) = tokio::sync::mpsc::channel::<FinishedPack>(1);
@@ -258,14 +270,17 @@ impl Repository {
             stats: cpu.stats,
             warnings: cpu.warnings,
             started,
+            session,
         })
     }
 
     /// Writes the snapshot object naming a stored tree: the last write of
-    /// a backup.
+    /// a backup, which ends its write session. The snapshot is named by the
+    /// session and created create-only: if a prune expired the session
+    /// (it stayed open past the lease), the commit fails.
     ///
     /// # Errors
-    /// Storage errors.
+    /// [`Error::SessionExpired`]; storage errors.
     pub async fn commit_snapshot(
         &self,
         tree: StoredTree,
@@ -286,17 +301,30 @@ impl Repository {
             stats,
             program_version: format!("tessera {}", env!("CARGO_PKG_VERSION")),
         };
-        let id = SnapshotId::random();
+        let id = tree.session;
         let bytes = sealed::seal(
             &self.inner.keyring,
             ObjectKind::Snapshot,
             &id.to_hex(),
             &snapshot.encode(),
         );
-        self.inner
+        let put = self
+            .inner
             .backend
             .put(ObjectKind::Snapshot, &id.to_hex(), Bytes::from(bytes))
-            .await?;
+            .await;
+        match put {
+            Ok(()) => self.delete_marker(id).await,
+            Err(StorageError::AlreadyExists { .. }) => {
+                self.delete_marker(id).await;
+                return Err(Error::SessionExpired {
+                    session: id.short(),
+                });
+            }
+            // Unknown outcome: the marker stays, so a prune waits for the
+            // lease rather than miss a snapshot that did land.
+            Err(e) => return Err(e.into()),
+        }
         Ok(BackupSummary {
             id,
             snapshot,
@@ -304,12 +332,23 @@ impl Repository {
         })
     }
 
+    /// Ends the write session of a stored tree that will not be committed
+    /// (what it stored becomes garbage for a later prune).
+    pub async fn abandon_tree(&self, tree: StoredTree) {
+        self.delete_marker(tree.session).await;
+    }
+
     /// A handle that answers "does the repository hold this blob?" without
     /// awaiting: for adapters that reuse chunk ids from a cache.
     ///
     /// # Errors
     /// Loading the index.
+    ///
+    /// This begins a write session (FORMAT.md §10): the next
+    /// [`Repository::store_tree`] takes it over; a caller that stores
+    /// nothing after all calls [`Repository::abandon_session`].
     pub async fn known_blobs(&self) -> Result<KnownBlobs> {
+        self.ensure_session().await?;
         self.index().await?;
         Ok(KnownBlobs(self.inner.clone()))
     }
@@ -361,20 +400,25 @@ impl Repository {
             if segment.len() >= PACKS_PER_SEGMENT || blobs >= BLOBS_PER_SEGMENT {
                 bytes += self
                     .write_index_segment(std::mem::take(&mut segment))
-                    .await?;
+                    .await?
+                    .1;
             }
         }
         while let Some(r) = inflight.next().await {
             done(r?, &mut segment, &mut packs, &mut bytes);
         }
         if !segment.is_empty() {
-            bytes += self.write_index_segment(segment).await?;
+            bytes += self.write_index_segment(segment).await?.1;
         }
         Ok((packs, bytes))
     }
 
     /// Stores an index segment for packs that are already durable.
-    pub(crate) async fn write_index_segment(&self, packs: Vec<IndexPack>) -> Result<u64> {
+    /// Returns its id and stored size.
+    pub(crate) async fn write_index_segment(
+        &self,
+        packs: Vec<IndexPack>,
+    ) -> Result<(IndexId, u64)> {
         let id = IndexId::random();
         let plain = IndexSegment { packs }.encode();
         let bytes = sealed::seal(&self.inner.keyring, ObjectKind::Index, &id.to_hex(), &plain);
@@ -383,7 +427,10 @@ impl Repository {
             .backend
             .put(ObjectKind::Index, &id.to_hex(), Bytes::from(bytes))
             .await?;
-        Ok(len)
+        if let Some(index) = self.inner.index.get() {
+            index.write().map_err(|_| poisoned())?.note_segment(id);
+        }
+        Ok((id, len))
     }
 }
 

@@ -78,6 +78,9 @@ pub struct ObjectInfo {
     pub name: String,
     /// Size in bytes.
     pub size: u64,
+    /// When the storage stored it, by the storage's own clock (the only
+    /// clock the GC protocol consults, and only for leases).
+    pub modified: Option<jiff::Timestamp>,
 }
 
 /// Where a repository's objects live. See the module docs for the contract.
@@ -248,6 +251,7 @@ impl Backend for ObjectStoreBackend {
                 Ok(meta) => Ok(vec![ObjectInfo {
                     name: "config".into(),
                     size: meta.size,
+                    modified: storage_time(&meta),
                 }]),
                 Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
                 Err(e) => Err(Self::map_err(&path, e)),
@@ -265,7 +269,11 @@ impl Backend for ObjectStoreBackend {
             .filter_map(|m| {
                 let name = m.location.filename()?.to_string();
                 // The object must sit exactly where `object_name` puts it.
-                (Self::path(kind, &name) == m.location).then_some(ObjectInfo { name, size: m.size })
+                (Self::path(kind, &name) == m.location).then(|| ObjectInfo {
+                    name,
+                    size: m.size,
+                    modified: storage_time(&m),
+                })
             })
             .collect())
     }
@@ -277,6 +285,11 @@ impl Backend for ObjectStoreBackend {
             Err(e) => Err(Self::map_err(&path, e)),
         }
     }
+}
+
+fn storage_time(meta: &object_store::ObjectMeta) -> Option<jiff::Timestamp> {
+    let t = meta.last_modified;
+    jiff::Timestamp::new(t.timestamp(), t.timestamp_subsec_nanos() as i32).ok()
 }
 
 /// Reads `range` of a local file into a buffer that is not zeroed first
