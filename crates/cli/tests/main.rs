@@ -7,5 +7,6 @@ mod corruption;
 mod crash;
 mod forget;
 mod keys;
+mod prune;
 mod roundtrip;
 mod trees;

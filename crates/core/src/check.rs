@@ -324,18 +324,22 @@ impl Repository {
     ) -> Result<()> {
         let mut roots: Vec<(String, BlobId)> = Vec::new();
         for info in self.inner.backend.list(ObjectKind::Snapshot).await? {
-            report.snapshots += 1;
             let snap = match info.name.parse() {
-                Ok(id) => self.read_snapshot(id).await,
+                Ok(id) => self.read_snapshot_object(id).await,
                 Err(_) => Err(Error::corrupt(
                     ObjectKind::Snapshot.object_name(&info.name),
                     "name is not a hex id",
                 )),
             };
             match snap {
-                Ok(s) => roots.push((info.name.get(..8).unwrap_or(&info.name).to_string(), s.tree)),
+                // A tombstone (an expired session) references nothing.
+                Ok(None) => continue,
+                Ok(Some(s)) => {
+                    roots.push((info.name.get(..8).unwrap_or(&info.name).to_string(), s.tree))
+                }
                 Err(e) => report.errors.push(e.to_string()),
             }
+            report.snapshots += 1;
         }
         let trees = self.walk_all_trees(index, damaged, &roots).await?;
         if trees.values().all(|t| t.problems.is_empty()) {
