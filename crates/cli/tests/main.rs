@@ -2,6 +2,7 @@
 
 mod common;
 
+mod concurrency;
 mod copy;
 mod corruption;
 mod crash;

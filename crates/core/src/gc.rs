@@ -404,6 +404,21 @@ impl Repository {
             .await;
     }
 
+    async fn rebuild_index(
+        &self,
+        lock: &std::sync::RwLock<Index>,
+        condemned: &HashSet<PackId>,
+    ) -> Result<()> {
+        let mut rebuilt = Index::new();
+        for (id, segment) in self.index_segments().await? {
+            rebuilt.add_named_segment(id, &segment)?;
+        }
+        rebuilt.finish_loading();
+        rebuilt.set_condemned(condemned);
+        *lock.write().map_err(|_| poisoned())? = rebuilt;
+        Ok(())
+    }
+
     /// Brings the in-memory index up to the segments stored now: loads
     /// new ones; rebuilds it when one it holds was deleted (a prune
     /// rewrote it); marks `condemned` packs.
@@ -437,20 +452,19 @@ impl Repository {
             (stale, new)
         };
         if stale {
-            let mut rebuilt = Index::new();
-            for (id, segment) in self.index_segments().await? {
-                rebuilt.add_named_segment(id, &segment)?;
-            }
-            rebuilt.finish_loading();
-            rebuilt.set_condemned(condemned);
-            *lock.write().map_err(|_| poisoned())? = rebuilt;
-            return Ok(());
+            return self.rebuild_index(lock, condemned).await;
         }
-        let segments: Vec<_> = futures::stream::iter(new)
+        let segments: Vec<_> = match futures::stream::iter(new)
             .map(|id| async move { self.read_index_segment(&id.to_hex()).await })
             .buffer_unordered(METADATA_CONCURRENCY)
             .try_collect()
-            .await?;
+            .await
+        {
+            Ok(s) => s,
+            // Rewritten by a prune since the listing: load everything anew.
+            Err(Error::Missing { .. }) => return self.rebuild_index(lock, condemned).await,
+            Err(e) => return Err(e),
+        };
         let mut index = lock.write().map_err(|_| poisoned())?;
         if !segments.is_empty() {
             for (id, segment) in &segments {

@@ -247,9 +247,10 @@ impl Repository {
         Ok(index)
     }
 
-    /// Marks every blob the snapshots use. Returns the marks and the
-    /// number of snapshots.
-    async fn mark(&self, index: &Index) -> Result<(Marks, usize)> {
+    /// Every snapshot (tombstones skipped). Read *before* the index is
+    /// loaded: a snapshot is stored after its index segments, so every
+    /// blob of a snapshot listed here is in an index loaded afterwards.
+    async fn read_all_snapshots(&self) -> Result<Vec<snapshot::Snapshot>> {
         let names = self.inner.backend.list(ObjectKind::Snapshot).await?;
         let snapshots: Vec<Option<snapshot::Snapshot>> = futures::stream::iter(names)
             .map(|info| async move {
@@ -269,6 +270,11 @@ impl Repository {
             .buffer_unordered(METADATA_CONCURRENCY)
             .try_collect()
             .await?;
+        Ok(snapshots.into_iter().flatten().collect())
+    }
+
+    /// Marks every blob `snapshots` use (read before `index` was loaded).
+    async fn mark(&self, index: &Index, snapshots: &[snapshot::Snapshot]) -> Result<Marks> {
         let mut marks = Marks::new(index.committed_len());
         let mut mark = |id: &BlobId, what: &str| -> Result<bool> {
             let pos = index.position(id).ok_or_else(|| {
@@ -279,9 +285,7 @@ impl Repository {
             Ok(marks.set(pos))
         };
         let mut level: Vec<BlobId> = Vec::new();
-        let mut count = 0;
-        for s in snapshots.iter().flatten() {
-            count += 1;
+        for s in snapshots {
             if mark(&s.tree, "tree")? {
                 level.push(s.tree);
             }
@@ -321,7 +325,7 @@ impl Repository {
             }
             level = next;
         }
-        Ok((marks, count))
+        Ok(marks)
     }
 
     /// Plans round `round`: mark, choose, repack, then store the plan and
@@ -362,9 +366,20 @@ impl Repository {
             .into_iter()
             .filter_map(|o| Some((o.name.parse().ok()?, o.size)))
             .collect();
+        let snapshots = self.read_all_snapshots().await?;
         let index = self.load_index(&HashSet::new()).await?;
-        let (marks, snapshots) = self.mark(&index).await?;
-        report.snapshots = snapshots;
+        // Listed again: a pack indexed now but absent from both listings
+        // is missing (one written since the first listing is not).
+        let stored_now: HashSet<PackId> = self
+            .inner
+            .backend
+            .list(ObjectKind::Pack)
+            .await?
+            .into_iter()
+            .filter_map(|o| o.name.parse().ok())
+            .collect();
+        let marks = self.mark(&index, &snapshots).await?;
+        report.snapshots = snapshots.len();
         report.blobs = index.committed_len();
         report.blobs_used = marks.count();
         report.packs = stored.len();
@@ -386,6 +401,10 @@ impl Repository {
                 continue;
             };
             let size = stored.get(&id).copied();
+            if size.is_none() && stored_now.contains(&id) {
+                // Written after the first listing: not this round's business.
+                continue;
+            }
             match size {
                 None if u.used_blobs > 0 => {
                     return Err(stopped(format!(
@@ -814,8 +833,9 @@ impl Repository {
         if condemned.is_empty() {
             return Ok(Vec::new());
         }
+        let snapshots = self.read_all_snapshots().await?;
         let index = self.load_index(&condemned).await?;
-        let (marks, _) = self.mark(&index).await?;
+        let marks = self.mark(&index, &snapshots).await?;
         let mut keep: HashSet<PackId> = HashSet::new();
         for e in index.entries() {
             if marks.get(e.position)

@@ -21,6 +21,8 @@ use crate::tree::Tree;
 /// How many objects are fetched at once when listing snapshots or loading
 /// the index.
 pub(crate) const METADATA_CONCURRENCY: usize = 16;
+/// Times the index segments are listed again when one vanished meanwhile.
+const SEGMENT_RELISTS: u32 = 12;
 
 /// Options for [`Repository::init`].
 #[derive(Clone, Debug)]
@@ -298,13 +300,29 @@ impl Repository {
     ///
     /// # Errors
     /// Storage errors and corrupt segments.
+    ///
+    /// A segment that vanishes between the listing and its read was
+    /// rewritten by a prune, which stored its replacement first: the
+    /// segments are listed and read again (a few times at most).
     pub async fn index_segments(&self) -> Result<Vec<(IndexId, IndexSegment)>> {
-        let names = self.inner.backend.list(ObjectKind::Index).await?;
-        futures::stream::iter(names)
-            .map(|info| async move { self.read_index_segment(&info.name).await })
-            .buffer_unordered(METADATA_CONCURRENCY)
-            .try_collect()
-            .await
+        let mut attempt = 0;
+        loop {
+            let names = self.inner.backend.list(ObjectKind::Index).await?;
+            let read: Result<Vec<_>> = futures::stream::iter(names)
+                .map(|info| async move { self.read_index_segment(&info.name).await })
+                .buffer_unordered(METADATA_CONCURRENCY)
+                .try_collect()
+                .await;
+            match read {
+                Err(Error::Missing { .. }) if attempt < SEGMENT_RELISTS => {
+                    attempt += 1;
+                    // Let the sweep finish deleting what it replaced.
+                    tokio::time::sleep(std::time::Duration::from_millis(20 * u64::from(attempt)))
+                        .await;
+                }
+                other => return other,
+            }
+        }
     }
 
     pub(crate) async fn read_index_segment(&self, name: &str) -> Result<(IndexId, IndexSegment)> {
