@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output, Stdio};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::common::{TestRepo, random_bytes};
@@ -128,7 +128,7 @@ fn writer(
             .unwrap();
         let kill = rng
             .chance(4)
-            .then(|| Duration::from_millis(rng.next() % 400));
+            .then(|| Duration::from_millis(rng.next() % 80));
         match run_maybe_killed(child, kill) {
             None => tally.backups_killed.fetch_add(1, Ordering::Relaxed),
             Some(out) if out.status.success() => tally.backups_ok.fetch_add(1, Ordering::Relaxed),
@@ -145,6 +145,75 @@ fn writer(
                 }
             }
         };
+        std::thread::sleep(Duration::from_millis(rng.next() % 250));
+    }
+}
+
+/// Restores the snapshot `snap` (from `snapshots --json`) and compares it
+/// with the tree it was taken of. `Err` for a restore that failed.
+fn verify(t: &TestRepo, snap: &serde_json::Value, scratch: &str) -> Result<(), String> {
+    let id = snap["id"].as_str().unwrap();
+    let tag = snap["tags"][0].as_str().unwrap();
+    let (w, i) = tag
+        .strip_prefix('w')
+        .and_then(|x| x.split_once("-i"))
+        .unwrap();
+    let (w, i): (u64, u64) = (w.parse().unwrap(), i.parse().unwrap());
+    let out = t.path(scratch);
+    let _ = std::fs::remove_dir_all(&out);
+    let restored = t.run(&["restore", "--quiet", id, "--target", out.to_str().unwrap()]);
+    if !restored.status.success() {
+        return Err(String::from_utf8_lossy(&restored.stderr).to_string());
+    }
+    let src = t.path(&format!("host{w}"));
+    let root = out.join(src.strip_prefix("/").unwrap());
+    let expected = tree(w, i);
+    let got = files_under(&root);
+    assert_eq!(got.len(), expected.len(), "snapshot {tag}: {got:?}");
+    for (name, data) in &expected {
+        let restored = std::fs::read(root.join(name)).unwrap();
+        assert!(&restored == data, "snapshot {tag} ({id}): {name} differs");
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+    Ok(())
+}
+
+fn snapshots(t: &TestRepo) -> Vec<serde_json::Value> {
+    let list: serde_json::Value = serde_json::from_str(&t.ok(&["snapshots", "--json"])).unwrap();
+    list.as_array().unwrap().clone()
+}
+
+/// While everything runs: restores random listed snapshots. A restore
+/// may fail only because the snapshot was forgotten meanwhile; one that
+/// fails while the snapshot is still listed lost data.
+fn verifier(
+    t: &TestRepo,
+    seed: u64,
+    stop: &AtomicBool,
+    verified: &AtomicU64,
+    failures: &Mutex<Vec<String>>,
+) {
+    let mut rng = Rng(seed ^ 0x7e57);
+    while !stop.load(Ordering::Relaxed) {
+        let list = snapshots(t);
+        if list.is_empty() {
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
+        let snap = &list[(rng.next() % list.len() as u64) as usize];
+        match verify(t, snap, "verifier") {
+            Ok(()) => {
+                verified.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                if snapshots(t).iter().any(|s| s["id"] == snap["id"]) {
+                    failures.lock().unwrap().push(format!(
+                        "listed snapshot {} does not restore: {e}",
+                        snap["tags"][0]
+                    ));
+                }
+            }
+        }
     }
 }
 
@@ -160,7 +229,7 @@ fn pruner(
         let out = t.run(&[
             "forget",
             "--keep-last",
-            "2",
+            "3",
             "--group-by",
             "host",
             "--quiet",
@@ -187,7 +256,7 @@ fn pruner(
             .unwrap();
         let kill = rng
             .chance(3)
-            .then(|| Duration::from_millis(rng.next() % 600));
+            .then(|| Duration::from_millis(rng.next() % 120));
         match run_maybe_killed(child, kill) {
             None => {
                 tally.prunes_killed.fetch_add(1, Ordering::Relaxed);
@@ -226,7 +295,9 @@ fn backups_and_prunes_with_sigkills_lose_nothing_committed() {
     let stop = AtomicBool::new(false);
     let tally = Tally::default();
     let failures = Mutex::new(Vec::new());
+    let verified = AtomicU64::new(0);
     std::thread::scope(|s| {
+        s.spawn(|| verifier(&t, seed, &stop, &verified, &failures));
         for w in 0..WRITERS {
             let (t, stop, tally, failures) = (&t, &stop, &tally, &failures);
             s.spawn(move || writer(t, w, seed, stop, tally, failures));
@@ -252,6 +323,7 @@ fn backups_and_prunes_with_sigkills_lose_nothing_committed() {
         );
     }
     let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    eprintln!("restores verified while running: {}", n(&verified));
     eprintln!(
         "backups: {} ok, {} killed, {} expired; prunes: {} ok, {} killed; packs deleted {}",
         n(&tally.backups_ok),
@@ -267,30 +339,21 @@ fn backups_and_prunes_with_sigkills_lose_nothing_committed() {
     );
     assert!(n(&tally.packs_deleted) > 0, "prune never deleted anything");
 
+    assert!(
+        n(&verified) > 0,
+        "the verifier restored nothing during the run"
+    );
+
     // Every listed snapshot restores exactly the tree it was taken of.
-    let list: serde_json::Value = serde_json::from_str(&t.ok(&["snapshots", "--json"])).unwrap();
-    let list = list.as_array().unwrap();
+    let list = snapshots(&t);
     assert!(list.len() >= WRITERS as usize, "{list:?}");
-    for snap in list {
-        let id = snap["id"].as_str().unwrap();
-        let tag = snap["tags"][0].as_str().unwrap();
-        let (w, i) = tag
-            .strip_prefix('w')
-            .and_then(|x| x.split_once("-i"))
-            .unwrap();
-        let (w, i): (u64, u64) = (w.parse().unwrap(), i.parse().unwrap());
-        let out = t.path(&format!("restore-{id}"));
-        t.ok(&["restore", "--quiet", id, "--target", out.to_str().unwrap()]);
-        let src = t.path(&format!("host{w}"));
-        let root = out.join(src.strip_prefix("/").unwrap());
-        let expected = tree(w, i);
-        let got = files_under(&root);
-        assert_eq!(got.len(), expected.len(), "snapshot {tag}: {got:?}");
-        for (name, data) in &expected {
-            let restored = std::fs::read(root.join(name)).unwrap();
-            assert!(&restored == data, "snapshot {tag} ({id}): {name} differs");
+    for snap in &list {
+        if let Err(e) = verify(&t, snap, "final") {
+            panic!(
+                "seed {seed:#x}: snapshot {} does not restore: {e}",
+                snap["tags"][0]
+            );
         }
-        std::fs::remove_dir_all(&out).unwrap();
     }
     t.ok(&["check", "--read-data"]);
 }

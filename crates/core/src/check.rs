@@ -332,8 +332,9 @@ impl Repository {
                 )),
             };
             match snap {
-                // A tombstone (an expired session) references nothing.
-                Ok(None) => continue,
+                // A tombstone (an expired session) references nothing; a
+                // snapshot gone since the listing was forgotten.
+                Ok(None) | Err(Error::Missing { .. }) => continue,
                 Ok(Some(s)) => {
                     roots.push((info.name.get(..8).unwrap_or(&info.name).to_string(), s.tree))
                 }

@@ -404,6 +404,21 @@ impl Repository {
             .await;
     }
 
+    /// Reloads the index from the segments stored now (after a read found
+    /// a pack gone), keeping the condemned packs marked.
+    pub(crate) async fn reload_index(&self) -> Result<()> {
+        let lock = self.index().await?;
+        let condemned = {
+            let index = lock.read().map_err(|_| poisoned())?;
+            if index.has_pending() {
+                // A backup on this handle is mid-way: its entries stay.
+                return Ok(());
+            }
+            index.condemned_packs()
+        };
+        self.rebuild_index(lock, &condemned).await
+    }
+
     async fn rebuild_index(
         &self,
         lock: &std::sync::RwLock<Index>,

@@ -330,6 +330,19 @@ impl Index {
             .or_else(|| self.pending.get(id))
     }
 
+    /// Whether a write session's blobs are not yet committed.
+    pub fn has_pending(&self) -> bool {
+        self.session_start.is_some() || !self.pending.is_empty()
+    }
+
+    /// The packs marked by [`Index::set_condemned`].
+    pub fn condemned_packs(&self) -> HashSet<PackId> {
+        self.condemned
+            .iter()
+            .filter_map(|n| self.pack_id(*n))
+            .collect()
+    }
+
     /// Whether the blob is stored (or being stored by this session) in a
     /// pack no pending GC round condemned: whether a backup may refer to
     /// it instead of storing it.

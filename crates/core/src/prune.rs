@@ -260,7 +260,12 @@ impl Repository {
                         ObjectKind::Snapshot.object_name(&info.name)
                     ))
                 })?;
-                self.read_snapshot_object(id).await.map_err(|e| {
+                match self.read_snapshot_object(id).await {
+                    // Forgotten since the listing: it needs nothing.
+                    Err(Error::Missing { .. }) => return Ok(None),
+                    other => other,
+                }
+                .map_err(|e| {
                     stopped(format!(
                         "{e}; prune cannot know what it references: forget it (tessera forget {}) or restore the object",
                         id.short()

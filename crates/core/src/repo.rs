@@ -364,7 +364,12 @@ impl Repository {
                         "snapshot name is not a hex id",
                     )
                 })?;
-                let snapshot = self.read_snapshot_object(id).await?;
+                let snapshot = match self.read_snapshot_object(id).await {
+                    Ok(s) => s,
+                    // Forgotten since the listing.
+                    Err(Error::Missing { .. }) => None,
+                    Err(e) => return Err(e),
+                };
                 Ok::<_, Error>(snapshot.map(|snapshot| SnapshotEntry { id, snapshot }))
             })
             .buffer_unordered(METADATA_CONCURRENCY)

@@ -267,28 +267,42 @@ impl Repository {
             .map(|span| {
                 let deliver = deliver.clone();
                 async move {
-                    let bytes = self.read_span(&span).await?;
-                    let inner = self.inner.clone();
-                    // Each blob is opened and delivered by one rayon task, so
-                    // a span's plaintext is never held all at once.
-                    on_rayon(move || {
-                        let blobs = SpanBlobs::new(&inner, &span, &bytes)?;
-                        // Pieces of at least `MIN_PIECE` blobs: a span of a
-                        // few large chunks (mostly one file's) stays on one
-                        // thread, as two threads writing one file queue on
-                        // its inode lock.
-                        span.blobs
-                            .par_iter()
-                            .with_min_len(MIN_PIECE)
-                            .try_for_each(|(id, loc)| {
-                                blobs.open_with(id, loc, |plain| deliver(*id, plain))?
-                            })
-                    })
-                    .await
+                    match self.read_span(&span).await {
+                        Ok(bytes) => deliver_span(&self.inner, span, bytes, deliver).await,
+                        // A prune deleted the pack after moving (or finding
+                        // another copy of) its used blobs: look them up anew.
+                        Err(Error::Missing { .. }) => self.fetch_moved(span, deliver).await,
+                        Err(e) => Err(e.into()),
+                    }
                 }
             })
             .buffer_unordered(READ_AHEAD);
         while reads.try_next().await?.is_some() {}
+        Ok(())
+    }
+
+    /// The blobs of a span whose pack is gone, read from where a freshly
+    /// loaded index says they are now.
+    async fn fetch_moved<F, E>(&self, span: ReadSpan, deliver: Arc<F>) -> std::result::Result<(), E>
+    where
+        F: Fn(BlobId, &[u8]) -> std::result::Result<(), E> + Send + Sync + 'static,
+        E: From<Error> + Send + 'static,
+    {
+        let gone = ObjectKind::Pack.object_name(&span.pack.to_hex());
+        self.reload_index().await?;
+        let ids: Vec<BlobId> = span.blobs.iter().map(|(id, _)| *id).collect();
+        let mut located = {
+            let index = self.index().await?.read().map_err(|_| poisoned())?;
+            locate(&index, &ids, &gone)?
+        };
+        if located.iter().any(|(_, l)| l.pack == span.pack) {
+            return Err(Error::Missing { object: gone }.into());
+        }
+        located.sort_unstable_by_key(|(_, l)| (l.pack, l.offset));
+        for moved in spans(located, MAX_GAP) {
+            let bytes = self.read_span(&moved).await?;
+            deliver_span(&self.inner, moved, bytes, deliver.clone()).await?;
+        }
         Ok(())
     }
 
@@ -373,6 +387,33 @@ impl Repository {
         })
         .await
     }
+}
+
+/// Opens the blobs of a span on rayon and hands each to `deliver`.
+async fn deliver_span<F, E>(
+    inner: &Arc<Inner>,
+    span: ReadSpan,
+    bytes: bytes::Bytes,
+    deliver: Arc<F>,
+) -> std::result::Result<(), E>
+where
+    F: Fn(BlobId, &[u8]) -> std::result::Result<(), E> + Send + Sync + 'static,
+    E: From<Error> + Send + 'static,
+{
+    let inner = inner.clone();
+    // Each blob is opened and delivered by one rayon task, so a span's
+    // plaintext is never held all at once.
+    on_rayon(move || {
+        let blobs = SpanBlobs::new(&inner, &span, &bytes)?;
+        // Pieces of at least `MIN_PIECE` blobs: a span of a few large
+        // chunks (mostly one file's) stays on one thread, as two threads
+        // writing one file queue on its inode lock.
+        span.blobs
+            .par_iter()
+            .with_min_len(MIN_PIECE)
+            .try_for_each(|(id, loc)| blobs.open_with(id, loc, |plain| deliver(*id, plain))?)
+    })
+    .await
 }
 
 /// The blobs of a span read into `bytes`: each is authenticated,
