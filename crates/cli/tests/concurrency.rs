@@ -34,10 +34,12 @@ impl Rng {
 
 /// The files writer `w` backs up in iteration `i`: some shared by all
 /// writers (so they dedup against each other), some shared with the
-/// writer's earlier iterations, some new.
+/// writer's earlier iterations, some new. Contents come back after
+/// `forget --keep-last 3` dropped every snapshot holding them, so backups
+/// reuse blobs a prune has just found unused: the race that matters.
 fn tree(w: u64, i: u64) -> Vec<(String, Vec<u8>)> {
     let mut files = vec![
-        ("shared/a".into(), random_bytes(300 << 10, 1000 + i % 4)),
+        ("shared/a".into(), random_bytes(300 << 10, 1000 + i % 6)),
         ("shared/b".into(), random_bytes(200 << 10, 2000 + i % 2)),
         ("shared/c".into(), b"the same for everyone\n".repeat(1000)),
         (
@@ -50,7 +52,7 @@ fn tree(w: u64, i: u64) -> Vec<(String, Vec<u8>)> {
         ),
         (
             "big".into(),
-            random_bytes(1536 << 10, 5000 + w * 10 + i % 3),
+            random_bytes(1536 << 10, 5000 + w * 10 + i % 5),
         ),
     ];
     files.push(("empty".into(), Vec::new()));
