@@ -215,6 +215,9 @@ fn dead_and_overdue_backups_are_expired_by_the_storage_clock() {
     t.ok(&["forget", "--keep-tag", "keep", "--group-by", ""]);
     let r = prune(&t, &[]);
     assert_eq!(r["round_waiting"], 1, "{r}");
+    // (repair index must not rewrite the index under a pending round)
+    let err = t.fails(&["repair", "index"]);
+    assert!(err.contains("GC round 1 is not finished"), "{err}");
     // ...until its lease runs out.
     std::thread::sleep(Duration::from_millis(1100));
     let r = prune(&t, &["--session-lease", "1s"]);
@@ -243,4 +246,9 @@ fn dead_and_overdue_backups_are_expired_by_the_storage_clock() {
     );
     assert!(t.dump(&kept_id, "kept") == kept);
     t.ok(&["check", "--read-data"]);
+    // repair index takes (and closes) a round of its own.
+    t.ok(&["repair", "index"]);
+    let r = prune(&t, &[]);
+    assert!(r["round_waiting"].is_null(), "{r}");
+    assert!(t.dump(&kept_id, "kept") == kept);
 }

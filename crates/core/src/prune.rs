@@ -943,7 +943,7 @@ impl Repository {
     }
 
     /// Deletes a finished round's plan, open list and sweep record.
-    async fn forget_round(&self, round: u64) -> Result<()> {
+    pub(crate) async fn forget_round(&self, round: u64) -> Result<()> {
         for part in [Part::Plan, Part::Open, Part::Sweep] {
             self.inner
                 .backend

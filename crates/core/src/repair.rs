@@ -16,9 +16,11 @@ use serde::Serialize;
 use crate::backup::{BLOBS_PER_SEGMENT, PACKS_PER_SEGMENT};
 use crate::error::{Error, Result};
 use crate::format::ObjectKind;
+use crate::gc::{GcPlan, Part, RoundKind, gc_name};
 use crate::id::PackId;
 use crate::index::{Index, IndexPack};
 use crate::repo::{Repository, poisoned};
+use crate::storage::StorageError;
 
 /// Pack headers read at once.
 const HEADER_CONCURRENCY: usize = 8;
@@ -49,10 +51,62 @@ impl Repository {
     /// Rebuilds the index from the headers of every pack; with `dry_run`,
     /// only reports what it would change.
     ///
+    /// It claims a GC round of its own while it works (FORMAT.md §10), so
+    /// no prune sweeps meanwhile: a sweep deleting packs this rebuild
+    /// indexes would leave segments naming missing packs.
+    ///
     /// # Errors
-    /// Storage errors while listing or writing; unreadable packs and
-    /// damaged segments are reported, not errors.
+    /// [`Error::GcBusy`] while a prune's round is not finished; storage
+    /// errors while listing or writing. Unreadable packs and damaged
+    /// segments are reported, not errors.
     pub async fn repair_index(&self, dry_run: bool) -> Result<RepairIndexReport> {
+        if dry_run {
+            return self.rebuild_index_from_packs(true).await;
+        }
+        let rounds = self.list_rounds().await?;
+        if let Some(r) = rounds.pending().first() {
+            return Err(Error::GcBusy(format!(
+                "GC round {r} is not finished: run `tessera prune` first (repair index must not race a sweep)"
+            )));
+        }
+        let session = self.create_marker().await?;
+        let round = rounds.highest() + 1;
+        let plan = GcPlan {
+            kind: RoundKind::RepairIndex,
+            planner: session,
+            condemned: Vec::new(),
+        };
+        match self
+            .put_gc(&gc_name(round, Part::Plan), &plan.encode())
+            .await
+        {
+            Ok(()) => {}
+            Err(e) => {
+                self.delete_marker(session).await;
+                return Err(match e {
+                    StorageError::AlreadyExists { .. } => Error::GcBusy(format!(
+                        "a prune claimed GC round {round} at the same time: run repair index again after it"
+                    )),
+                    other => other.into(),
+                });
+            }
+        }
+        let result = self.rebuild_index_from_packs(false).await;
+        // The round condemned nothing: close it whatever happened.
+        let closed = match self
+            .put_gc(&gc_name(round, Part::Done), &round.to_le_bytes())
+            .await
+        {
+            Ok(()) | Err(StorageError::AlreadyExists { .. }) => self.forget_round(round).await,
+            Err(e) => Err(e.into()),
+        };
+        self.delete_marker(session).await;
+        let report = result?;
+        closed?;
+        Ok(report)
+    }
+
+    async fn rebuild_index_from_packs(&self, dry_run: bool) -> Result<RepairIndexReport> {
         let mut report = RepairIndexReport::default();
         let backend = &self.inner.backend;
         let old_segments = backend.list(ObjectKind::Index).await?;
