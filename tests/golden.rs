@@ -7,9 +7,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use tessera::gc::{GcPlan, OpenSessions, PackList, RoundKind, SessionMarker};
 use tessera::{
-    BackupOptions, ChunkerParams, Credential, InitOptions, KdfParams, ObjectStoreBackend,
-    StreamSource, blocking,
+    BackupOptions, ChunkerParams, Credential, InitOptions, KdfParams, ObjectStoreBackend, PackId,
+    PruneOptions, SnapshotId, StreamSource, blocking,
 };
 
 const PASSWORD: &str = "golden";
@@ -68,7 +69,64 @@ fn golden_v1_repository_opens_and_restores() {
 
     // The key-file slot opens it too.
     let key = std::fs::read_to_string(fixture().with_extension("key")).unwrap();
-    blocking::Repository::open(backend, &Credential::key_file(&key).unwrap()).unwrap();
+    blocking::Repository::open(backend.clone(), &Credential::key_file(&key).unwrap()).unwrap();
+
+    // A repository written before the GC protocol prunes: both snapshots
+    // are kept whole, nothing is deleted.
+    let report = repo.prune(&PruneOptions::default()).unwrap();
+    assert_eq!(
+        (report.snapshots, report.packs_deleted),
+        (2, 0),
+        "{report:?}"
+    );
+    let mut out = Vec::new();
+    repo.restore_stream(&snaps[1].snapshot, "noise.bin", &mut out)
+        .unwrap();
+    assert!(out == noise());
+}
+
+/// The plaintext layouts of the GC objects (FORMAT.md §10), byte for byte.
+#[test]
+fn golden_v1_gc_objects() {
+    let plan = GcPlan {
+        kind: RoundKind::Prune,
+        planner: SnapshotId([0xaa; 32]),
+        condemned: vec![PackId([1; 32]), PackId([2; 32])],
+    };
+    let expected = format!(
+        "00{}02000000{}{}",
+        "aa".repeat(32),
+        "01".repeat(32),
+        "02".repeat(32)
+    );
+    assert_eq!(hex::encode(plan.encode()), expected);
+    assert_eq!(
+        GcPlan::decode(&hex::decode(&expected).unwrap(), "gc/x").unwrap(),
+        plan
+    );
+    let repair = GcPlan {
+        kind: RoundKind::RepairIndex,
+        planner: SnapshotId([0xbb; 32]),
+        condemned: Vec::new(),
+    };
+    assert_eq!(
+        hex::encode(repair.encode()),
+        format!("01{}00000000", "bb".repeat(32))
+    );
+    let open = OpenSessions(vec![SnapshotId([3; 32])]);
+    assert_eq!(
+        hex::encode(open.encode()),
+        format!("01000000{}", "03".repeat(32))
+    );
+    let sweep = PackList(vec![PackId([4; 32])]);
+    assert_eq!(
+        hex::encode(sweep.encode()),
+        format!("01000000{}", "04".repeat(32))
+    );
+    let marker = br#"{"hostname":"h","username":"u","program":"tessera 0.1.0","started":"2026-01-01T00:00:00Z"}"#;
+    let m = SessionMarker::decode(marker, "sessions/x").unwrap();
+    assert_eq!(m.encode(), marker.to_vec());
+    assert_eq!(tessera::snapshot::TOMBSTONE, br#"{"expired":true}"#);
 }
 
 #[test]

@@ -153,6 +153,14 @@ impl Repository {
         self.block(self.repo.stats())
     }
 
+    /// See [`crate::Repository::prune`].
+    ///
+    /// # Errors
+    /// As the async version.
+    pub fn prune(&self, options: &crate::PruneOptions) -> Result<crate::PruneReport> {
+        self.block(self.repo.prune(options))
+    }
+
     /// Runs any async operation of the handle on the private runtime.
     pub fn run<F>(&self, fut: F) -> F::Output
     where

@@ -160,6 +160,14 @@ impl Marks {
 struct PackUse {
     used_bytes: u64,
     used_blobs: u32,
+    /// Blobs the index attributes to the pack (used or not).
+    blobs: u32,
+}
+
+/// Bytes of a pack that are no blob: preamble, sealed header, trailer.
+fn pack_overhead(blobs: u32) -> u64 {
+    (crate::format::PREAMBLE_LEN + crate::pack::HEADER_FIXED_LEN) as u64
+        + u64::from(blobs) * crate::pack::HEADER_ENTRY_LEN as u64
 }
 
 /// What the sweep of a round came to.
@@ -392,11 +400,12 @@ impl Repository {
 
         let mut uses = vec![PackUse::default(); index.pack_count()];
         for e in index.entries() {
-            if marks.get(e.position)
-                && let Some(u) = uses.get_mut(e.pack as usize)
-            {
-                u.used_bytes += u64::from(e.entry.stored_len);
-                u.used_blobs += 1;
+            if let Some(u) = uses.get_mut(e.pack as usize) {
+                u.blobs += 1;
+                if marks.get(e.position) {
+                    u.used_bytes += u64::from(e.entry.stored_len);
+                    u.used_blobs += 1;
+                }
             }
         }
         let mut condemned: Vec<PackId> = Vec::new();
@@ -426,7 +435,11 @@ impl Repository {
                     condemned.push(id);
                 }
                 Some(size) => {
-                    let unused = size.saturating_sub(u.used_bytes) as f64 / size.max(1) as f64;
+                    // Unused blob bytes, against the blob bytes: the
+                    // header of a small pack is not garbage.
+                    let blob_bytes = size.saturating_sub(pack_overhead(u.blobs));
+                    let unused =
+                        blob_bytes.saturating_sub(u.used_bytes) as f64 / blob_bytes.max(1) as f64;
                     if unused >= options.repack_threshold && options.repack_threshold < 1.0 {
                         repack.insert(n as u32);
                         report.packs_repacked += 1;
@@ -805,14 +818,18 @@ impl Repository {
             .into_iter()
             .map(|o| (o.name, o.size))
             .collect();
-        let results: Vec<(bool, u64)> = futures::stream::iter(&doomed)
+        let deletes: Vec<(String, Option<u64>)> = doomed
+            .iter()
             .map(|p| {
                 let name = p.to_hex();
                 let size = sizes.get(&name).copied();
-                async move {
-                    self.inner.backend.delete(ObjectKind::Pack, &name).await?;
-                    Ok::<_, Error>((size.is_some(), size.unwrap_or(0)))
-                }
+                (name, size)
+            })
+            .collect();
+        let results: Vec<(bool, u64)> = futures::stream::iter(deletes)
+            .map(|(name, size)| async move {
+                self.inner.backend.delete(ObjectKind::Pack, &name).await?;
+                Ok::<_, Error>((size.is_some(), size.unwrap_or(0)))
             })
             .buffer_unordered(DELETE_CONCURRENCY)
             .try_collect()
