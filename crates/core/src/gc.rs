@@ -424,10 +424,7 @@ impl Repository {
         lock: &std::sync::RwLock<Index>,
         condemned: &HashSet<PackId>,
     ) -> Result<()> {
-        let mut rebuilt = Index::new();
-        for (id, segment) in self.index_segments().await? {
-            rebuilt.add_named_segment(id, &segment)?;
-        }
+        let mut rebuilt = self.load_segments().await?;
         rebuilt.finish_loading();
         rebuilt.set_condemned(condemned);
         *lock.write().map_err(|_| poisoned())? = rebuilt;

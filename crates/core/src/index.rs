@@ -223,6 +223,12 @@ impl Index {
         Ok(())
     }
 
+    /// Makes room for about `blobs` more entries (one allocation instead of
+    /// doublings while segments load).
+    pub fn reserve(&mut self, blobs: usize) {
+        self.sorted.reserve(blobs);
+    }
+
     /// Adds a segment stored as `id` (see [`Index::add_segment`]) and
     /// remembers it as loaded.
     ///

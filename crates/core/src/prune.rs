@@ -247,10 +247,7 @@ impl Repository {
     /// Loads every index segment into a fresh index, keeping of duplicated
     /// blobs a copy outside `shunned`.
     async fn load_index(&self, shunned: &HashSet<PackId>) -> Result<Index> {
-        let mut index = Index::new();
-        for (id, segment) in self.index_segments().await? {
-            index.add_named_segment(id, &segment)?;
-        }
+        let mut index = self.load_segments().await?;
         index.finish_loading_preferring(|p| shunned.contains(p));
         Ok(index)
     }

@@ -286,14 +286,47 @@ impl Repository {
         self.inner
             .index
             .get_or_try_init(|| async {
-                let mut index = Index::new();
-                for (id, segment) in self.index_segments().await? {
-                    index.add_named_segment(id, &segment)?;
-                }
+                let mut index = self.load_segments().await?;
                 index.finish_loading();
                 Ok(RwLock::new(index))
             })
             .await
+    }
+
+    /// Every index segment's entries in a new index (not yet sorted: call
+    /// `finish_loading`). Segments are added as they arrive and dropped,
+    /// so the decoded segments are never all held at once. A segment that
+    /// vanishes meanwhile was rewritten by a prune: everything is listed
+    /// and loaded again (see [`Repository::index_segments`]).
+    pub(crate) async fn load_segments(&self) -> Result<Index> {
+        let mut attempt = 0;
+        loop {
+            let names = self.inner.backend.list(ObjectKind::Index).await?;
+            let mut index = Index::new();
+            // A segment stores each blob in `SEGMENT_BLOB_LEN` bytes plus
+            // a little per pack: its size bounds its blob count.
+            let stored: u64 = names.iter().map(|o| o.size).sum();
+            index.reserve((stored / crate::index::SEGMENT_BLOB_LEN as u64) as usize);
+            let mut reads = futures::stream::iter(names)
+                .map(|info| async move { self.read_index_segment(&info.name).await })
+                .buffer_unordered(METADATA_CONCURRENCY);
+            let loaded: Result<()> = async {
+                while let Some((id, segment)) = reads.try_next().await? {
+                    index.add_named_segment(id, &segment)?;
+                }
+                Ok(())
+            }
+            .await;
+            match loaded {
+                Ok(()) => return Ok(index),
+                Err(Error::Missing { .. }) if attempt < SEGMENT_RELISTS => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(20 * u64::from(attempt)))
+                        .await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Loads and decodes every index segment.
