@@ -252,7 +252,7 @@ impl Repository {
                 .unwrap_or(false);
             if !known {
                 report.warnings.push(format!(
-                    "{} is in no index segment (left by an interrupted backup; unused)",
+                    "{} is in no index segment (left by an interrupted backup; unused: prune deletes it)",
                     ObjectKind::Pack.object_name(name)
                 ));
             }

@@ -50,7 +50,8 @@ impl Repository {
         let failed: FirstError = Arc::new(Mutex::new(None));
         let entries = Walk::new(self, root, known, failed.clone());
         let stored = target.store_tree(entries, None).await;
-        if let Some(e) = failed.lock().map_err(|_| poisoned())?.take() {
+        let first_error = failed.lock().map_err(|_| poisoned())?.take();
+        if let Some(e) = first_error {
             if let Ok(tree) = stored {
                 target.abandon_tree(tree).await;
             }
@@ -81,7 +82,8 @@ impl Repository {
         let mut walk = Walk::new(self, root, Some(self.known_blobs().await?), failed.clone());
         walk.left_out = Some(left_out.clone());
         let stored = self.store_tree(walk, None).await;
-        if let Some(e) = failed.lock().map_err(|_| poisoned())?.take() {
+        let first_error = failed.lock().map_err(|_| poisoned())?.take();
+        if let Some(e) = first_error {
             if let Ok(tree) = stored {
                 self.abandon_tree(tree).await;
             }
