@@ -122,6 +122,19 @@ async fn listing_by_kind(b: &dyn Backend) {
         packs,
         vec![("aa01".to_string(), 100_000), ("bb02".to_string(), 256)]
     );
+    // The GC protocol's leases read the storage's clock from listings.
+    let before = jiff::Timestamp::now() - jiff::SignedDuration::from_hours(1);
+    for o in b.list(ObjectKind::Pack).await.unwrap() {
+        let t = o.modified.expect("listings carry the storage's timestamp");
+        assert!(t > before, "implausible storage timestamp {t}");
+    }
+    b.put(ObjectKind::Gc, "0000000001-plan", Bytes::from_static(b"p"))
+        .await
+        .unwrap();
+    let gc = b.list(ObjectKind::Gc).await.unwrap();
+    assert_eq!(gc.len(), 1);
+    assert_eq!(gc[0].name, "0000000001-plan");
+    b.delete(ObjectKind::Gc, "0000000001-plan").await.unwrap();
     let config = b.list(ObjectKind::Config).await.unwrap();
     assert_eq!(config.len(), 1);
     assert_eq!(b.list(ObjectKind::Index).await.unwrap().len(), 1);
