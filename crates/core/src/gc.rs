@@ -104,12 +104,7 @@ pub struct OpenSessions(pub Vec<SnapshotId>);
 impl OpenSessions {
     /// Encodes the plaintext: count (u32 LE), session ids (32 each).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(4 + 32 * self.0.len());
-        out.extend_from_slice(&(self.0.len() as u32).to_le_bytes());
-        for s in &self.0 {
-            out.extend_from_slice(s.as_bytes());
-        }
-        out
+        write_ids(self.0.iter().map(SnapshotId::as_bytes))
     }
 
     /// Decodes the plaintext.
@@ -117,10 +112,7 @@ impl OpenSessions {
     /// # Errors
     /// [`Error::Corrupt`] naming `object`.
     pub fn decode(plain: &[u8], object: &str) -> Result<Self> {
-        let mut r = Reader::new(plain, object);
-        let ids = read_ids(&mut r)?.into_iter().map(SnapshotId).collect();
-        r.finish()?;
-        Ok(OpenSessions(ids))
+        Ok(OpenSessions(read_id_list(plain, object, SnapshotId)?))
     }
 }
 
@@ -133,12 +125,7 @@ pub struct PackList(pub Vec<PackId>);
 impl PackList {
     /// Encodes the plaintext: count (u32 LE), pack ids (32 each).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(4 + 32 * self.0.len());
-        out.extend_from_slice(&(self.0.len() as u32).to_le_bytes());
-        for p in &self.0 {
-            out.extend_from_slice(p.as_bytes());
-        }
-        out
+        write_ids(self.0.iter().map(PackId::as_bytes))
     }
 
     /// Decodes the plaintext.
@@ -146,11 +133,26 @@ impl PackList {
     /// # Errors
     /// [`Error::Corrupt`] naming `object`.
     pub fn decode(plain: &[u8], object: &str) -> Result<Self> {
-        let mut r = Reader::new(plain, object);
-        let ids = read_ids(&mut r)?.into_iter().map(PackId).collect();
-        r.finish()?;
-        Ok(PackList(ids))
+        Ok(PackList(read_id_list(plain, object, PackId)?))
     }
+}
+
+/// A count (u32 LE) and the ids: the plaintext of `-open` and `-sweep`.
+fn write_ids<'a>(ids: impl ExactSizeIterator<Item = &'a [u8; 32]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + 32 * ids.len());
+    out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+    for id in ids {
+        out.extend_from_slice(id);
+    }
+    out
+}
+
+/// Decodes a whole plaintext written by [`write_ids`].
+fn read_id_list<T>(plain: &[u8], object: &str, wrap: fn([u8; 32]) -> T) -> Result<Vec<T>> {
+    let mut r = Reader::new(plain, object);
+    let ids = read_ids(&mut r)?.into_iter().map(wrap).collect();
+    r.finish()?;
+    Ok(ids)
 }
 
 /// A count (u32 LE) and that many 32-byte ids; the count is checked

@@ -134,6 +134,24 @@ struct Entry {
 }
 
 const _: () = assert!(std::mem::size_of::<Entry>() == 48);
+
+impl Entry {
+    fn blob_type(&self) -> BlobType {
+        if self.pack_bits & 2 != 0 {
+            BlobType::Tree
+        } else {
+            BlobType::Data
+        }
+    }
+
+    fn flags(&self) -> u8 {
+        if self.pack_bits & 1 != 0 {
+            FLAG_ZSTD
+        } else {
+            0
+        }
+    }
+}
 const MAX_PACKS: usize = 1 << 30;
 
 /// Pack metadata shared by all entries of a pack.
@@ -372,12 +390,8 @@ impl Index {
                 pack: e.pack_bits >> 2,
                 entry: PackEntry {
                     id: BlobId(e.id),
-                    blob_type: if e.pack_bits & 2 != 0 {
-                        BlobType::Tree
-                    } else {
-                        BlobType::Data
-                    },
-                    flags: if e.pack_bits & 1 != 0 { FLAG_ZSTD } else { 0 },
+                    blob_type: e.blob_type(),
+                    flags: e.flags(),
                     offset: e.offset,
                     stored_len: e.stored_len,
                     raw_len: e.raw_len,
@@ -407,12 +421,8 @@ impl Index {
         Some(BlobLocation {
             pack: pack.id,
             key_id: pack.key_id,
-            blob_type: if e.pack_bits & 2 != 0 {
-                BlobType::Tree
-            } else {
-                BlobType::Data
-            },
-            flags: if e.pack_bits & 1 != 0 { FLAG_ZSTD } else { 0 },
+            blob_type: e.blob_type(),
+            flags: e.flags(),
             offset: e.offset,
             stored_len: e.stored_len,
             raw_len: e.raw_len,

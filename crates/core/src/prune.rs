@@ -125,6 +125,25 @@ pub struct PruneReport {
     pub segments_after: usize,
 }
 
+impl PruneReport {
+    /// Adds a sweep's outcome; whether the round was swept.
+    fn record(&mut self, round: u64, sweep: Sweep) -> bool {
+        match sweep {
+            Sweep::Done { deleted, freed } => {
+                self.rounds_swept.push(round);
+                self.packs_deleted += deleted;
+                self.bytes_freed += freed;
+                true
+            }
+            Sweep::Waiting(sessions) => {
+                self.round_waiting = Some(round);
+                self.waiting_for = sessions.iter().map(SnapshotId::short).collect();
+                false
+            }
+        }
+    }
+}
+
 /// One bit per committed index position: used or not.
 struct Marks(Vec<u64>);
 
@@ -207,19 +226,10 @@ impl Repository {
                 self.forget_round(*r).await?;
             }
             for r in rounds.pending() {
-                match self.sweep(r, options, &mut report).await? {
-                    Sweep::Done { deleted, freed } => {
-                        report.rounds_swept.push(r);
-                        report.packs_deleted += deleted;
-                        report.bytes_freed += freed;
-                    }
-                    Sweep::Waiting(sessions) => {
-                        report.round_waiting = Some(r);
-                        report.waiting_for = sessions.iter().map(SnapshotId::short).collect();
-                        report.segments_after =
-                            self.inner.backend.list(ObjectKind::Index).await?.len();
-                        return Ok(report);
-                    }
+                let sweep = self.sweep(r, options, &mut report).await?;
+                if !report.record(r, sweep) {
+                    report.segments_after = self.inner.backend.list(ObjectKind::Index).await?.len();
+                    return Ok(report);
                 }
             }
         } else if let Some(r) = rounds.pending().first() {
@@ -228,17 +238,8 @@ impl Repository {
         let round = rounds.highest() + 1;
         if self.plan(round, options, &mut report).await? {
             report.round_planned = Some(round);
-            match self.sweep(round, options, &mut report).await? {
-                Sweep::Done { deleted, freed } => {
-                    report.rounds_swept.push(round);
-                    report.packs_deleted += deleted;
-                    report.bytes_freed += freed;
-                }
-                Sweep::Waiting(sessions) => {
-                    report.round_waiting = Some(round);
-                    report.waiting_for = sessions.iter().map(SnapshotId::short).collect();
-                }
-            }
+            let sweep = self.sweep(round, options, &mut report).await?;
+            report.record(round, sweep);
         }
         report.segments_after = self.inner.backend.list(ObjectKind::Index).await?.len();
         Ok(report)
