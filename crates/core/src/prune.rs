@@ -636,14 +636,7 @@ impl Repository {
         round: u64,
         planner: Option<SnapshotId>,
     ) -> Result<OpenSessions> {
-        let snapshots: HashSet<String> = self
-            .inner
-            .backend
-            .list(ObjectKind::Snapshot)
-            .await?
-            .into_iter()
-            .map(|o| o.name)
-            .collect();
+        let snapshots = self.listed_names(ObjectKind::Snapshot).await?;
         let mut open: Vec<SnapshotId> = self
             .inner
             .backend
@@ -665,6 +658,12 @@ impl Repository {
             ),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The names of every object of a kind.
+    async fn listed_names(&self, kind: ObjectKind) -> Result<HashSet<String>> {
+        let listed = self.inner.backend.list(kind).await?;
+        Ok(listed.into_iter().map(|o| o.name).collect())
     }
 
     /// The storage's clock now: the timestamp of a probe object.
@@ -703,14 +702,7 @@ impl Repository {
             .into_iter()
             .map(|o| (o.name, o.modified))
             .collect();
-        let snapshots: HashSet<String> = self
-            .inner
-            .backend
-            .list(ObjectKind::Snapshot)
-            .await?
-            .into_iter()
-            .map(|o| o.name)
-            .collect();
+        let snapshots = self.listed_names(ObjectKind::Snapshot).await?;
         let open: Vec<(SnapshotId, Option<jiff::Timestamp>)> = waiting
             .iter()
             .filter_map(|s| {
@@ -934,12 +926,7 @@ impl Repository {
     /// probes left behind.
     async fn clean_gc(&self, round: u64) -> Result<()> {
         let backend = &self.inner.backend;
-        let snapshots: HashSet<String> = backend
-            .list(ObjectKind::Snapshot)
-            .await?
-            .into_iter()
-            .map(|o| o.name)
-            .collect();
+        let snapshots = self.listed_names(ObjectKind::Snapshot).await?;
         for marker in backend.list(ObjectKind::Session).await? {
             if snapshots.contains(&marker.name) {
                 backend.delete(ObjectKind::Session, &marker.name).await?;
