@@ -91,9 +91,13 @@ pub fn prune_report(r: &tessera_core::PruneReport, lease: jiff::SignedDuration) 
             would
         );
         out += &format!(
-            "{} {}to be freed\n",
+            "{} {}\n",
             bytes(r.bytes_to_free),
-            if r.dry_run { "would be " } else { "" }
+            if r.dry_run {
+                "would be freed"
+            } else {
+                "to be freed"
+            }
         );
     }
     if let Some(round) = r.round_waiting.filter(|_| !r.dry_run) {

@@ -371,8 +371,11 @@ impl Index {
     /// pack no pending GC round condemned: whether a backup may refer to
     /// it instead of storing it.
     pub fn contains(&self, id: &BlobId) -> bool {
-        self.find(id)
-            .is_some_and(|e| !self.condemned.contains(&(e.pack_bits >> 2)))
+        // Checked per chunk of every backup: no hashing when no round is
+        // pending (the usual case).
+        self.find(id).is_some_and(|e| {
+            self.condemned.is_empty() || !self.condemned.contains(&(e.pack_bits >> 2))
+        })
     }
 
     /// The blob's position in the sorted array of committed entries.

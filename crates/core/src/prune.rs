@@ -92,7 +92,7 @@ pub struct PruneReport {
     pub sessions_expired: Vec<String>,
     /// Snapshots marked.
     pub snapshots: usize,
-    /// Blobs in the index, and those some snapshot uses.
+    /// Blobs in the index.
     pub blobs: usize,
     /// Blobs some snapshot uses.
     pub blobs_used: usize,
