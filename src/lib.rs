@@ -19,3 +19,6 @@
 //! ```
 
 pub use tessera_core::*;
+
+pub mod location;
+pub use location::{Storage, StorageOptions, open_storage};

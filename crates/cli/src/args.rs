@@ -34,6 +34,20 @@ pub struct Global {
     /// Local cache directory (default: $XDG_CACHE_HOME/tessera or ~/.cache/tessera)
     #[arg(long, env = "TESSERA_CACHE_DIR", global = true)]
     pub cache_dir: Option<PathBuf>,
+    /// Do not keep a local copy of a remote repository's metadata
+    #[arg(long, env = "TESSERA_NO_CACHE", global = true)]
+    pub no_cache: bool,
+    /// Storage class for data packs, e.g. GLACIER_IR, STANDARD_IA, DEEP_ARCHIVE
+    /// (metadata stays in the default class)
+    #[arg(long, env = "TESSERA_DATA_STORAGE_CLASS", global = true)]
+    pub data_storage_class: Option<String>,
+    /// Print the storage requests made (PUT/GET/LIST/DELETE) on standard error
+    #[arg(long, global = true)]
+    pub print_requests: bool,
+    /// Inject storage faults, e.g. transient=0.1,torn=0.02,full-after=40
+    /// (for tests and benchmarks)
+    #[arg(long, env = "TESSERA_FAULTS", global = true, hide = true)]
+    pub faults: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -169,6 +183,27 @@ pub struct InitArgs {
     /// Argon2id passes for the first key slot
     #[arg(long, default_value_t = tessera_core::KdfParams::default().t_cost)]
     pub kdf_iterations: u32,
+    /// The bucket retains every object this many days (S3 object lock):
+    /// new objects get this retention, and prune leaves packs alone until it ends
+    #[arg(long)]
+    pub object_lock_days: Option<u32>,
+    /// Object lock mode of --object-lock-days
+    #[arg(
+        long,
+        value_enum,
+        default_value = "governance",
+        requires = "object_lock_days"
+    )]
+    pub object_lock_mode: LockModeArg,
+}
+
+/// S3 object lock mode.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum LockModeArg {
+    /// Privileged users may shorten or lift the retention
+    Governance,
+    /// Nobody may delete before the retention ends
+    Compliance,
 }
 
 fn parse_chunk_sizes(s: &str) -> Result<(u32, u32, u32), String> {

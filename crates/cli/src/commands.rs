@@ -7,23 +7,97 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use anyhow::{Context, Result, bail};
+use tessera::{StorageOptions, open_storage};
+use tessera_core::config::{LockMode, ObjectLock};
 use tessera_core::id::PackId;
 use tessera_core::retention::{self, Policy};
 use tessera_core::snapshot::{Snapshot, SnapshotEntry};
+use tessera_core::storage::{CountingBackend, FaultPlan, StorageClass};
 use tessera_core::verified::VerifiedLog;
 use tessera_core::{
     BackupOptions, BackupProgress, CheckOptions, ChunkerParams, Credential, InitOptions, KdfParams,
-    ObjectKind, PruneOptions, ReadData, Repository, StreamSource, open_location,
+    ObjectKind, PruneOptions, ReadData, Repository, StreamSource,
 };
 
 use crate::args::{
     BackupArgs, CatWhat, CheckArgs, Cli, Command, CopyArgs, ForgetArgs, Global, InitArgs,
-    KeyCommand, OtherRepo, PruneOptionsArgs, RepairCommand, RestoreArgs,
+    KeyCommand, LockModeArg, OtherRepo, PruneOptionsArgs, RepairCommand, RestoreArgs,
 };
 use crate::credentials;
 use crate::output::{self, SnapshotJson};
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
+    let print_requests = cli.global.print_requests;
+    let result = dispatch(cli).await;
+    if print_requests {
+        print_request_counts();
+    }
+    result
+}
+
+/// The request counters of the repositories this run opened.
+static COUNTERS: std::sync::Mutex<Vec<(String, Arc<CountingBackend>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn print_request_counts() {
+    let counters = COUNTERS.lock().unwrap_or_else(|p| p.into_inner());
+    for (location, counter) in counters.iter() {
+        let c = counter.counts();
+        eprintln!(
+            "requests to {location}: {} PUT ({}), {} GET ({}), {} LIST, {} DELETE",
+            c.put,
+            output::bytes(c.put_bytes),
+            c.get,
+            output::bytes(c.get_bytes),
+            c.list,
+            c.delete
+        );
+    }
+}
+
+fn storage_options(g: &Global, lock: Option<ObjectLock>) -> Result<StorageOptions> {
+    let faults = match g.faults.as_deref() {
+        Some(plan) => Some(plan.parse::<FaultPlan>().map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    Ok(StorageOptions {
+        data_storage_class: g.data_storage_class.clone().map(StorageClass),
+        object_lock: lock,
+        faults,
+        ..StorageOptions::default()
+    })
+}
+
+/// Opens the repository at `loc`: retries, request counting, the object
+/// lock its config asks for, and a local metadata cache for remote stores.
+async fn open_at(g: &Global, loc: &str, credential: &Credential) -> Result<Repository> {
+    let mut storage = open_storage(loc, false, &storage_options(g, None)?)?;
+    let mut repo = Repository::open(storage.backend.clone(), credential)
+        .await
+        .with_context(|| format!("opening repository {loc}"))?;
+    if let Some(lock) = repo.config().object_lock
+        && storage.remote
+    {
+        // New objects must carry the retention: open the store again
+        // with it (the config is only known once the repository is open).
+        storage = open_storage(loc, false, &storage_options(g, Some(lock))?)?;
+        let backend = storage.backend.clone();
+        repo = repo.map_backend(|_, _| backend)?;
+    }
+    COUNTERS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((loc.to_string(), storage.counter.clone()));
+    if storage.remote
+        && !g.no_cache
+        && let Some(base) = cache_base(g)
+    {
+        repo = repo.with_cache(&base)?;
+    }
+    Ok(repo)
+}
+
+async fn dispatch(cli: Cli) -> Result<ExitCode> {
     let g = &cli.global;
     match cli.command {
         Command::Init(a) => init(g, a).await,
@@ -67,19 +141,14 @@ fn location(g: &Global) -> Result<&str> {
 
 pub(crate) async fn open(g: &Global) -> Result<Repository> {
     let loc = location(g)?;
-    let backend = open_location(loc, false)?;
     let credential = credentials::credential(g, false)?;
-    Repository::open(backend, &credential)
-        .await
-        .with_context(|| format!("opening repository {loc}"))
+    open_at(g, loc, &credential).await
 }
 
 /// Opens a second repository (`copy --to`, `init --copy-params-from`).
-async fn open_other(other: &OtherRepo, env: &str, what: &str) -> Result<Repository> {
+async fn open_other(g: &Global, other: &OtherRepo, env: &str, what: &str) -> Result<Repository> {
     let credential = credentials::other_credential(other, env, what)?;
-    Repository::open(open_location(&other.location, false)?, &credential)
-        .await
-        .with_context(|| format!("opening repository {}", other.location))
+    open_at(g, &other.location, &credential).await
 }
 
 /// The snapshots `refs` name (ids, prefixes, `latest`), or all of them.
@@ -105,6 +174,7 @@ async fn copy(g: &Global, a: CopyArgs) -> Result<ExitCode> {
         key_file: a.to_key_file,
     };
     let target = open_other(
+        g,
         &to,
         "TESSERA_TO_PASSWORD",
         "password of the --to repository",
@@ -178,6 +248,13 @@ async fn init(g: &Global, a: InitArgs) -> Result<ExitCode> {
             .checked_mul(1024 * 1024)
             .context("pack size too large")?,
         kdf: kdf(a.kdf_memory, a.kdf_iterations),
+        object_lock: a.object_lock_days.map(|days| ObjectLock {
+            days,
+            mode: match a.object_lock_mode {
+                LockModeArg::Governance => LockMode::Governance,
+                LockModeArg::Compliance => LockMode::Compliance,
+            },
+        }),
         ..InitOptions::default()
     };
     let like = match a.copy_params_from {
@@ -190,6 +267,7 @@ async fn init(g: &Global, a: InitArgs) -> Result<ExitCode> {
             };
             Some(
                 open_other(
+                    g,
                     &other,
                     "TESSERA_FROM_PASSWORD",
                     "password of --copy-params-from",
@@ -200,7 +278,8 @@ async fn init(g: &Global, a: InitArgs) -> Result<ExitCode> {
         None => None,
     };
     let credential = credentials::credential(g, true)?;
-    let backend = open_location(loc, true)?;
+    let storage = open_storage(loc, true, &storage_options(g, options.object_lock)?)?;
+    let backend = storage.backend;
     let repo = match &like {
         Some(like) => Repository::init_sharing_ids(backend, &credential, options, like).await?,
         None => Repository::init(backend, &credential, options).await?,
@@ -501,16 +580,20 @@ async fn cat(g: &Global, what: CatWhat, id: Option<&str>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A file in the local cache directory of the repository `id`
-/// (`--cache-dir`, else `$XDG_CACHE_HOME/tessera` or `~/.cache/tessera`).
-pub fn cache_file(g: &Global, id: &str, name: &str) -> Option<PathBuf> {
-    let base = g.cache_dir.clone().or_else(|| {
+/// The local cache directory (`--cache-dir`, else `$XDG_CACHE_HOME/tessera`
+/// or `~/.cache/tessera`).
+fn cache_base(g: &Global) -> Option<PathBuf> {
+    g.cache_dir.clone().or_else(|| {
         std::env::var_os("XDG_CACHE_HOME")
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
             .map(|d| d.join("tessera"))
-    })?;
-    Some(base.join(id).join(name))
+    })
+}
+
+/// A file in the local cache directory of the repository `id`.
+pub fn cache_file(g: &Global, id: &str, name: &str) -> Option<PathBuf> {
+    Some(cache_base(g)?.join(id).join(name))
 }
 
 async fn check(g: &Global, a: CheckArgs) -> Result<ExitCode> {

@@ -41,6 +41,37 @@ pub struct PackSizes {
     pub tree: u32,
 }
 
+/// Object lock (WORM) retention the repository's storage applies to every
+/// new object: prune deletes nothing younger than `days` (by the storage's
+/// clock), and S3 puts carry the retention headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectLock {
+    /// `governance` (privileged users may lift it) or `compliance` (nobody may).
+    pub mode: LockMode,
+    /// Days every object is retained after it is stored.
+    pub days: u32,
+}
+
+/// S3 object lock mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockMode {
+    /// Users with `s3:BypassGovernanceRetention` may delete early.
+    Governance,
+    /// Nobody may delete before the retention date.
+    Compliance,
+}
+
+impl LockMode {
+    /// The value of `x-amz-object-lock-mode`.
+    pub fn header_value(self) -> &'static str {
+        match self {
+            LockMode::Governance => "GOVERNANCE",
+            LockMode::Compliance => "COMPLIANCE",
+        }
+    }
+}
+
 /// Repository parameters.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepoConfig {
@@ -56,6 +87,10 @@ pub struct RepoConfig {
     pub compression: Compression,
     /// Pack target sizes.
     pub pack_size: PackSizes,
+    /// Object lock retention, when the storage keeps objects for a time
+    /// (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object_lock: Option<ObjectLock>,
 }
 
 impl RepoConfig {

@@ -75,5 +75,8 @@ pub use repair::RepairIndexReport;
 pub use repo::{InitOptions, KeyInfo, Repository};
 pub use snapshot::{Snapshot, SnapshotEntry, SnapshotStats};
 pub use stats::RepoStats;
-pub use storage::{Backend, ObjectStoreBackend, StorageError, open_location};
+pub use storage::{
+    Backend, CachedBackend, CountingBackend, FaultPlan, FaultyBackend, ObjectStoreBackend,
+    RequestCounts, RetryPolicy, RetryingBackend, StorageClass, StorageError, open_location,
+};
 pub use tree::{Meta, Node, NodeKind, Tree};

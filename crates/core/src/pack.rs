@@ -61,6 +61,13 @@ pub struct FinishedPack {
     pub entries: Vec<PackEntry>,
 }
 
+impl FinishedPack {
+    /// What its blobs are (a pack holds one type).
+    pub fn class(&self) -> BlobType {
+        self.entries.first().map_or(BlobType::Data, |e| e.blob_type)
+    }
+}
+
 impl PackWriter {
     /// A new, empty pack with a random id.
     pub fn new(blob_type: BlobType, key: &DataKey, capacity: usize) -> Self {

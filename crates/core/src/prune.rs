@@ -36,7 +36,7 @@ use crate::repo::{METADATA_CONCURRENCY, Repository, on_rayon};
 use crate::restore::{MAX_GAP, spans};
 use crate::sealed;
 use crate::snapshot;
-use crate::storage::StorageError;
+use crate::storage::{ObjectInfo, StorageError};
 use crate::tree::NodeKind;
 
 /// Trees read per batch while marking.
@@ -119,6 +119,17 @@ pub struct PruneReport {
     pub packs_deleted: usize,
     /// Bytes freed by this run.
     pub bytes_freed: u64,
+    /// Unused packs left alone because object lock retains them.
+    pub packs_locked: usize,
+    /// Their bytes.
+    pub bytes_locked: u64,
+    /// When the last of them may be deleted.
+    pub locked_until: Option<jiff::Timestamp>,
+    /// Packs whose delete the storage refused (left for a later prune,
+    /// which finds them unindexed), with the first error.
+    pub delete_refused: usize,
+    /// The first refusal.
+    pub delete_error: Option<String>,
     /// Index segments before and after this run's sweeps.
     pub segments_before: usize,
     /// Index segments after.
@@ -193,6 +204,26 @@ fn pack_overhead(blobs: u32) -> u64 {
 enum Sweep {
     Done { deleted: usize, freed: u64 },
     Waiting(Vec<SnapshotId>),
+}
+
+/// Packs that object lock retains, and until when.
+#[derive(Default)]
+struct LockCheck {
+    until: HashMap<PackId, jiff::Timestamp>,
+}
+
+impl LockCheck {
+    /// Whether the pack is retained; if so it is counted in the report
+    /// (and left for a prune after its retention ends).
+    fn holds(&self, id: &PackId, size: u64, report: &mut PruneReport) -> bool {
+        let Some(until) = self.until.get(id) else {
+            return false;
+        };
+        report.packs_locked += 1;
+        report.bytes_locked += size;
+        report.locked_until = report.locked_until.max(Some(*until));
+        true
+    }
 }
 
 fn stopped(reason: impl std::fmt::Display) -> Error {
@@ -369,11 +400,9 @@ impl Repository {
     ) -> Result<bool> {
         // Packs are listed before anything is repacked, so the new packs
         // are never taken for unindexed ones.
-        let stored: HashMap<PackId, u64> = self
-            .inner
-            .backend
-            .list(ObjectKind::Pack)
-            .await?
+        let listed = self.inner.backend.list(ObjectKind::Pack).await?;
+        let locked = self.lock_check(&listed).await?;
+        let stored: HashMap<PackId, u64> = listed
             .into_iter()
             .filter_map(|o| Some((o.name.parse().ok()?, o.size)))
             .collect();
@@ -427,6 +456,7 @@ impl Repository {
                 }
                 // Missing and unused: its index entries go with the round.
                 None => condemned.push(id),
+                Some(size) if u.used_blobs == 0 && locked.holds(&id, size, report) => {}
                 Some(size) if u.used_blobs == 0 => {
                     report.packs_unused += 1;
                     report.bytes_to_free += size;
@@ -438,7 +468,10 @@ impl Repository {
                     let blob_bytes = size.saturating_sub(pack_overhead(u.blobs));
                     let unused =
                         blob_bytes.saturating_sub(u.used_bytes) as f64 / blob_bytes.max(1) as f64;
-                    if unused >= options.repack_threshold && options.repack_threshold < 1.0 {
+                    if unused >= options.repack_threshold
+                        && options.repack_threshold < 1.0
+                        && !locked.holds(&id, size, report)
+                    {
                         repack.insert(n as u32);
                         report.packs_repacked += 1;
                         report.bytes_to_free += size;
@@ -448,7 +481,7 @@ impl Repository {
             }
         }
         for (id, size) in &stored {
-            if index.pack_number_of(id).is_none() {
+            if index.pack_number_of(id).is_none() && !locked.holds(id, *size, report) {
                 report.packs_unindexed += 1;
                 report.bytes_to_free += size;
                 condemned.push(*id);
@@ -617,9 +650,10 @@ impl Repository {
 
     async fn upload_pack(&self, w: PackWriter) -> Result<IndexPack> {
         let finished = w.finish(&self.inner.keyring)?;
+        let class = finished.class();
         self.inner
             .backend
-            .put(ObjectKind::Pack, &finished.id.to_hex(), finished.bytes)
+            .put_pack(&finished.id.to_hex(), finished.bytes, class)
             .await?;
         Ok(IndexPack {
             id: finished.id,
@@ -664,6 +698,25 @@ impl Repository {
     async fn listed_names(&self, kind: ObjectKind) -> Result<HashSet<String>> {
         let listed = self.inner.backend.list(kind).await?;
         Ok(listed.into_iter().map(|o| o.name).collect())
+    }
+
+    /// Which packs object lock still retains (none without object lock).
+    async fn lock_check(&self, listed: &[ObjectInfo]) -> Result<LockCheck> {
+        let Some(lock) = self.inner.config.object_lock else {
+            return Ok(LockCheck::default());
+        };
+        let now = self.storage_now().await?;
+        let retention = jiff::SignedDuration::from_hours(24 * i64::from(lock.days));
+        let until = listed
+            .iter()
+            .filter_map(|o| {
+                let id: PackId = o.name.parse().ok()?;
+                // Unknown age: assume it was stored just now.
+                let until = o.modified.unwrap_or(now) + retention;
+                (until > now).then_some((id, until))
+            })
+            .collect();
+        Ok(LockCheck { until })
     }
 
     /// The storage's clock now: the timestamp of a probe object.
@@ -816,16 +869,31 @@ impl Repository {
                 (name, size)
             })
             .collect();
-        let results: Vec<(bool, u64)> = futures::stream::iter(deletes)
+        // A delete the storage refuses (object lock, no-delete credentials,
+        // an outage) leaves the pack unindexed: a later prune condemns it
+        // again. Nothing else depends on it being gone.
+        let results: Vec<Result<(bool, u64), StorageError>> = futures::stream::iter(deletes)
             .map(|(name, size)| async move {
                 self.inner.backend.delete(ObjectKind::Pack, &name).await?;
-                Ok::<_, Error>((size.is_some(), size.unwrap_or(0)))
+                Ok((size.is_some(), size.unwrap_or(0)))
             })
             .buffer_unordered(DELETE_CONCURRENCY)
-            .try_collect()
-            .await?;
-        let deleted = results.iter().filter(|(was, _)| *was).count();
-        let freed = results.iter().map(|(_, b)| b).sum();
+            .collect()
+            .await;
+        let mut deleted = 0;
+        let mut freed = 0;
+        for r in results {
+            match r {
+                Ok((was, bytes)) => {
+                    deleted += usize::from(was);
+                    freed += bytes;
+                }
+                Err(e) => {
+                    report.delete_refused += 1;
+                    report.delete_error.get_or_insert_with(|| e.to_string());
+                }
+            }
+        }
         match self
             .put_gc(&gc_name(round, Part::Done), &round.to_le_bytes())
             .await

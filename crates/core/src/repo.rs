@@ -37,6 +37,8 @@ pub struct InitOptions {
     pub tree_pack_size: u32,
     /// Argon2id cost of the first password slot.
     pub kdf: KdfParams,
+    /// Object lock retention of the storage (see [`config::ObjectLock`]).
+    pub object_lock: Option<config::ObjectLock>,
 }
 
 impl Default for InitOptions {
@@ -47,6 +49,7 @@ impl Default for InitOptions {
             data_pack_size: config::DEFAULT_DATA_PACK_SIZE,
             tree_pack_size: config::DEFAULT_TREE_PACK_SIZE,
             kdf: KdfParams::default(),
+            object_lock: None,
         }
     }
 }
@@ -169,6 +172,7 @@ impl Repository {
                 data: options.data_pack_size,
                 tree: options.tree_pack_size,
             },
+            object_lock: options.object_lock,
         };
         let slot_id = KeySlotId::random();
         let slot_name = ObjectKind::Key.object_name(&slot_id.to_hex());
@@ -266,6 +270,37 @@ impl Repository {
         let plain = sealed::open(&keyring, ObjectKind::Config, "", &config_bytes)?;
         let config = RepoConfig::decode(&plain)?;
         Self::assemble(backend, keyring, config, slot)
+    }
+
+    /// The same repository over another backend made from its current one
+    /// (a decorator such as [`crate::CachedBackend`], or the store opened
+    /// again with other options). Call it right after opening.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] when the handle has been cloned.
+    pub fn map_backend(
+        self,
+        wrap: impl FnOnce(&RepoConfig, Arc<dyn Backend>) -> Arc<dyn Backend>,
+    ) -> Result<Self> {
+        let inner = Arc::try_unwrap(self.inner)
+            .map_err(|_| Error::Internal("map_backend on a shared repository handle".into()))?;
+        let backend = wrap(&inner.config, inner.backend.clone());
+        Ok(Repository {
+            inner: Arc::new(Inner { backend, ..inner }),
+        })
+    }
+
+    /// Keeps a local copy of the repository's metadata (index, snapshots,
+    /// tree packs) under `root/<repository id>/meta` (see
+    /// [`crate::CachedBackend`]). Call it right after opening.
+    ///
+    /// # Errors
+    /// As [`Repository::map_backend`].
+    pub fn with_cache(self, root: &std::path::Path) -> Result<Self> {
+        self.map_backend(|config, backend| {
+            let dir = root.join(&config.id).join("meta");
+            Arc::new(crate::CachedBackend::new(backend, dir))
+        })
     }
 
     /// The storage backend.

@@ -51,6 +51,13 @@ impl ReadSpan {
             blobs: vec![(id, loc)],
         }
     }
+
+    /// What its pack holds.
+    pub(crate) fn class(&self) -> crate::blob::BlobType {
+        self.blobs
+            .first()
+            .map_or(crate::blob::BlobType::Data, |(_, l)| l.blob_type)
+    }
 }
 
 /// Index locations of `ids`, in order.
@@ -365,7 +372,7 @@ impl Repository {
         let bytes = self
             .inner
             .backend
-            .get_range(ObjectKind::Pack, &span.pack.to_hex(), span.start..span.end)
+            .get_pack_range(&span.pack.to_hex(), span.start..span.end, span.class())
             .await?;
         if bytes.len() as u64 != span.end - span.start {
             let object = ObjectKind::Pack.object_name(&span.pack.to_hex());

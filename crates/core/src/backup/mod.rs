@@ -365,9 +365,10 @@ impl Repository {
         let (mut packs, mut bytes) = (0u64, 0u64);
         let upload = |pack: FinishedPack| async move {
             let len = pack.bytes.len() as u64;
+            let class = pack.class();
             self.inner
                 .backend
-                .put(ObjectKind::Pack, &pack.id.to_hex(), pack.bytes)
+                .put_pack(&pack.id.to_hex(), pack.bytes, class)
                 .await?;
             Ok::<_, Error>((
                 IndexPack {
