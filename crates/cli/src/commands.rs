@@ -70,7 +70,12 @@ fn storage_options(g: &Global, lock: Option<ObjectLock>) -> Result<StorageOption
 
 /// Opens the repository at `loc`: retries, request counting, the object
 /// lock its config asks for, and a local metadata cache for remote stores.
-async fn open_at(g: &Global, loc: &str, credential: &Credential) -> Result<Repository> {
+async fn open_at(
+    g: &Global,
+    loc: &str,
+    credential: &Credential,
+    cache: bool,
+) -> Result<Repository> {
     let mut storage = open_storage(loc, false, &storage_options(g, None)?)?;
     let mut repo = Repository::open(storage.backend.clone(), credential)
         .await
@@ -89,6 +94,7 @@ async fn open_at(g: &Global, loc: &str, credential: &Credential) -> Result<Repos
         .unwrap_or_else(|p| p.into_inner())
         .push((loc.to_string(), storage.counter.clone()));
     if storage.remote
+        && cache
         && !g.no_cache
         && let Some(base) = cache_base(g)
     {
@@ -142,13 +148,21 @@ fn location(g: &Global) -> Result<&str> {
 pub(crate) async fn open(g: &Global) -> Result<Repository> {
     let loc = location(g)?;
     let credential = credentials::credential(g, false)?;
-    open_at(g, loc, &credential).await
+    open_at(g, loc, &credential, true).await
+}
+
+/// Opens the repository without the metadata cache: check and repair look
+/// at what the storage holds, not at a local copy of it.
+async fn open_uncached(g: &Global) -> Result<Repository> {
+    let loc = location(g)?;
+    let credential = credentials::credential(g, false)?;
+    open_at(g, loc, &credential, false).await
 }
 
 /// Opens a second repository (`copy --to`, `init --copy-params-from`).
 async fn open_other(g: &Global, other: &OtherRepo, env: &str, what: &str) -> Result<Repository> {
     let credential = credentials::other_credential(other, env, what)?;
-    open_at(g, &other.location, &credential).await
+    open_at(g, &other.location, &credential, true).await
 }
 
 /// The snapshots `refs` name (ids, prefixes, `latest`), or all of them.
@@ -597,7 +611,7 @@ pub fn cache_file(g: &Global, id: &str, name: &str) -> Option<PathBuf> {
 }
 
 async fn check(g: &Global, a: CheckArgs) -> Result<ExitCode> {
-    let repo = open(g).await?;
+    let repo = open_uncached(g).await?;
     let mut read_data = match &a.read_data_subset {
         Some(subset) => subset.parse()?,
         None if a.read_data || a.max_duration.is_some() => ReadData::All,
@@ -698,7 +712,7 @@ async fn repair(g: &Global, command: RepairCommand) -> Result<ExitCode> {
             return repair_snapshots(g, forget, &snapshots).await;
         }
     };
-    let repo = open(g).await?;
+    let repo = open_uncached(g).await?;
     let r = repo.repair_index(dry_run).await?;
     if json {
         println!("{}", serde_json::to_string(&r)?);
@@ -733,7 +747,7 @@ async fn repair(g: &Global, command: RepairCommand) -> Result<ExitCode> {
 }
 
 async fn repair_snapshots(g: &Global, forget: bool, refs: &[String]) -> Result<ExitCode> {
-    let repo = open(g).await?;
+    let repo = open_uncached(g).await?;
     let all = repo.snapshots().await?;
     let mut repaired = 0;
     for entry in chosen_snapshots(&all, refs)? {

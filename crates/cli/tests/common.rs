@@ -14,21 +14,70 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+#[path = "../../../tests/support/s3.rs"]
+pub mod s3;
+
+/// Whether the suite runs against the S3 test server
+/// (`TESSERA_TEST_STORAGE=s3`) instead of local directories.
+pub fn on_s3() -> bool {
+    std::env::var("TESSERA_TEST_STORAGE").is_ok_and(|v| v == "s3")
+}
+
+/// A repository location for a test: a directory in `dir`, or a fresh
+/// prefix on the S3 test server. Returns the URL to pass to `-r` and the
+/// directory the objects are stored in.
+pub fn new_location(dir: &Path, name: &str) -> (String, PathBuf) {
+    if on_s3() {
+        let server = s3::server().expect("TESSERA_TEST_STORAGE=s3 needs the S3 test server");
+        let prefix = s3::fresh_prefix(name);
+        (format!("s3://{}/{prefix}", s3::BUCKET), server.dir(&prefix))
+    } else {
+        let path = dir.join(name);
+        (path.to_str().unwrap().to_string(), path)
+    }
+}
+
+/// Sets what a `tessera` process needs to reach the test storage.
+pub fn storage_env(c: &mut Command) {
+    if on_s3()
+        && let Some(server) = s3::server()
+    {
+        server.apply(c);
+    }
+}
+
 pub struct TestRepo {
     pub dir: tempfile::TempDir,
+    /// Where the repository's objects are on disk.
     pub repo: PathBuf,
+    /// What `-r` gets: the directory, or `s3://…` on the S3 test server.
+    pub url: String,
+    /// Run without the local metadata cache (tests that damage stored
+    /// objects play a host that has no copy of them).
+    pub no_cache: bool,
 }
 
 impl TestRepo {
     /// A fresh repository; `init_args` are added to `tessera init`.
     pub fn new(init_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let repo = dir.path().join("repo");
-        let t = TestRepo { dir, repo };
+        let (url, repo) = new_location(dir.path(), "repo");
+        let t = TestRepo {
+            dir,
+            repo,
+            url,
+            no_cache: false,
+        };
         let mut args = vec!["init", "--kdf-memory", "64", "--kdf-iterations", "1"];
         args.extend_from_slice(init_args);
         t.ok(&args);
         t
+    }
+
+    /// The same repository, driven without the metadata cache.
+    pub fn without_cache(mut self) -> Self {
+        self.no_cache = true;
+        self
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -37,7 +86,11 @@ impl TestRepo {
 
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_tessera"));
-        c.arg("-r").arg(&self.repo);
+        c.arg("-r").arg(&self.url);
+        storage_env(&mut c);
+        if self.no_cache {
+            c.env("TESSERA_NO_CACHE", "true");
+        }
         for var in [
             "TESSERA_PASSWORD_FILE",
             "TESSERA_PASSWORD_COMMAND",

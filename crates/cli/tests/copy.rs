@@ -11,7 +11,7 @@ fn snapshots(t: &TestRepo) -> Vec<serde_json::Value> {
 fn copy(from: &TestRepo, to: &TestRepo, extra: &[&str]) -> std::process::Output {
     from.cmd()
         .env("TESSERA_TO_PASSWORD", PASSWORD)
-        .args(["copy", "--to", to.repo.to_str().unwrap()])
+        .args(["copy", "--to", to.url.as_str()])
         .args(extra)
         .output()
         .unwrap()
@@ -110,7 +110,7 @@ fn copy_sends_what_the_target_lacks_and_keeps_snapshots_intact() {
     std::fs::write(&pass, PASSWORD).unwrap();
     let twin = TestRepo::new(&[
         "--copy-params-from",
-        src.repo.to_str().unwrap(),
+        src.url.as_str(),
         "--from-password-file",
         pass.to_str().unwrap(),
     ]);
@@ -151,13 +151,13 @@ fn copy_refuses_a_wrong_target_password_and_the_source_itself() {
     let out = src
         .cmd()
         .env("TESSERA_TO_PASSWORD", "wrong")
-        .args(["copy", "--to", other.repo.to_str().unwrap()])
+        .args(["copy", "--to", other.url.as_str()])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains(other.repo.to_str().unwrap()) && err.contains("wrong password"),
+        err.contains(other.url.as_str()) && err.contains("wrong password"),
         "{err}"
     );
     assert!(snapshots(&other).is_empty());

@@ -48,7 +48,7 @@ fn expect_detected(t: &TestRepo, file: &Path, args: &[&str]) {
 }
 
 fn populated() -> (TestRepo, String) {
-    let t = TestRepo::new(&["--pack-size", "1"]);
+    let t = TestRepo::new(&["--pack-size", "1"]).without_cache();
     let id = t.backup("s", &random_bytes(3 << 20, 1), &[]);
     (t, id)
 }
@@ -195,7 +195,7 @@ fn tree_blobs(t: &TestRepo, segment: &Path) -> Vec<(std::path::PathBuf, u64, Str
 
 #[test]
 fn check_walks_every_tree_and_names_the_snapshots_a_damage_affects() {
-    let t = TestRepo::new(&[]);
+    let t = TestRepo::new(&[]).without_cache();
     let src = t.path("src");
     std::fs::create_dir_all(src.join("a/deep")).unwrap();
     std::fs::create_dir_all(src.join("b")).unwrap();
@@ -251,7 +251,7 @@ fn check_walks_every_tree_and_names_the_snapshots_a_damage_affects() {
 
 #[test]
 fn read_data_subsets_partition_the_packs_and_time_boxed_checks_are_recorded() {
-    let t = TestRepo::new(&["--pack-size", "1"]);
+    let t = TestRepo::new(&["--pack-size", "1"]).without_cache();
     // 16 MiB in chunks of at most 4 MiB: at least 4 data packs of 1 MiB
     // plus the tree pack, whatever the repository's chunker key cuts.
     t.backup("s", &random_bytes(16 << 20, 7), &[]);
@@ -292,7 +292,12 @@ fn read_data_subsets_partition_the_packs_and_time_boxed_checks_are_recorded() {
     assert_eq!(none["packs_not_reached"], packs.len());
     // A damaged pack outside the part read goes unnoticed by that part, and
     // is caught by the part that holds it.
-    let victim = &t.objects("packs")[0];
+    // A data pack (the biggest): a damaged tree pack fails every part.
+    let victim = &t
+        .objects("packs")
+        .into_iter()
+        .max_by_key(|p| p.metadata().unwrap().len())
+        .unwrap();
     let name = victim.file_name().unwrap().to_str().unwrap().to_string();
     flip_byte(victim, 100);
     let part_of = (1..=3)
@@ -303,7 +308,11 @@ fn read_data_subsets_partition_the_packs_and_time_boxed_checks_are_recorded() {
         .expect("one part reads the damaged pack");
     let other = if part_of == 1 { 2 } else { 1 };
     let out = t.run(&["check", "--read-data-subset", &format!("{other}/3")]);
-    assert!(out.status.success(), "part {other} does not hold {name}");
+    assert!(
+        out.status.success(),
+        "part {other} does not hold {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let err = t.fails(&["check", "--max-duration", "1h"]);
     assert!(err.contains(&name), "{err}");
     let err = t.fails(&["check", "--read-data-subset", "4/3"]);
@@ -312,7 +321,7 @@ fn read_data_subsets_partition_the_packs_and_time_boxed_checks_are_recorded() {
 
 #[test]
 fn repair_index_rebuilds_lost_and_damaged_segments_from_the_packs() {
-    let t = TestRepo::new(&["--pack-size", "1"]);
+    let t = TestRepo::new(&["--pack-size", "1"]).without_cache();
     let a = random_bytes(3 << 20, 11);
     let b = random_bytes(2 << 20, 12);
     let first = t.backup("a", &a, &[]);
@@ -366,7 +375,7 @@ fn repair_index_rebuilds_lost_and_damaged_segments_from_the_packs() {
 
 #[test]
 fn check_names_the_files_and_snapshots_a_missing_data_pack_affects() {
-    let t = TestRepo::new(&["--pack-size", "1"]);
+    let t = TestRepo::new(&["--pack-size", "1"]).without_cache();
     let first = t.backup("big", &random_bytes(3 << 20, 31), &[]);
     let second = t.backup("other", &random_bytes(1 << 20, 32), &[]);
     // The data packs are the ones `cat index` lists with data blobs.
@@ -399,7 +408,7 @@ fn check_names_the_files_and_snapshots_a_missing_data_pack_affects() {
 
 #[test]
 fn repair_snapshots_leaves_out_what_was_lost_and_keeps_the_rest() {
-    let t = TestRepo::new(&["--pack-size", "1"]);
+    let t = TestRepo::new(&["--pack-size", "1"]).without_cache();
     let src = t.path("src");
     std::fs::create_dir_all(src.join("keep")).unwrap();
     std::fs::write(src.join("keep/small.txt"), b"still here\n").unwrap();
