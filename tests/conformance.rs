@@ -45,8 +45,7 @@ async fn s3_backend_conforms() {
         unsafe { std::env::set_var(k, v) };
     }
     let url = format!("s3://{}/{}", s3::BUCKET, s3::fresh_prefix("conformance"));
-    let storage =
-        tessera::open_storage(&url, true, &tessera::StorageOptions::default()).unwrap();
+    let storage = tessera::open_storage(&url, true, &tessera::StorageOptions::default()).unwrap();
     assert!(storage.remote);
     // s3s-fs checks If-None-Match before writing, not atomically.
     conformance::run(storage.backend, false).await;
@@ -80,7 +79,10 @@ async fn counting_and_cached_backends_conform() {
     let counting = Arc::new(CountingBackend::new(Arc::new(ObjectStoreBackend::memory())));
     conformance::run_all(counting.clone()).await;
     let c = counting.counts();
-    assert!(c.put > 10 && c.get > 10 && c.list > 5 && c.delete > 3, "{c:?}");
+    assert!(
+        c.put > 10 && c.get > 10 && c.list > 5 && c.delete > 3,
+        "{c:?}"
+    );
     let dir = tempfile::tempdir().unwrap();
     conformance::run_all(Arc::new(CachedBackend::new(
         Arc::new(ObjectStoreBackend::memory()),
@@ -111,21 +113,33 @@ async fn the_cache_serves_metadata_and_drops_what_the_store_lost() {
         .unwrap();
     let before = store.counts();
     // Written through: served locally.
-    assert_eq!(&cached.get(ObjectKind::Index, "aa").await.unwrap()[..], b"segment");
     assert_eq!(
-        &cached.get_pack_range("bb", 5..9, BlobType::Tree).await.unwrap()[..],
+        &cached.get(ObjectKind::Index, "aa").await.unwrap()[..],
+        b"segment"
+    );
+    assert_eq!(
+        &cached
+            .get_pack_range("bb", 5..9, BlobType::Tree)
+            .await
+            .unwrap()[..],
         b"pack"
     );
     assert_eq!(store.counts().since(&before).get, 0);
     // Data packs are not cached.
-    cached.get_pack_range("cc", 0..4, BlobType::Data).await.unwrap();
+    cached
+        .get_pack_range("cc", 0..4, BlobType::Data)
+        .await
+        .unwrap();
     assert_eq!(store.counts().since(&before).get, 1);
     // A damaged copy is dropped and read again from the store.
     let copy = dir.path().join("index/aa");
     let mut bytes = std::fs::read(&copy).unwrap();
     bytes[0] ^= 1;
     std::fs::write(&copy, bytes).unwrap();
-    assert_eq!(&cached.get(ObjectKind::Index, "aa").await.unwrap()[..], b"segment");
+    assert_eq!(
+        &cached.get(ObjectKind::Index, "aa").await.unwrap()[..],
+        b"segment"
+    );
     assert_eq!(store.counts().since(&before).get, 2);
     // Gone from the store (deleted by another host): the next listing
     // drops the copy.

@@ -59,9 +59,7 @@ fn binary() -> Option<PathBuf> {
         .unwrap_or_default()
         .into_iter()
         .chain(home.map(|h| h.join(".cargo/bin")));
-    candidates
-        .map(|d| d.join("s3s-fs"))
-        .find(|p| p.is_file())
+    candidates.map(|d| d.join("s3s-fs")).find(|p| p.is_file())
 }
 
 fn unavailable(why: String) -> Option<S3Server> {

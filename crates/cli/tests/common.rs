@@ -37,15 +37,6 @@ pub fn new_location(dir: &Path, name: &str) -> (String, PathBuf) {
     }
 }
 
-/// Sets what a `tessera` process needs to reach the test storage.
-pub fn storage_env(c: &mut Command) {
-    if on_s3()
-        && let Some(server) = s3::server()
-    {
-        server.apply(c);
-    }
-}
-
 pub struct TestRepo {
     pub dir: tempfile::TempDir,
     /// Where the repository's objects are on disk.
@@ -62,6 +53,20 @@ impl TestRepo {
     pub fn new(init_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (url, repo) = new_location(dir.path(), "repo");
+        Self::init_at(dir, url, repo, init_args)
+    }
+
+    /// A fresh repository on the S3 test server, whatever the suite's
+    /// storage; `None` where the server is missing outside CI.
+    pub fn new_s3(init_args: &[&str]) -> Option<Self> {
+        let server = s3::server()?;
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = s3::fresh_prefix("repo");
+        let url = format!("s3://{}/{prefix}", s3::BUCKET);
+        Some(Self::init_at(dir, url, server.dir(&prefix), init_args))
+    }
+
+    fn init_at(dir: tempfile::TempDir, url: String, repo: PathBuf, init_args: &[&str]) -> Self {
         let t = TestRepo {
             dir,
             repo,
@@ -87,7 +92,11 @@ impl TestRepo {
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_tessera"));
         c.arg("-r").arg(&self.url);
-        storage_env(&mut c);
+        if self.url.starts_with("s3://")
+            && let Some(server) = s3::server()
+        {
+            server.apply(&mut c);
+        }
         if self.no_cache {
             c.env("TESSERA_NO_CACHE", "true");
         }

@@ -10,4 +10,5 @@ mod forget;
 mod keys;
 mod prune;
 mod roundtrip;
+mod storage;
 mod trees;

@@ -484,6 +484,19 @@ impl Repository {
     /// # Errors
     /// Storage errors (a backend that refuses deletes, for one).
     pub async fn forget_snapshot(&self, id: SnapshotId) -> Result<()> {
+        // The session marker of the backup that made it goes first: a
+        // marker left by a writer that could not delete it (create-only
+        // credentials) would otherwise look like an open session once its
+        // snapshot is gone, and hold prune back for a whole lease.
+        match self
+            .inner
+            .backend
+            .delete(ObjectKind::Session, &id.to_hex())
+            .await
+        {
+            Ok(()) | Err(StorageError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
         match self
             .inner
             .backend

@@ -204,9 +204,13 @@ async fn packs_by_class(b: &dyn Backend) {
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect::<Vec<_>>(),
     );
-    b.put_pack("cc03", big.clone(), BlobType::Data).await.unwrap();
+    b.put_pack("cc03", big.clone(), BlobType::Data)
+        .await
+        .unwrap();
     let tree = Bytes::from_static(b"a small tree pack");
-    b.put_pack("dd04", tree.clone(), BlobType::Tree).await.unwrap();
+    b.put_pack("dd04", tree.clone(), BlobType::Tree)
+        .await
+        .unwrap();
     let mid = 9u64 << 20;
     assert_eq!(
         b.get_pack_range("cc03", mid..mid + 4096, BlobType::Data)
@@ -218,7 +222,9 @@ async fn packs_by_class(b: &dyn Backend) {
     assert_eq!(b.get(ObjectKind::Pack, "cc03").await.unwrap(), big);
     for _ in 0..2 {
         assert_eq!(
-            &b.get_pack_range("dd04", 2..7, BlobType::Tree).await.unwrap()[..],
+            &b.get_pack_range("dd04", 2..7, BlobType::Tree)
+                .await
+                .unwrap()[..],
             b"small"
         );
     }
