@@ -254,6 +254,12 @@ mod s3 {
             "x-amz-object-lock-retain-until-date",
             http::HeaderValue::from_str(&until).map_err(bad)?,
         );
+        // Puts carry `x-amz-checksum-sha256` (set on the builder); S3
+        // wants the algorithm named too before it accepts a retention.
+        headers.insert(
+            "x-amz-sdk-checksum-algorithm",
+            http::HeaderValue::from_static("SHA256"),
+        );
         Ok(headers)
     }
 }

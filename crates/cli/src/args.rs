@@ -16,7 +16,8 @@ pub struct Cli {
 
 #[derive(Args, Debug)]
 pub struct Global {
-    /// Repository location: a path, file://PATH or memory://
+    /// Repository location: a path, file://PATH, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX,
+    /// az://CONTAINER/PREFIX or memory://
     #[arg(short = 'r', long = "repo", env = "TESSERA_REPO", global = true)]
     pub repo: Option<String>,
     /// Read the password from the first line of this file

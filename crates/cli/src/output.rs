@@ -90,6 +90,14 @@ pub fn prune_report(r: &tessera_core::PruneReport, lease: jiff::SignedDuration) 
             bytes(r.bytes_repacked),
             would
         );
+        if let Some(until) = r.locked_until {
+            out += &format!(
+                "left alone: {} unused packs ({}) that object lock retains until {} at the latest\n",
+                r.packs_locked,
+                bytes(r.bytes_locked),
+                until.strftime("%Y-%m-%d %H:%M UTC")
+            );
+        }
         out += &format!(
             "{} {}\n",
             bytes(r.bytes_to_free),
@@ -118,6 +126,13 @@ pub fn prune_report(r: &tessera_core::PruneReport, lease: jiff::SignedDuration) 
         out += &format!(
             "kept {} condemned pack(s) that backups committed since need\n",
             r.packs_revived
+        );
+    }
+    if r.delete_refused > 0 {
+        out += &format!(
+            "warning: the storage refused to delete {} pack(s) ({}); a later prune deletes them\n",
+            r.delete_refused,
+            r.delete_error.as_deref().unwrap_or("no reason given")
         );
     }
     if !r.dry_run {

@@ -198,3 +198,139 @@ fn create_only_credentials_back_up_and_a_prune_that_cannot_delete_stops_cleanly(
     assert!(report["packs_deleted"].as_u64().unwrap() > 0, "{report}");
     run(&t, &["check", "--read-data"]);
 }
+
+/// moto (PyPI `moto[server]`), the AWS emulator: unlike s3s-fs it has
+/// object lock. Started per test on a free port, killed on drop.
+struct Moto {
+    child: std::process::Child,
+    endpoint: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Moto {
+    fn start() -> Option<Moto> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+                panic!("moto_server does not start: {e} (scripts/test.sh installs it)")
+            }
+            Err(e) => {
+                eprintln!("moto_server does not start: {e}; skipping");
+                return None;
+            }
+        };
+        let moto = Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "moto did not listen");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Some(moto)
+    }
+
+    /// Runs a boto3 script with `s3` bound to a client of this server.
+    fn boto(&self, script: &str) -> String {
+        let program = format!(
+            "import boto3\ns3 = boto3.client('s3', endpoint_url='{}', aws_access_key_id='a', aws_secret_access_key='b', region_name='us-east-1')\n{script}",
+            self.endpoint
+        );
+        let out = std::process::Command::new("python3")
+            .args(["-c", &program])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn apply(&self, c: &mut std::process::Command) {
+        c.env("AWS_ENDPOINT_URL", &self.endpoint)
+            .env("AWS_ACCESS_KEY_ID", "a")
+            .env("AWS_SECRET_ACCESS_KEY", "b")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ALLOW_HTTP", "true");
+    }
+}
+
+#[test]
+fn object_lock_retains_new_objects_and_prune_leaves_locked_packs_alone() {
+    if on_s3() {
+        return;
+    }
+    let Some(moto) = Moto::start() else { return };
+    moto.boto("s3.create_bucket(Bucket='locked', ObjectLockEnabledForBucket=True)");
+    let dir = tempfile::tempdir().unwrap();
+    let tessera = |args: &[&str]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"));
+        c.args(["-r", "s3://locked/repo"])
+            .env("TESSERA_PASSWORD", crate::common::PASSWORD)
+            .env("TESSERA_CACHE_DIR", dir.path().join("cache"))
+            .env_remove("TESSERA_REPO")
+            .args(args);
+        moto.apply(&mut c);
+        let out = c.output().unwrap();
+        assert_success(&out, args);
+        String::from_utf8(out.stdout).unwrap()
+    };
+    tessera(&[
+        "init",
+        "--kdf-memory",
+        "64",
+        "--kdf-iterations",
+        "1",
+        "--pack-size",
+        "1",
+        "--object-lock-days",
+        "2",
+    ]);
+    for seed in [1, 2] {
+        let input = dir.path().join("data");
+        std::fs::write(&input, random_bytes(3 << 20, seed)).unwrap();
+        tessera(&["backup", input.to_str().unwrap()]);
+    }
+    // Every object carries the retention: two days from when it was stored.
+    let locks = moto.boto(
+        "import datetime\n\
+         for o in s3.list_objects_v2(Bucket='locked')['Contents']:\n\
+         \x20   h = s3.head_object(Bucket='locked', Key=o['Key'])\n\
+         \x20   left = h['ObjectLockRetainUntilDate'] - datetime.datetime.now(datetime.timezone.utc)\n\
+         \x20   print(o['Key'], h['ObjectLockMode'], round(left.total_seconds() / 3600))\n",
+    );
+    let packs: Vec<&str> = locks.lines().filter(|l| l.contains("/packs/")).collect();
+    assert!(packs.len() >= 4, "{locks}");
+    for line in locks.lines() {
+        assert!(line.ends_with(" GOVERNANCE 48"), "{line}");
+    }
+    // The first backup's packs are unused once it is forgotten, but still
+    // locked: prune leaves them and says until when.
+    tessera(&["forget", "--keep-last", "1"]);
+    let report: serde_json::Value = serde_json::from_str(&tessera(&["prune", "--json"])).unwrap();
+    assert!(report["packs_locked"].as_u64().unwrap() >= 3, "{report}");
+    assert_eq!(report["packs_deleted"], 0, "{report}");
+    assert!(report["locked_until"].is_string(), "{report}");
+    let human = tessera(&["prune", "--dry-run"]);
+    assert!(human.contains("object lock retains until"), "{human}");
+    tessera(&["check", "--read-data"]);
+}
