@@ -35,6 +35,35 @@ fn fixture() -> &'static Path {
     ))
 }
 
+/// The config's object lock field: absent when unset (so the v1 golden
+/// config is unchanged), exactly this JSON when set.
+#[test]
+fn config_object_lock_layout() {
+    use tessera::config::{LockMode, ObjectLock};
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(fixture(), dir.path());
+    let backend = Arc::new(ObjectStoreBackend::local(dir.path(), false).unwrap());
+    let repo = blocking::Repository::open(backend, &Credential::password(PASSWORD)).unwrap();
+    let mut config = repo.as_async().config().clone();
+    assert_eq!(config.object_lock, None);
+    let plain = String::from_utf8(config.encode()).unwrap();
+    assert!(!plain.contains("object_lock"), "{plain}");
+    config.object_lock = Some(ObjectLock {
+        mode: LockMode::Compliance,
+        days: 30,
+    });
+    let plain = String::from_utf8(config.encode()).unwrap();
+    let compact: String = plain.split_whitespace().collect();
+    assert!(
+        compact.contains(r#""object_lock":{"mode":"compliance","days":30}"#),
+        "{plain}"
+    );
+    assert_eq!(
+        tessera::RepoConfig::decode(plain.as_bytes()).unwrap(),
+        config
+    );
+}
+
 #[test]
 fn golden_v1_repository_opens_and_restores() {
     let dir = tempfile::tempdir().unwrap();
