@@ -238,6 +238,10 @@ pub struct RestoreArgs {
     /// Print a JSON summary
     #[arg(long)]
     pub json: bool,
+    /// Write nothing: list the data packs the restore reads and their
+    /// bytes (what to thaw first when data packs are in an archive tier)
+    #[arg(long)]
+    pub plan: bool,
 }
 
 #[derive(Args, Debug)]

@@ -506,6 +506,9 @@ async fn dump(g: &Global, reference: &str, name: &str) -> Result<ExitCode> {
 
 async fn restore(g: &Global, a: &RestoreArgs) -> Result<ExitCode> {
     let repo = open(g).await?;
+    if a.plan {
+        return restore_plan(&repo, a).await;
+    }
     if let Some(code) = crate::fs_commands::restore(g, a, &repo).await? {
         return Ok(code);
     }
@@ -591,6 +594,27 @@ async fn cat(g: &Global, what: CatWhat, id: Option<&str>) -> Result<ExitCode> {
         }
     };
     println!("{text}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `restore --plan`: the data packs a full restore reads.
+async fn restore_plan(repo: &Repository, a: &RestoreArgs) -> Result<ExitCode> {
+    let (reference, _) = a.snapshot.split_once(':').unwrap_or((&a.snapshot, ""));
+    let entry = repo.find_snapshot(reference).await?;
+    let plan = repo.restore_plan(&entry.snapshot).await?;
+    if a.json {
+        println!("{}", serde_json::to_string(&plan)?);
+    } else {
+        for p in &plan.packs {
+            println!("{}  {}", p.object, output::bytes(p.bytes));
+        }
+        println!(
+            "restoring snapshot {} reads {} data packs ({}); in an archive tier (GLACIER, DEEP_ARCHIVE), thaw these first",
+            entry.id.short(),
+            plan.packs.len(),
+            output::bytes(plan.bytes)
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

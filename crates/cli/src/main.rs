@@ -31,6 +31,11 @@ fn main() -> ExitCode {
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tessera: error: {e:#}");
+            if format!("{e:#}").contains("InvalidObjectState") {
+                eprintln!(
+                    "tessera: hint: the object is in an archive storage class and must be restored (thawed) first; `tessera restore SNAPSHOT --target DIR --plan` lists the data packs a restore reads"
+                );
+            }
             ExitCode::FAILURE
         }
     }

@@ -334,3 +334,104 @@ fn object_lock_retains_new_objects_and_prune_leaves_locked_packs_alone() {
     assert!(human.contains("object lock retains until"), "{human}");
     tessera(&["check", "--read-data"]);
 }
+
+#[test]
+fn data_packs_go_cold_metadata_stays_hot_and_a_restore_says_what_to_thaw() {
+    if on_s3() {
+        return;
+    }
+    let Some(moto) = Moto::start() else { return };
+    moto.boto("s3.create_bucket(Bucket='tiers')");
+    let dir = tempfile::tempdir().unwrap();
+    let tessera = |args: &[&str]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"));
+        c.args(["-r", "s3://tiers/repo", "--data-storage-class", "GLACIER"])
+            .env("TESSERA_PASSWORD", crate::common::PASSWORD)
+            .env("TESSERA_CACHE_DIR", dir.path().join("cache"))
+            .env_remove("TESSERA_REPO")
+            .args(args);
+        moto.apply(&mut c);
+        c.output().unwrap()
+    };
+    let ok = |args: &[&str]| {
+        let out = tessera(args);
+        assert_success(&out, args);
+        String::from_utf8(out.stdout).unwrap()
+    };
+    ok(&[
+        "init",
+        "--kdf-memory",
+        "64",
+        "--kdf-iterations",
+        "1",
+        "--pack-size",
+        "1",
+    ]);
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("big"), random_bytes(3 << 20, 8)).unwrap();
+    std::fs::write(src.join("small"), b"small file\n").unwrap();
+    ok(&["backup", src.to_str().unwrap()]);
+    let classes = moto.boto(
+        "for o in s3.list_objects_v2(Bucket='tiers')['Contents']:\n\
+         \x20   print(o['Key'], o.get('StorageClass'))\n",
+    );
+    let cold: Vec<String> = classes
+        .lines()
+        .filter(|l| l.ends_with(" GLACIER"))
+        .map(|l| {
+            l.split(' ')
+                .next()
+                .unwrap()
+                .trim_start_matches("repo/")
+                .to_string()
+        })
+        .collect();
+    assert!(cold.len() >= 3, "{classes}");
+    for line in classes.lines().filter(|l| !l.ends_with(" GLACIER")) {
+        assert!(
+            line.ends_with(" STANDARD"),
+            "metadata must stay hot: {line}"
+        );
+    }
+    // Listing and browsing read only hot objects, even without the cache.
+    ok(&["--no-cache", "snapshots"]);
+    let ls = ok(&["--no-cache", "ls", "latest"]);
+    assert!(ls.contains("small"), "{ls}");
+    // The plan names exactly the cold packs; the restore itself fails on
+    // them, clearly.
+    let plan: serde_json::Value = serde_json::from_str(&ok(&[
+        "restore", "latest", "--target", "unused", "--plan", "--json",
+    ]))
+    .unwrap();
+    let mut planned: Vec<String> = plan["packs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["object"].as_str().unwrap().to_string())
+        .collect();
+    planned.sort();
+    let mut cold = cold;
+    cold.sort();
+    assert_eq!(planned, cold);
+    let target = dir.path().join("restored");
+    let out = tessera(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("InvalidObjectState") && err.contains("--plan"),
+        "{err}"
+    );
+    // Once thawed (moto restores at once), the restore reads them.
+    moto.boto(&format!(
+        "for k in {:?}:\n\
+         \x20   s3.restore_object(Bucket='tiers', Key='repo/' + k, RestoreRequest={{'Days': 1}})\n",
+        planned
+    ));
+    ok(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    let back = target.join(src.strip_prefix("/").unwrap());
+    assert_eq!(
+        std::fs::read(back.join("big")).unwrap(),
+        std::fs::read(src.join("big")).unwrap()
+    );
+}

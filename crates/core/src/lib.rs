@@ -70,7 +70,7 @@ pub use error::{Error, Result};
 pub use format::ObjectKind;
 pub use id::{BlobId, KeySlotId, PackId, SnapshotId};
 pub use key::{Credential, KdfParams, KeySlot};
-pub use prune::{PruneOptions, PruneReport};
+pub use prune::{PlannedPack, PruneOptions, PruneReport, RestorePlan};
 pub use repair::RepairIndexReport;
 pub use repo::{InitOptions, KeyInfo, Repository};
 pub use snapshot::{Snapshot, SnapshotEntry, SnapshotStats};

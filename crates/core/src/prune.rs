@@ -206,6 +206,27 @@ enum Sweep {
     Waiting(Vec<SnapshotId>),
 }
 
+/// What a restore reads: see [`Repository::restore_plan`].
+#[derive(Clone, Debug, Serialize)]
+pub struct RestorePlan {
+    /// Sealed bytes read from data packs.
+    pub bytes: u64,
+    /// The data packs, by object name.
+    pub packs: Vec<PlannedPack>,
+}
+
+/// One data pack a restore reads.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlannedPack {
+    /// Object name (`packs/xx/<id>`), as the storage names it under the
+    /// repository's prefix.
+    pub object: String,
+    /// Blobs read from it.
+    pub blobs: usize,
+    /// Sealed bytes read from it.
+    pub bytes: u64,
+}
+
 /// Packs that object lock retains, and until when.
 #[derive(Default)]
 struct LockCheck {
@@ -368,6 +389,41 @@ impl Repository {
             level = next;
         }
         Ok(marks)
+    }
+
+    /// The data packs a full restore of `snapshot` reads, with the bytes it
+    /// reads from each: what must be thawed first when data packs are in
+    /// an archive storage class. Reads trees only (hot metadata).
+    ///
+    /// # Errors
+    /// Storage errors; a tree or blob the index lacks.
+    pub async fn restore_plan(&self, snapshot: &snapshot::Snapshot) -> Result<RestorePlan> {
+        let index = self.load_index(&HashSet::new()).await?;
+        let marks = self.mark(&index, std::slice::from_ref(snapshot)).await?;
+        let mut per_pack: HashMap<u32, (usize, u64)> = HashMap::new();
+        for e in index.entries() {
+            if e.entry.blob_type == BlobType::Data && marks.get(e.position) {
+                let p = per_pack.entry(e.pack).or_default();
+                p.0 += 1;
+                p.1 += u64::from(e.entry.stored_len);
+            }
+        }
+        let mut packs: Vec<PlannedPack> = per_pack
+            .into_iter()
+            .filter_map(|(n, (blobs, bytes))| {
+                let id = index.pack_id(n)?;
+                Some(PlannedPack {
+                    object: ObjectKind::Pack.object_name(&id.to_hex()),
+                    blobs,
+                    bytes,
+                })
+            })
+            .collect();
+        packs.sort_by(|a, b| a.object.cmp(&b.object));
+        Ok(RestorePlan {
+            bytes: packs.iter().map(|p| p.bytes).sum(),
+            packs,
+        })
     }
 
     /// Plans round `round`: mark, choose, repack, then store the plan and
