@@ -265,6 +265,18 @@ impl Moto {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// `tessera -r URL EXTRA…` against this server, caching under `dir`.
+    fn tessera(&self, url: &str, extra: &[&str], dir: &Path) -> std::process::Command {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"));
+        c.args(["-r", url])
+            .args(extra)
+            .env("TESSERA_PASSWORD", crate::common::PASSWORD)
+            .env("TESSERA_CACHE_DIR", dir.join("cache"))
+            .env_remove("TESSERA_REPO");
+        self.apply(&mut c);
+        c
+    }
+
     fn apply(&self, c: &mut std::process::Command) {
         c.env("AWS_ENDPOINT_URL", &self.endpoint)
             .env("AWS_ACCESS_KEY_ID", "a")
@@ -283,14 +295,11 @@ fn object_lock_retains_new_objects_and_prune_leaves_locked_packs_alone() {
     moto.boto("s3.create_bucket(Bucket='locked', ObjectLockEnabledForBucket=True)");
     let dir = tempfile::tempdir().unwrap();
     let tessera = |args: &[&str]| {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"));
-        c.args(["-r", "s3://locked/repo"])
-            .env("TESSERA_PASSWORD", crate::common::PASSWORD)
-            .env("TESSERA_CACHE_DIR", dir.path().join("cache"))
-            .env_remove("TESSERA_REPO")
-            .args(args);
-        moto.apply(&mut c);
-        let out = c.output().unwrap();
+        let out = moto
+            .tessera("s3://locked/repo", &[], dir.path())
+            .args(args)
+            .output()
+            .unwrap();
         assert_success(&out, args);
         String::from_utf8(out.stdout).unwrap()
     };
@@ -344,14 +353,14 @@ fn data_packs_go_cold_metadata_stays_hot_and_a_restore_says_what_to_thaw() {
     moto.boto("s3.create_bucket(Bucket='tiers')");
     let dir = tempfile::tempdir().unwrap();
     let tessera = |args: &[&str]| {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"));
-        c.args(["-r", "s3://tiers/repo", "--data-storage-class", "GLACIER"])
-            .env("TESSERA_PASSWORD", crate::common::PASSWORD)
-            .env("TESSERA_CACHE_DIR", dir.path().join("cache"))
-            .env_remove("TESSERA_REPO")
-            .args(args);
-        moto.apply(&mut c);
-        c.output().unwrap()
+        moto.tessera(
+            "s3://tiers/repo",
+            &["--data-storage-class", "GLACIER"],
+            dir.path(),
+        )
+        .args(args)
+        .output()
+        .unwrap()
     };
     let ok = |args: &[&str]| {
         let out = tessera(args);
