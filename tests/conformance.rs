@@ -13,6 +13,9 @@ use tessera::{
 #[path = "support/s3.rs"]
 mod s3;
 
+#[path = "support/azurite.rs"]
+mod azurite;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_backend_conforms() {
     conformance::run_all(Arc::new(ObjectStoreBackend::memory())).await;
@@ -57,6 +60,25 @@ async fn s3_backend_conforms() {
     let url = format!("s3://{}/{}", s3::BUCKET, s3::fresh_prefix("classes"));
     let tiered = tessera::open_storage(&url, true, &options).unwrap();
     conformance::run(tiered.backend, false).await;
+}
+
+#[cfg(feature = "azure")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_backend_conforms() {
+    let Some(server) = azurite::server() else {
+        return;
+    };
+    for (k, v) in server.env() {
+        // SAFETY: as in `s3_backend_conforms`.
+        unsafe { std::env::set_var(k, v) };
+    }
+    let url = format!(
+        "az://{}/{}",
+        azurite::CONTAINER,
+        s3::fresh_prefix("conformance")
+    );
+    let storage = tessera::open_storage(&url, true, &tessera::StorageOptions::default()).unwrap();
+    conformance::run_all(storage.backend).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
