@@ -10,6 +10,9 @@ use tessera::{
     RetryPolicy, RetryingBackend,
 };
 
+#[path = "support/server.rs"]
+mod server;
+
 #[path = "support/s3.rs"]
 mod s3;
 

@@ -7,7 +7,9 @@
 
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+
+// The includer declares `server` (tests/support/server.rs) beside this module.
+use super::server;
 
 /// The emulator's well-known development account key.
 const KEY: &str =
@@ -44,11 +46,7 @@ fn unavailable(why: String) -> Option<Azurite> {
 fn start() -> Option<Azurite> {
     let dir = std::env::temp_dir().join(format!("tessera-azurite-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = server::free_port();
     let mut cmd = Command::new("azurite-blob");
     cmd.args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
         .args(["--skipApiVersionCheck", "--disableTelemetry", "--silent"])
@@ -57,32 +55,11 @@ fn start() -> Option<Azurite> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // Dies with the thread that started it: a thread as long-lived as the
-    // test process.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let _ = tx.send(cmd.spawn().map(|c| c.id()));
-        loop {
-            std::thread::park();
-        }
-    });
-    if let Err(e) = rx.recv().unwrap() {
+    if let Err(e) = server::spawn_for_process(cmd) {
         return unavailable(format!("azurite-blob does not start: {e}"));
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            return unavailable(format!("azurite-blob did not listen on port {port}"));
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    if !server::wait_for_port(port, 30) {
+        return unavailable(format!("azurite-blob did not listen on port {port}"));
     }
     let url = format!("http://127.0.0.1:{port}");
     let script = format!(

@@ -10,7 +10,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+
+// The includer declares `server` (tests/support/server.rs) beside this module.
+use super::server;
 
 pub const ACCESS_KEY: &str = "tessera-test";
 pub const SECRET_KEY: &str = "tessera-test-secret";
@@ -78,11 +80,7 @@ fn start() -> Option<S3Server> {
     let root = std::env::temp_dir().join(format!("tessera-s3-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(root.join(BUCKET)).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = server::free_port();
     let mut cmd = Command::new(&bin);
     cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()])
         .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
@@ -90,33 +88,11 @@ fn start() -> Option<S3Server> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // The server dies with the thread that started it: start it from a
-    // thread that lives as long as the test process.
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let started = cmd.spawn();
-        let _ = tx.send(started.map(|c| c.id()));
-        loop {
-            std::thread::park();
-        }
-    });
-    if let Err(e) = rx.recv().unwrap() {
+    if let Err(e) = server::spawn_for_process(cmd) {
         return unavailable(format!("{} does not start: {e}", bin.display()));
     }
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            return unavailable(format!("s3s-fs did not listen on port {port}"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if !server::wait_for_port(port, 20) {
+        return unavailable(format!("s3s-fs did not listen on port {port}"));
     }
     Some(S3Server {
         endpoint: format!("http://127.0.0.1:{port}"),

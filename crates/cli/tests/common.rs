@@ -14,6 +14,9 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+#[path = "../../../tests/support/server.rs"]
+mod server;
+
 #[path = "../../../tests/support/s3.rs"]
 pub mod s3;
 
