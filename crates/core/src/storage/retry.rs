@@ -72,7 +72,17 @@ impl RetryingBackend {
         RetryingBackend { inner, policy }
     }
 
-    async fn run<T, F, Fut>(&self, mut op: F) -> Result<T, StorageError>
+    async fn run<T, F, Fut>(&self, op: F) -> Result<T, StorageError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, StorageError>>,
+    {
+        self.run_counted(op).await.0
+    }
+
+    /// Runs `op` until it succeeds, fails for good or runs out of tries;
+    /// also returns how many tries it took.
+    async fn run_counted<T, F, Fut>(&self, mut op: F) -> (Result<T, StorageError>, u32)
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StorageError>>,
@@ -84,7 +94,7 @@ impl RetryingBackend {
                     tokio::time::sleep(self.policy.backoff(tried)).await;
                     tried += 1;
                 }
-                other => return other,
+                other => return (other, tried),
             }
         }
     }
@@ -95,27 +105,20 @@ impl RetryingBackend {
         kind: ObjectKind,
         name: &str,
         data: &Bytes,
-        mut op: F,
+        op: F,
     ) -> Result<(), StorageError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<(), StorageError>>,
     {
-        let mut tried = 1;
-        loop {
-            match op().await {
-                Err(e) if e.is_transient() && tried < self.policy.attempts => {
-                    tokio::time::sleep(self.policy.backoff(tried)).await;
-                    tried += 1;
+        match self.run_counted(op).await {
+            (Err(StorageError::AlreadyExists { object }), tried) if tried > 1 => {
+                match self.run(|| self.inner.get(kind, name)).await {
+                    Ok(stored) if stored == *data => Ok(()),
+                    _ => Err(StorageError::AlreadyExists { object }),
                 }
-                Err(StorageError::AlreadyExists { object }) if tried > 1 => {
-                    return match self.run(|| self.inner.get(kind, name)).await {
-                        Ok(stored) if stored == *data => Ok(()),
-                        _ => Err(StorageError::AlreadyExists { object }),
-                    };
-                }
-                other => return other,
             }
+            (other, _) => other,
         }
     }
 }
