@@ -30,6 +30,10 @@ const HASH_LEN: usize = 32;
 pub struct CachedBackend {
     inner: Arc<dyn Backend>,
     dir: PathBuf,
+    /// Tree packs whose cached copy this process checked whole (or wrote):
+    /// later reads take only the range they need, not the whole pack and
+    /// its hash again for every tree.
+    checked: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// The cache keeps whole objects of these kinds (tree packs as packs).
@@ -47,6 +51,7 @@ impl CachedBackend {
         CachedBackend {
             inner,
             dir: dir.into(),
+            checked: Default::default(),
         }
     }
 
@@ -72,6 +77,43 @@ impl CachedBackend {
             }
             data.truncate(split);
             Some(Bytes::from(data))
+        })
+        .await
+        .flatten()
+    }
+
+    fn is_checked(&self, pack: &str) -> bool {
+        self.checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(pack)
+    }
+
+    fn mark_checked(&self, pack: &str) {
+        self.checked
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(pack.to_string());
+    }
+
+    /// `range` of a cached tree pack: read alone once the copy was checked
+    /// whole by this process, else the whole copy is checked first.
+    async fn load_pack_range(&self, name: &str, range: Range<u64>) -> Option<Bytes> {
+        if !self.is_checked(name) {
+            let whole = self.load(ObjectKind::Pack, name).await?;
+            self.mark_checked(name);
+            return Some(slice(&whole, range));
+        }
+        let file = self.file(ObjectKind::Pack, name)?;
+        blocking(move || {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut f = std::fs::File::open(&file).ok()?;
+            let len = f.metadata().ok()?.len().checked_sub(HASH_LEN as u64)?;
+            let (start, end) = (range.start.min(len), range.end.min(len));
+            f.seek(SeekFrom::Start(start)).ok()?;
+            let mut buf = vec![0u8; (end.max(start) - start) as usize];
+            f.read_exact(&mut buf).ok()?;
+            Some(Bytes::from(buf))
         })
         .await
         .flatten()
@@ -194,6 +236,7 @@ impl Backend for CachedBackend {
         self.inner.put_pack(name, data.clone(), class).await?;
         if class == BlobType::Tree {
             self.save(ObjectKind::Pack, name, data).await;
+            self.mark_checked(name);
         }
         Ok(())
     }
@@ -207,13 +250,14 @@ impl Backend for CachedBackend {
         if class != BlobType::Tree {
             return self.inner.get_pack_range(name, range, class).await;
         }
-        if let Some(hit) = self.load(ObjectKind::Pack, name).await {
-            return Ok(slice(&hit, range));
+        if let Some(hit) = self.load_pack_range(name, range.clone()).await {
+            return Ok(hit);
         }
         // Tree packs are small and read many times: keep the whole pack.
         let whole = self.inner.get(ObjectKind::Pack, name).await?;
         let part = slice(&whole, range);
         self.save(ObjectKind::Pack, name, whole).await;
+        self.mark_checked(name);
         Ok(part)
     }
 }
