@@ -336,7 +336,9 @@ fn object_lock_retains_new_objects_and_prune_leaves_locked_packs_alone() {
     // locked: prune leaves them and says until when.
     tessera(&["forget", "--keep-last", "1"]);
     let report: serde_json::Value = serde_json::from_str(&tessera(&["prune", "--json"])).unwrap();
-    assert!(report["packs_locked"].as_u64().unwrap() >= 3, "{report}");
+    // All of the first backup's 3 MiB (however its chunks fell into packs).
+    assert!(report["packs_locked"].as_u64().unwrap() >= 1, "{report}");
+    assert!(report["bytes_locked"].as_u64().unwrap() >= 3 << 20, "{report}");
     assert_eq!(report["packs_deleted"], 0, "{report}");
     assert!(report["locked_until"].is_string(), "{report}");
     let human = tessera(&["prune", "--dry-run"]);
@@ -396,7 +398,9 @@ fn data_packs_go_cold_metadata_stays_hot_and_a_restore_says_what_to_thaw() {
                 .to_string()
         })
         .collect();
-    assert!(cold.len() >= 3, "{classes}");
+    // However the chunks fell into packs: at least one data pack, and
+    // every other object hot.
+    assert!(!cold.is_empty(), "{classes}");
     for line in classes.lines().filter(|l| !l.ends_with(" GLACIER")) {
         assert!(
             line.ends_with(" STANDARD"),
