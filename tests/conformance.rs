@@ -45,14 +45,8 @@ async fn s3_backend_conforms() {
     let Some(server) = s3::server() else {
         return;
     };
-    for (k, v) in server.env() {
-        // SAFETY: set before any thread of this test reads the environment
-        // (the store reads it when it is built, below).
-        unsafe { std::env::set_var(k, v) };
-    }
     let url = format!("s3://{}/{}", s3::BUCKET, s3::fresh_prefix("conformance"));
-    let storage = tessera::open_storage(&url, true, &tessera::StorageOptions::default()).unwrap();
-    assert!(storage.remote);
+    let storage = open_remote(&server.env(), &url, &tessera::StorageOptions::default());
     // s3s-fs checks If-None-Match before writing, not atomically.
     conformance::run(storage.backend, false).await;
     // Data packs can go to another storage class (s3s-fs keeps it as given).
@@ -61,7 +55,7 @@ async fn s3_backend_conforms() {
         ..Default::default()
     };
     let url = format!("s3://{}/{}", s3::BUCKET, s3::fresh_prefix("classes"));
-    let tiered = tessera::open_storage(&url, true, &options).unwrap();
+    let tiered = open_remote(&server.env(), &url, &options);
     conformance::run(tiered.backend, false).await;
 }
 
@@ -71,16 +65,12 @@ async fn azure_backend_conforms() {
     let Some(server) = azurite::server() else {
         return;
     };
-    for (k, v) in server.env() {
-        // SAFETY: as in `s3_backend_conforms`.
-        unsafe { std::env::set_var(k, v) };
-    }
     let url = format!(
         "az://{}/{}",
         azurite::CONTAINER,
         s3::fresh_prefix("conformance")
     );
-    let storage = tessera::open_storage(&url, true, &tessera::StorageOptions::default()).unwrap();
+    let storage = open_remote(&server.env(), &url, &tessera::StorageOptions::default());
     conformance::run_all(storage.backend).await;
 }
 
@@ -171,6 +161,23 @@ async fn the_cache_serves_metadata_and_drops_what_the_store_lost() {
     store.delete(ObjectKind::Index, "aa").await.unwrap();
     assert!(cached.list(ObjectKind::Index).await.unwrap().is_empty());
     assert!(!copy.exists());
+}
+
+/// Opens a remote store after setting the environment its client reads.
+#[cfg(any(feature = "s3", feature = "azure"))]
+fn open_remote(
+    env: &[(&'static str, String)],
+    url: &str,
+    options: &tessera::StorageOptions,
+) -> tessera::Storage {
+    for (k, v) in env {
+        // SAFETY: the tests of this binary that set variables set the same
+        // values, and the stores read them only when built (below).
+        unsafe { std::env::set_var(k, v) };
+    }
+    let storage = tessera::open_storage(url, true, options).unwrap();
+    assert!(storage.remote, "{url} opened as a local store");
+    storage
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

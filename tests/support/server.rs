@@ -46,3 +46,13 @@ pub fn wait_for_port(port: u16, secs: u64) -> bool {
     }
     true
 }
+
+/// A server that cannot be had: fails the test loudly in CI (`CI=true`),
+/// where `scripts/test.sh` installed it; elsewhere the caller skips.
+pub fn unavailable<T>(server: &str, why: &str) -> Option<T> {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{server}: {why} (scripts/test.sh installs it)");
+    }
+    eprintln!("{server}: {why}; skipping the tests that need it");
+    None
+}

@@ -15,7 +15,7 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 }
 
 #[path = "../../../tests/support/server.rs"]
-mod server;
+pub mod server;
 
 #[path = "../../../tests/support/s3.rs"]
 pub mod s3;
