@@ -26,10 +26,9 @@
 use std::sync::Arc;
 
 use tessera_core::config::ObjectLock;
-#[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
-use tessera_core::storage::ObjectStoreBackend;
 use tessera_core::storage::{
-    Backend, CountingBackend, FaultPlan, FaultyBackend, RetryPolicy, RetryingBackend, StorageClass,
+    Backend, CountingBackend, FaultPlan, FaultyBackend, ObjectStoreBackend, RetryPolicy,
+    RetryingBackend, StorageClass,
 };
 use tessera_core::{Error, Result};
 
@@ -102,56 +101,9 @@ fn open_store(
             "{location}: no bucket or container named"
         )));
     }
-    let _ = (prefix, create);
-    let store: Arc<dyn object_store::ObjectStore> = match scheme {
-        #[cfg(feature = "s3")]
-        "s3" => Arc::new(s3::build(bucket, options)?),
-        #[cfg(feature = "gcs")]
-        "gs" => Arc::new(
-            object_store::gcp::GoogleCloudStorageBuilder::from_env()
-                .with_bucket_name(bucket)
-                .with_retry(retry_config())
-                .build()
-                .map_err(|e| invalid(location, e))?,
-        ),
-        #[cfg(feature = "azure")]
-        "az" => Arc::new(
-            object_store::azure::MicrosoftAzureBuilder::from_env()
-                .with_container_name(bucket)
-                .with_retry(retry_config())
-                .build()
-                .map_err(|e| invalid(location, e))?,
-        ),
-        #[allow(unreachable_patterns)]
-        "s3" | "gs" | "az" => {
-            return Err(Error::InvalidArgument(format!(
-                "{location}: this build of tessera has no {scheme}:// support (cargo feature {})",
-                match scheme {
-                    "s3" => "s3",
-                    "gs" => "gcs",
-                    _ => "azure",
-                }
-            )));
-        }
-        other => {
-            return Err(Error::InvalidArgument(format!(
-                "{location}: unknown scheme {other}:// (use a path, file://, memory://, s3://, gs:// or az://)"
-            )));
-        }
-    };
-    #[allow(unreachable_code)]
-    {
-        remote_backend(location, store, prefix, options)
-    }
-}
-
-#[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
-fn remote_backend(
-    location: &str,
-    store: Arc<dyn object_store::ObjectStore>,
-    prefix: &str,
-    options: &StorageOptions,
-) -> Result<(Arc<dyn Backend>, bool)> {
+    // Buckets and containers are made by their owner, never by tessera.
+    let _ = create;
+    let store = remote_store(location, scheme, bucket, options)?;
     let prefix = prefix.trim_matches('/');
     let store: Arc<dyn object_store::ObjectStore> = if prefix.is_empty() {
         store
@@ -167,14 +119,46 @@ fn remote_backend(
     Ok((Arc::new(backend), true))
 }
 
-#[cfg(not(any(feature = "s3", feature = "gcs", feature = "azure")))]
-fn remote_backend(
-    _: &str,
-    _: Arc<dyn object_store::ObjectStore>,
-    _: &str,
-    _: &StorageOptions,
-) -> Result<(Arc<dyn Backend>, bool)> {
-    unreachable!("no remote store is compiled in")
+/// The cloud store a scheme names, if this build has it.
+fn remote_store(
+    location: &str,
+    scheme: &str,
+    bucket: &str,
+    options: &StorageOptions,
+) -> Result<Arc<dyn object_store::ObjectStore>> {
+    let _ = (bucket, options);
+    match scheme {
+        #[cfg(feature = "s3")]
+        "s3" => Ok(Arc::new(s3::build(bucket, options)?)),
+        #[cfg(feature = "gcs")]
+        "gs" => Ok(Arc::new(
+            object_store::gcp::GoogleCloudStorageBuilder::from_env()
+                .with_bucket_name(bucket)
+                .with_retry(retry_config())
+                .build()
+                .map_err(|e| invalid(location, e))?,
+        )),
+        #[cfg(feature = "azure")]
+        "az" => Ok(Arc::new(
+            object_store::azure::MicrosoftAzureBuilder::from_env()
+                .with_container_name(bucket)
+                .with_retry(retry_config())
+                .build()
+                .map_err(|e| invalid(location, e))?,
+        )),
+        #[allow(unreachable_patterns)]
+        "s3" | "gs" | "az" => Err(Error::InvalidArgument(format!(
+            "{location}: this build of tessera has no {scheme}:// support (cargo feature {})",
+            match scheme {
+                "s3" => "s3",
+                "gs" => "gcs",
+                _ => "azure",
+            }
+        ))),
+        other => Err(Error::InvalidArgument(format!(
+            "{location}: unknown scheme {other}:// (use a path, file://, memory://, s3://, gs:// or az://)"
+        ))),
+    }
 }
 
 #[cfg(any(feature = "s3", feature = "gcs", feature = "azure"))]
