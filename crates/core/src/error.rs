@@ -140,7 +140,8 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn corrupt(object: impl Into<String>, reason: impl Into<String>) -> Self {
+    /// [`Error::Corrupt`] naming `object` (for adapters' stored metadata too).
+    pub fn corrupt(object: impl Into<String>, reason: impl Into<String>) -> Self {
         Error::Corrupt {
             object: object.into(),
             reason: reason.into(),

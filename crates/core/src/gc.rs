@@ -406,6 +406,16 @@ impl Repository {
             .await;
     }
 
+    /// Reloads the index from the segments stored now, for a long-lived
+    /// handle that must see blobs other processes stored since it loaded
+    /// it (a WAL archive daemon serving reads).
+    ///
+    /// # Errors
+    /// Reading index segments.
+    pub async fn reload_index_now(&self) -> Result<()> {
+        self.reload_index().await
+    }
+
     /// Reloads the index from the segments stored now (after a read found
     /// a pack gone), keeping the condemned packs marked.
     pub(crate) async fn reload_index(&self) -> Result<()> {

@@ -1,0 +1,314 @@
+//! Physical base backups of a running cluster.
+//!
+//! `pg_basebackup -D - -Ft -X none` streams the data directory as one tar
+//! over the replication protocol; the server starts and stops the backup,
+//! forces a checkpoint, and verifies every page's checksum as it reads it
+//! when the cluster has them (a bad page fails the backup). Each file is
+//! chunked on its own, so the unchanged parts of relation files dedup
+//! against every earlier full backup.
+//!
+//! With `-X none` the server waits until the WAL up to the backup's stop
+//! point is archived before it ends the backup. A base backup snapshot is
+//! committed only when the repository also holds every WAL segment from the
+//! backup's start to its stop: before that the copy cannot be made
+//! consistent, so it does not count.
+
+use std::io::Read;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tessera_core::{BackupOptions, BackupProgress, BackupSummary, Repository};
+
+use crate::archive::WalArchive;
+use crate::tar_source::TarEntries;
+use crate::wal::{Lsn, segments_between};
+use crate::{Error, KIND_BASE, PgTools, Result, cluster_path};
+
+pub use crate::tar_source::PgFileMeta;
+
+/// `source_meta` of a [`KIND_BASE`] snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseBackupMeta {
+    /// The cluster's system identifier (decimal string in JSON).
+    #[serde(with = "crate::system_id_string")]
+    pub system_id: u64,
+    /// `server_version_num` of the server backed up.
+    pub version_num: u32,
+    /// Timeline the backup started on.
+    pub timeline: u32,
+    /// WAL location where replay of this backup starts.
+    pub start_lsn: Lsn,
+    /// WAL location the restored copy must replay to before it is consistent.
+    pub stop_lsn: Lsn,
+    /// The first WAL segment needed.
+    pub start_wal: String,
+    /// The last WAL segment needed.
+    pub stop_wal: String,
+    /// Bytes per WAL segment.
+    pub wal_segment_size: u64,
+    /// Whether the cluster has page checksums (then every page was verified).
+    pub data_checksums: bool,
+    /// When the backup started (before `pg_basebackup` was run).
+    pub start_time: jiff::Timestamp,
+    /// When the backup had stopped (after `pg_basebackup` exited): a
+    /// recovery target at or after this time can use this backup.
+    pub stop_time: jiff::Timestamp,
+}
+
+/// Options of [`base_backup`].
+#[derive(Clone, Debug)]
+pub struct BaseBackupOptions {
+    /// Programs and connection.
+    pub tools: PgTools,
+    /// Checkpoint at once (`fast`) or spread over `checkpoint_completion_target`.
+    pub fast_checkpoint: bool,
+    /// How long to wait for the backup's WAL to reach the archive.
+    pub wal_timeout: Duration,
+    /// Tags of the snapshot.
+    pub tags: Vec<String>,
+    /// Host name recorded (default: this machine's).
+    pub hostname: Option<String>,
+    /// Progress counters.
+    pub progress: Option<Arc<BackupProgress>>,
+}
+
+impl Default for BaseBackupOptions {
+    fn default() -> Self {
+        BaseBackupOptions {
+            tools: PgTools::default(),
+            fast_checkpoint: true,
+            wal_timeout: Duration::from_secs(300),
+            tags: Vec::new(),
+            hostname: None,
+            progress: None,
+        }
+    }
+}
+
+/// Takes a base backup of the server `options.tools` connects to.
+///
+/// # Errors
+/// [`Error::Tool`] when `psql` or `pg_basebackup` fail (with what they
+/// printed: a page checksum failure, no replication permission, more than
+/// one tablespace); [`Error::Incomplete`] when the WAL of the backup does
+/// not reach the archive in time; repository errors. No snapshot is
+/// written then.
+pub async fn base_backup(
+    repo: &Repository,
+    options: BaseBackupOptions,
+) -> Result<(BackupSummary, BaseBackupMeta)> {
+    let info = options.tools.server_info()?;
+    if info.archive_mode == "off" {
+        return Err(Error::InvalidArgument(
+            "archive_mode is off on the server: a base backup needs its WAL archived (set archive_mode = on and archive_command = 'tessera ... pg archive-wal %p')".into(),
+        ));
+    }
+    let start_time = jiff::Timestamp::now();
+    let mut cmd = options.tools.command("pg_basebackup");
+    cmd.args(["-D", "-", "-F", "tar", "-X", "none", "-v", "--no-password"]);
+    cmd.args([
+        "-c",
+        if options.fast_checkpoint {
+            "fast"
+        } else {
+            "spread"
+        },
+    ]);
+    if let Some(dsn) = &options.tools.dsn {
+        cmd.args(["-d", dsn]);
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::io("running pg_basebackup", e))?;
+    let (Some(stdout), Some(mut stderr)) = (child.stdout.take(), child.stderr.take()) else {
+        return Err(Error::Tool {
+            program: "pg_basebackup".into(),
+            detail: "started without pipes".into(),
+        });
+    };
+    let log = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let entries = TarEntries::new(stdout);
+    let tar_error = entries.error.clone();
+    let stored = repo.store_tree(entries, options.progress.clone()).await;
+    let status = child
+        .wait()
+        .map_err(|e| Error::io("waiting for pg_basebackup", e))?;
+    let log = log.join().unwrap_or_default();
+    let tree = stored?;
+    let failure = if !status.success() {
+        Some(Error::Tool {
+            program: "pg_basebackup".into(),
+            detail: format!("{status}: {}", log.trim()),
+        })
+    } else if let Some(e) = tar_error.lock().ok().and_then(|mut e| e.take()) {
+        Some(Error::Tool {
+            program: "pg_basebackup".into(),
+            detail: format!("its tar stream: {e}"),
+        })
+    } else if let Some(w) = tree.warnings.first() {
+        Some(Error::Tool {
+            program: "pg_basebackup".into(),
+            detail: format!("reading its tar stream: {w}"),
+        })
+    } else {
+        None
+    };
+    if let Some(e) = failure {
+        repo.abandon_tree(tree).await;
+        return Err(e);
+    }
+    let stop_time = jiff::Timestamp::now();
+    let (timeline, start_lsn, stop_lsn) = match parse_log(&log) {
+        Ok(points) => points,
+        Err(e) => {
+            repo.abandon_tree(tree).await;
+            return Err(e);
+        }
+    };
+    let needed = segments_between(timeline, start_lsn, stop_lsn, info.wal_segment_size);
+    if let Err(e) = wait_for_wal(repo, info.system_id, &needed, options.wal_timeout).await {
+        repo.abandon_tree(tree).await;
+        return Err(e);
+    }
+    let meta = BaseBackupMeta {
+        system_id: info.system_id,
+        version_num: info.version_num,
+        timeline,
+        start_lsn,
+        stop_lsn,
+        start_wal: needed.first().cloned().unwrap_or_default(),
+        stop_wal: needed.last().cloned().unwrap_or_default(),
+        wal_segment_size: info.wal_segment_size,
+        data_checksums: info.data_checksums,
+        start_time,
+        stop_time,
+    };
+    let backup = BackupOptions {
+        time: Some(stop_time),
+        hostname: options.hostname,
+        tags: options.tags,
+        paths: vec![cluster_path(info.system_id)],
+        source_kind: Some(KIND_BASE.into()),
+        source_meta: serde_json::to_value(&meta)
+            .map_err(|e| Error::InvalidArgument(format!("base backup metadata: {e}")))?,
+        ..BackupOptions::default()
+    };
+    let summary = repo.commit_snapshot(tree, backup).await?;
+    Ok((summary, meta))
+}
+
+/// Start timeline, start and stop LSN from `pg_basebackup -v`'s messages:
+/// "write-ahead log start point: 0/2000028 on timeline 1" and
+/// "write-ahead log end point: 0/2000100".
+pub fn parse_log(log: &str) -> Result<(u32, Lsn, Lsn)> {
+    let after = |marker: &str| {
+        log.lines().find_map(|l| {
+            l.split_once(marker)
+                .map(|(_, rest)| rest.trim().to_string())
+        })
+    };
+    let missing = || Error::Tool {
+        program: "pg_basebackup".into(),
+        detail: format!("its output does not give the backup's WAL start and end points:\n{log}"),
+    };
+    let start = after("write-ahead log start point:").ok_or_else(missing)?;
+    let (lsn, timeline) = start.split_once(" on timeline ").ok_or_else(missing)?;
+    let end = after("write-ahead log end point:").ok_or_else(missing)?;
+    Ok((
+        timeline.trim().parse().map_err(|_| missing())?,
+        lsn.parse()?,
+        end.parse()?,
+    ))
+}
+
+/// Waits until the archive holds every segment of `needed`.
+async fn wait_for_wal(
+    repo: &Repository,
+    system: u64,
+    needed: &[String],
+    timeout: Duration,
+) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let archive = WalArchive::load(repo).await?;
+        let missing: Vec<&String> = needed
+            .iter()
+            .filter(|n| archive.get(system, n).is_none())
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if started.elapsed() >= timeout {
+            return Err(Error::Incomplete(format!(
+                "after {}s the archive still lacks WAL segment(s) {} of system {system}: is archive_command set to `tessera ... pg archive-wal %p` with this repository, and does it succeed (see the server log)?",
+                timeout.as_secs(),
+                missing
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The base backups of a repository with their metadata, oldest first.
+///
+/// # Errors
+/// Listing snapshots; metadata that does not decode.
+pub async fn list(repo: &Repository) -> Result<Vec<(tessera_core::SnapshotEntry, BaseBackupMeta)>> {
+    let mut out = Vec::new();
+    for entry in repo.snapshots().await? {
+        if entry.snapshot.source_kind != KIND_BASE {
+            continue;
+        }
+        let meta = base_meta(&entry)?;
+        out.push((entry, meta));
+    }
+    out.sort_by_key(|(_, m)| m.stop_time);
+    Ok(out)
+}
+
+/// The metadata of a base backup snapshot.
+///
+/// # Errors
+/// [`tessera_core::Error::Corrupt`] when it does not decode.
+pub fn base_meta(entry: &tessera_core::SnapshotEntry) -> Result<BaseBackupMeta> {
+    serde_json::from_value(entry.snapshot.source_meta.clone()).map_err(|e| {
+        tessera_core::Error::corrupt(
+            format!("snapshot {}", entry.id.short()),
+            format!("base backup metadata does not decode: {e}"),
+        )
+        .into()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_gives_the_wal_range() {
+        let log = "pg_basebackup: initiating base backup, waiting for checkpoint to complete\n\
+            pg_basebackup: checkpoint completed\n\
+            pg_basebackup: write-ahead log start point: 0/2000028 on timeline 1\n\
+            pg_basebackup: write-ahead log end point: 0/2000100\n\
+            pg_basebackup: base backup completed\n";
+        let (tl, start, stop) = parse_log(log).unwrap();
+        assert_eq!(
+            (tl, start.to_string(), stop.to_string()),
+            (1, "0/2000028".into(), "0/2000100".into())
+        );
+        assert!(parse_log("pg_basebackup: base backup completed").is_err());
+    }
+}

@@ -1,0 +1,128 @@
+//! # tessera-postgres
+//!
+//! PostgreSQL for Tessera: physical base backups streamed from a running
+//! server, a WAL archive behind `archive_command`/`restore_command`,
+//! point-in-time restores that configure recovery (and can prove it worked
+//! by starting the restored cluster), WAL-aware retention and logical dumps.
+//!
+//! Everything is stored as ordinary snapshots of the engine, told apart by
+//! their `source_kind`:
+//! - [`KIND_BASE`]: a base backup; its tree holds the data directory as
+//!   `pg_basebackup` streamed it ([`base`]).
+//! - [`KIND_WAL`]: a batch of archived WAL files, one stream each
+//!   ([`archive`]).
+//! - [`KIND_DUMP`]: `pg_dump` custom-format streams, one per database
+//!   ([`dump`]).
+//!
+//! Each base backup and WAL batch records the cluster's *system
+//! identifier* (from `pg_control`): WAL names restart at
+//! `000000010000000000000001` in every cluster, so one repository can hold
+//! many clusters only if their archives are kept apart by it.
+//!
+//! ```
+//! use tessera_postgres::wal::{Lsn, WalKind, WalName, segment_name};
+//!
+//! let lsn: Lsn = "0/3000028".parse().unwrap();
+//! let name = segment_name(1, lsn, 16 << 20);
+//! assert_eq!(name, "000000010000000000000003");
+//! assert_eq!(WalName::parse(&name).unwrap().kind, WalKind::Segment);
+//! ```
+
+pub mod archive;
+pub mod base;
+pub mod daemon;
+pub mod dump;
+pub mod recovery;
+pub mod retention;
+mod tar_source;
+mod tools;
+pub mod wal;
+
+pub use tools::PgTools;
+
+/// `source_kind` of base backup snapshots.
+pub const KIND_BASE: &str = "pg-base";
+/// `source_kind` of WAL archive snapshots.
+pub const KIND_WAL: &str = "pg-wal";
+/// `source_kind` of logical dump snapshots.
+pub const KIND_DUMP: &str = "pg-dump";
+
+/// Errors of the PostgreSQL adapter.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The repository failed (storage, corruption, wrong password, ...).
+    #[error(transparent)]
+    Repository(#[from] tessera_core::Error),
+    /// A bad argument or input.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// Reading or writing a local file failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done, naming the file.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A PostgreSQL program failed.
+    #[error("{program} failed: {detail}")]
+    Tool {
+        /// The program (`pg_basebackup`, `psql`, ...).
+        program: String,
+        /// Exit status and what it printed.
+        detail: String,
+    },
+    /// A WAL file of that name is archived with different content.
+    #[error("WAL file {name} is already archived with different content (system {system})")]
+    Conflict {
+        /// The WAL file name.
+        name: String,
+        /// The system identifier.
+        system: u64,
+    },
+    /// The archive has no WAL file of that name.
+    #[error("WAL file {name} of system {system} is not in the archive")]
+    NotArchived {
+        /// The WAL file name.
+        name: String,
+        /// The system identifier.
+        system: u64,
+    },
+    /// A base backup could not be completed.
+    #[error("base backup incomplete: {0}")]
+    Incomplete(String),
+}
+
+impl Error {
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            what: what.into(),
+            source,
+        }
+    }
+}
+
+/// Result with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Serializes a system identifier as a decimal string (JSON numbers lose
+/// precision above 2^53), for `#[serde(with)]`.
+mod system_id_string {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// The snapshot `paths` entry of a cluster: groups its snapshots.
+pub fn cluster_path(system: u64) -> String {
+    format!("postgres:{system}")
+}
