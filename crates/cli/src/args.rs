@@ -133,6 +133,180 @@ pub enum Command {
     },
     /// Show repository sizes and counts
     Stats(JsonFlag),
+    /// PostgreSQL: base backups, WAL archive, point-in-time restore, dumps
+    Pg {
+        #[command(subcommand)]
+        command: PgCommand,
+    },
+}
+
+/// How `tessera pg` reaches the server.
+#[derive(Args, Debug, Clone)]
+pub struct PgConnection {
+    /// Connection string or URI (libpq); default: PGHOST, PGPORT, PGUSER, PGPASSWORD, ...
+    #[arg(long)]
+    pub dsn: Option<String>,
+    /// Directory of PostgreSQL's programs (pg_basebackup, psql, pg_ctl, ...); default: PATH
+    #[arg(long, env = "TESSERA_PG_BIN")]
+    pub pg_bin: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PgCommand {
+    /// Take a physical base backup of a running cluster (pg_basebackup)
+    Backup(PgBackupArgs),
+    /// archive_command: archive one WAL file (`tessera pg archive-wal %p`)
+    ArchiveWal(ArchiveWalArgs),
+    /// restore_command: restore one WAL file (`tessera pg restore-wal %f %p`)
+    RestoreWal(RestoreWalArgs),
+    /// Restore a data directory to a point in time and configure recovery
+    Restore(PgRestoreArgs),
+    /// List base backups and the WAL archived for each cluster
+    List(JsonFlag),
+    /// Remove base backups by retention rules, and the WAL only they needed
+    Forget(ForgetArgs),
+    /// Stream pg_dump of databases into one snapshot
+    Dump(PgDumpArgs),
+    /// Feed a dump from a snapshot to pg_restore (or psql for globals.sql)
+    RestoreDump(PgRestoreDumpArgs),
+    /// Serve archive-wal/restore-wal calls (started by them when needed)
+    #[command(hide = true)]
+    WalDaemon {
+        /// Exit after this long without a call
+        #[arg(long, default_value = "60s")]
+        idle: jiff::SignedDuration,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct PgBackupArgs {
+    #[command(flatten)]
+    pub conn: PgConnection,
+    /// Let the server spread its checkpoint (gentler on I/O, slower to start)
+    #[arg(long)]
+    pub spread_checkpoint: bool,
+    /// How long to wait for the backup's WAL to reach the archive
+    #[arg(long, default_value = "5m")]
+    pub wal_timeout: jiff::SignedDuration,
+    /// Tag the snapshot (repeatable)
+    #[arg(long)]
+    pub tag: Vec<String>,
+    /// Host name to record
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Print the summary as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of the WAL commands.
+#[derive(Args, Debug)]
+pub struct WalCallArgs {
+    /// The data directory (default: the current directory, where PostgreSQL runs these commands)
+    #[arg(long)]
+    pub pgdata: Option<PathBuf>,
+    /// Open the repository in this process instead of asking the WAL daemon
+    #[arg(long)]
+    pub no_daemon: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ArchiveWalArgs {
+    /// The WAL file (%p)
+    pub path: PathBuf,
+    #[command(flatten)]
+    pub call: WalCallArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreWalArgs {
+    /// The WAL file name wanted (%f)
+    pub name: String,
+    /// Where to write it (%p)
+    pub dest: PathBuf,
+    #[command(flatten)]
+    pub call: WalCallArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct PgRestoreArgs {
+    /// The new data directory (must not exist or be empty)
+    #[arg(long)]
+    pub target: PathBuf,
+    /// Recover to this time (RFC 3339, e.g. 2026-11-22T10:15:00Z)
+    #[arg(long, group = "point")]
+    pub time: Option<jiff::Timestamp>,
+    /// Recover to this WAL location (e.g. 0/3000060)
+    #[arg(long, group = "point")]
+    pub lsn: Option<String>,
+    /// Recover to this transaction id
+    #[arg(long, group = "point")]
+    pub xid: Option<String>,
+    /// Recover to this restore point (pg_create_restore_point)
+    #[arg(long, group = "point")]
+    pub name: Option<String>,
+    /// Base backup to start from (default: the newest before the target)
+    #[arg(long)]
+    pub backup: Option<String>,
+    /// Cluster (system identifier) when the repository holds several
+    #[arg(long)]
+    pub system_id: Option<u64>,
+    /// What the server does at the target
+    #[arg(long, default_value = "promote")]
+    pub target_action: TargetActionArg,
+    /// Start the restored cluster on a private socket, wait for recovery to reach
+    /// the target, run --verify-query, report, stop it
+    #[arg(long)]
+    pub verify: bool,
+    /// Query run by --verify
+    #[arg(long, default_value = "select count(*) from pg_database")]
+    pub verify_query: String,
+    /// How long --verify waits for recovery
+    #[arg(long, default_value = "1h")]
+    pub verify_timeout: jiff::SignedDuration,
+    /// Directory of PostgreSQL's programs for --verify (default: the data
+    /// directory's version under /usr/lib/postgresql, else PATH)
+    #[arg(long, env = "TESSERA_PG_BIN")]
+    pub pg_bin: Option<PathBuf>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum TargetActionArg {
+    Promote,
+    Pause,
+    Shutdown,
+}
+
+#[derive(Args, Debug)]
+pub struct PgDumpArgs {
+    #[command(flatten)]
+    pub conn: PgConnection,
+    /// Database to dump (repeatable)
+    #[arg(long = "dbname", short = 'd', required = true)]
+    pub databases: Vec<String>,
+    /// Also dump roles and tablespaces (pg_dumpall --globals-only) as globals.sql
+    #[arg(long)]
+    pub globals: bool,
+    /// Tag the snapshot (repeatable)
+    #[arg(long)]
+    pub tag: Vec<String>,
+    /// Host name to record
+    #[arg(long)]
+    pub host: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PgRestoreDumpArgs {
+    /// Snapshot: id, unique prefix or `latest` (the newest dump)
+    pub snapshot: String,
+    /// Which dump of the snapshot: a database name or globals.sql (default: the only one)
+    #[arg(long)]
+    pub from: Option<String>,
+    #[command(flatten)]
+    pub conn: PgConnection,
+    /// More arguments for pg_restore (or psql), after `--`
+    #[arg(last = true)]
+    pub extra: Vec<String>,
 }
 
 #[derive(Args, Debug)]

@@ -136,10 +136,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Repair { command } => repair(g, command).await,
         Command::Key { command } => key(g, command).await,
         Command::Stats(a) => stats(g, a.json).await,
+        Command::Pg { command } => crate::pg_commands::run(g, command).await,
     }
 }
 
-fn location(g: &Global) -> Result<&str> {
+pub(crate) fn location(g: &Global) -> Result<&str> {
     g.repo
         .as_deref()
         .context("no repository given: use -r/--repo or set TESSERA_REPO")
@@ -396,8 +397,9 @@ async fn snapshots(g: &Global, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn forget(g: &Global, a: &ForgetArgs) -> Result<ExitCode> {
-    let policy = Policy {
+/// The retention rules of `forget` (and `pg forget`).
+pub(crate) fn policy_of(a: &ForgetArgs) -> Policy {
+    Policy {
         last: a.keep_last,
         hourly: a.keep_hourly,
         daily: a.keep_daily,
@@ -410,12 +412,18 @@ async fn forget(g: &Global, a: &ForgetArgs) -> Result<ExitCode> {
             .iter()
             .map(|l| l.split(',').map(|t| t.trim().to_string()).collect())
             .collect(),
-    };
+    }
+}
+
+async fn forget(g: &Global, a: &ForgetArgs) -> Result<ExitCode> {
+    let policy = policy_of(a);
     let repo = open(g).await?;
     let candidates: Vec<_> = repo
         .snapshots()
         .await?
         .into_iter()
+        // WAL batches go with the base backups that need them: `pg forget`.
+        .filter(|e| e.snapshot.source_kind != tessera_postgres::KIND_WAL)
         .filter(|e| a.host.is_empty() || a.host.contains(&e.snapshot.hostname))
         .filter(|e| a.tag.is_empty() || a.tag.iter().any(|t| e.snapshot.tags.contains(t)))
         .collect();
@@ -457,7 +465,7 @@ async fn prune(g: &Global, o: &PruneOptionsArgs, dry_run: bool, json: bool) -> R
     prune_repo(g, &repo, o, dry_run, json).await
 }
 
-async fn prune_repo(
+pub(crate) async fn prune_repo(
     g: &Global,
     repo: &Repository,
     o: &PruneOptionsArgs,
@@ -620,7 +628,7 @@ async fn restore_plan(repo: &Repository, a: &RestoreArgs) -> Result<ExitCode> {
 
 /// The local cache directory (`--cache-dir`, else `$XDG_CACHE_HOME/tessera`
 /// or `~/.cache/tessera`).
-fn cache_base(g: &Global) -> Option<PathBuf> {
+pub(crate) fn cache_base(g: &Global) -> Option<PathBuf> {
     g.cache_dir.clone().or_else(|| {
         std::env::var_os("XDG_CACHE_HOME")
             .map(PathBuf::from)

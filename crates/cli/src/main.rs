@@ -6,6 +6,7 @@ mod commands;
 mod credentials;
 mod fs_commands;
 mod output;
+mod pg_commands;
 
 use std::process::ExitCode;
 

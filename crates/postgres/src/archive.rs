@@ -267,7 +267,17 @@ pub async fn read_archived(repo: &Repository, archived: &Archived) -> Result<Vec
     let name = &archived.file.name;
     let snapshot = repo.read_snapshot(archived.snapshot).await?;
     let mut out = Vec::with_capacity(usize::try_from(archived.file.size).unwrap_or(0));
-    repo.restore_stream(&snapshot, name, &mut out).await?;
+    match repo.restore_stream(&snapshot, name, &mut out).await {
+        // Archived by another process after this handle loaded its index.
+        Err(tessera_core::Error::BlobNotIndexed { .. }) => {
+            repo.reload_index_now().await?;
+            out.clear();
+            repo.restore_stream(&snapshot, name, &mut out).await?;
+        }
+        other => {
+            other?;
+        }
+    }
     if hex::encode(blake3::hash(&out).as_bytes()) != archived.file.blake3 {
         return Err(tessera_core::Error::corrupt(
             format!("WAL file {name} in snapshot {}", archived.snapshot.short()),

@@ -138,6 +138,7 @@ pub async fn base_backup(
     });
     let entries = TarEntries::new(stdout);
     let tar_error = entries.error.clone();
+    let backup_label = entries.backup_label.clone();
     let stored = repo.store_tree(entries, options.progress.clone()).await;
     let status = child
         .wait()
@@ -167,18 +168,42 @@ pub async fn base_backup(
         return Err(e);
     }
     let stop_time = jiff::Timestamp::now();
-    let (timeline, start_lsn, stop_lsn) = match parse_log(&log) {
-        Ok(points) => points,
+    let label = backup_label
+        .lock()
+        .map(|l| String::from_utf8_lossy(&l).into_owned())
+        .unwrap_or_default();
+    let points = async {
+        let (timeline, start_lsn, start_file) = parse_backup_label(&label)?;
+        // The server writes the stop point into the backup history file,
+        // which it archives before the backup ends.
+        let history = format!(
+            "{start_file}.{:08X}.backup",
+            start_lsn.0 % info.wal_segment_size
+        );
+        wait_for_wal(
+            repo,
+            info.system_id,
+            std::slice::from_ref(&history),
+            options.wal_timeout,
+        )
+        .await?;
+        let text = WalArchive::load(repo)
+            .await?
+            .read(repo, info.system_id, &history)
+            .await?;
+        let stop_lsn = parse_stop_lsn(&String::from_utf8_lossy(&text), &history)?;
+        let needed = segments_between(timeline, start_lsn, stop_lsn, info.wal_segment_size);
+        wait_for_wal(repo, info.system_id, &needed, options.wal_timeout).await?;
+        Ok::<_, Error>((timeline, start_lsn, stop_lsn, needed))
+    }
+    .await;
+    let (timeline, start_lsn, stop_lsn, needed) = match points {
+        Ok(p) => p,
         Err(e) => {
             repo.abandon_tree(tree).await;
             return Err(e);
         }
     };
-    let needed = segments_between(timeline, start_lsn, stop_lsn, info.wal_segment_size);
-    if let Err(e) = wait_for_wal(repo, info.system_id, &needed, options.wal_timeout).await {
-        repo.abandon_tree(tree).await;
-        return Err(e);
-    }
     let meta = BaseBackupMeta {
         system_id: info.system_id,
         version_num: info.version_num,
@@ -206,28 +231,46 @@ pub async fn base_backup(
     Ok((summary, meta))
 }
 
-/// Start timeline, start and stop LSN from `pg_basebackup -v`'s messages:
-/// "write-ahead log start point: 0/2000028 on timeline 1" and
-/// "write-ahead log end point: 0/2000100".
-pub fn parse_log(log: &str) -> Result<(u32, Lsn, Lsn)> {
-    let after = |marker: &str| {
-        log.lines().find_map(|l| {
-            l.split_once(marker)
-                .map(|(_, rest)| rest.trim().to_string())
-        })
-    };
-    let missing = || Error::Tool {
+/// The value after `key: ` on a line of a label or history file.
+fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':').map(str::trim))
+}
+
+/// Start timeline, start LSN and start segment from a `backup_label`:
+/// "START WAL LOCATION: 0/2000028 (file 000000010000000000000002)" and
+/// "START TIMELINE: 1".
+///
+/// # Errors
+/// [`Error::Tool`] when the label lacks them.
+pub fn parse_backup_label(label: &str) -> Result<(u32, Lsn, String)> {
+    let bad = || Error::Tool {
         program: "pg_basebackup".into(),
-        detail: format!("its output does not give the backup's WAL start and end points:\n{log}"),
+        detail: format!("the backup_label it sent does not name the start of the backup:\n{label}"),
     };
-    let start = after("write-ahead log start point:").ok_or_else(missing)?;
-    let (lsn, timeline) = start.split_once(" on timeline ").ok_or_else(missing)?;
-    let end = after("write-ahead log end point:").ok_or_else(missing)?;
-    Ok((
-        timeline.trim().parse().map_err(|_| missing())?,
-        lsn.parse()?,
-        end.parse()?,
-    ))
+    let location = field(label, "START WAL LOCATION").ok_or_else(bad)?;
+    let (lsn, file) = location.split_once(" (file ").ok_or_else(bad)?;
+    let file = file.trim_end_matches(')').to_string();
+    let timeline = field(label, "START TIMELINE")
+        .and_then(|t| t.parse().ok())
+        .or_else(|| u32::from_str_radix(file.get(..8)?, 16).ok())
+        .ok_or_else(bad)?;
+    Ok((timeline, lsn.parse()?, file))
+}
+
+/// The stop LSN from a backup history file ("STOP WAL LOCATION: 0/2000100 (file ...)").
+///
+/// # Errors
+/// [`Error::Incomplete`] when the file lacks it.
+pub fn parse_stop_lsn(history: &str, name: &str) -> Result<Lsn> {
+    let location = field(history, "STOP WAL LOCATION")
+        .and_then(|l| l.split(' ').next())
+        .ok_or_else(|| {
+            Error::Incomplete(format!(
+                "the backup history file {name} has no STOP WAL LOCATION"
+            ))
+        })?;
+    location.parse()
 }
 
 /// Waits until the archive holds every segment of `needed`.
@@ -298,17 +341,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_log_gives_the_wal_range() {
-        let log = "pg_basebackup: initiating base backup, waiting for checkpoint to complete\n\
-            pg_basebackup: checkpoint completed\n\
-            pg_basebackup: write-ahead log start point: 0/2000028 on timeline 1\n\
-            pg_basebackup: write-ahead log end point: 0/2000100\n\
-            pg_basebackup: base backup completed\n";
-        let (tl, start, stop) = parse_log(log).unwrap();
+    fn label_and_history_give_the_wal_range() {
+        let label = "START WAL LOCATION: 0/A000028 (file 00000001000000000000000A)\n\
+            CHECKPOINT LOCATION: 0/A000060\nBACKUP METHOD: streamed\nBACKUP FROM: primary\n\
+            START TIME: 2026-11-22 11:58:44 UTC\nLABEL: pg_basebackup base backup\nSTART TIMELINE: 1\n";
+        let (tl, start, file) = parse_backup_label(label).unwrap();
         assert_eq!(
-            (tl, start.to_string(), stop.to_string()),
-            (1, "0/2000028".into(), "0/2000100".into())
+            (tl, start.to_string(), file.as_str()),
+            (1, "0/A000028".into(), "00000001000000000000000A")
         );
-        assert!(parse_log("pg_basebackup: base backup completed").is_err());
+        assert!(parse_backup_label("LABEL: x").is_err());
+        let history = format!(
+            "{label}STOP WAL LOCATION: 0/A000138 (file 00000001000000000000000A)\nSTOP TIME: x\n"
+        );
+        assert_eq!(
+            parse_stop_lsn(&history, "h").unwrap().to_string(),
+            "0/A000138"
+        );
+        assert!(parse_stop_lsn(label, "h").is_err());
     }
 }

@@ -276,13 +276,7 @@ async fn fetch(state: &State, system: u64, name: &str) -> Result<Arc<Vec<u8>>> {
                 system,
             })?
     };
-    match read_archived(&state.repo, &archived).await {
-        Err(Error::Repository(tessera_core::Error::BlobNotIndexed { .. })) => {
-            state.repo.reload_index_now().await?;
-            read_archived(&state.repo, &archived).await.map(Arc::new)
-        }
-        other => other.map(Arc::new),
-    }
+    read_archived(&state.repo, &archived).await.map(Arc::new)
 }
 
 /// Starts reading the segments after `name` into memory.

@@ -261,7 +261,11 @@ pub fn configure_recovery(
     );
     let setting = match target {
         RecoveryTarget::Latest => None,
-        RecoveryTarget::Time(t) => Some(("recovery_target_time", t.to_string())),
+        // PostgreSQL reads ISO 8601 with a space and a numeric zone.
+        RecoveryTarget::Time(t) => Some((
+            "recovery_target_time",
+            t.strftime("%Y-%m-%d %H:%M:%S%.6f+00").to_string(),
+        )),
         RecoveryTarget::Lsn(l) => Some(("recovery_target_lsn", l.to_string())),
         RecoveryTarget::Xid(x) => Some(("recovery_target_xid", x.clone())),
         RecoveryTarget::Name(n) => Some(("recovery_target_name", n.clone())),

@@ -51,6 +51,8 @@ pub(crate) struct TarEntries<R> {
     done: bool,
     pub(crate) error: Arc<Mutex<Option<String>>>,
     pub(crate) members: Arc<Mutex<u64>>,
+    /// The content of the root's `backup_label`, copied as it is read.
+    pub(crate) backup_label: Arc<Mutex<Vec<u8>>>,
 }
 
 impl<R: Read + Send + 'static> TarEntries<R> {
@@ -67,6 +69,7 @@ impl<R: Read + Send + 'static> TarEntries<R> {
             done: false,
             error: Arc::new(Mutex::new(None)),
             members: Arc::new(Mutex::new(0)),
+            backup_label: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
@@ -213,12 +216,15 @@ impl<R: Read + Send + 'static> TarEntries<R> {
                 .lock()
                 .map_err(|_| "tar reader poisoned".to_string())?
                 .unread = size.div_ceil(512) * 512;
+            let copy =
+                (parts.is_empty() && name == b"backup_label").then(|| self.backup_label.clone());
             self.queue.push_back(Entry::File {
                 name,
                 meta: Meta::to_json(&meta).map_err(|e| e.to_string())?,
                 content: Content::Read(Box::new(Member {
                     pipe: self.pipe.clone(),
                     left: size,
+                    copy,
                 })),
                 on_stored: None,
             });
@@ -253,6 +259,7 @@ impl<R: Read + Send + 'static> Iterator for TarEntries<R> {
 struct Member<R> {
     pipe: Arc<Mutex<Pipe<R>>>,
     left: u64,
+    copy: Option<Arc<Mutex<Vec<u8>>>>,
 }
 
 impl<R: Read> Read for Member<R> {
@@ -276,6 +283,11 @@ impl<R: Read> Read for Member<R> {
         }
         self.left -= n as u64;
         pipe.unread -= n as u64;
+        if let Some(copy) = &self.copy
+            && let Ok(mut copy) = copy.lock()
+        {
+            copy.extend_from_slice(&buf[..n]);
+        }
         Ok(n)
     }
 }
