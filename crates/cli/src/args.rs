@@ -173,7 +173,7 @@ pub enum PgCommand {
     #[command(hide = true)]
     WalDaemon {
         /// Exit after this long without a call
-        #[arg(long, default_value = "60s")]
+        #[arg(long, env = "TESSERA_PG_DAEMON_IDLE", default_value = "60s")]
         idle: jiff::SignedDuration,
     },
 }

@@ -147,18 +147,25 @@ async fn ask_daemon(g: &Global, request: &Request) -> Result<Option<Reply>> {
     if let Ok(reply) = daemon::call(&socket, request).await {
         return Ok(Some(reply));
     }
-    start_daemon(g, &socket)?;
+    let mut child = start_daemon(g, &socket)?;
     let started = std::time::Instant::now();
     while started.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(20)).await;
         if let Ok(reply) = daemon::call(&socket, request).await {
             return Ok(Some(reply));
         }
+        // It could not open the repository (or another daemon won the
+        // socket and then went away): do the call here instead.
+        if child.try_wait().ok().flatten().is_some()
+            && daemon::call(&socket, request).await.is_err()
+        {
+            break;
+        }
     }
     Ok(None)
 }
 
-fn start_daemon(g: &Global, socket: &Path) -> Result<()> {
+fn start_daemon(g: &Global, socket: &Path) -> Result<std::process::Child> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("finding the tessera executable")?;
     let log_path = socket.with_file_name("daemon.log");
@@ -201,8 +208,7 @@ fn start_daemon(g: &Global, socket: &Path) -> Result<()> {
         .stderr(log)
         .process_group(0)
         .spawn()
-        .context("starting the WAL daemon")?;
-    Ok(())
+        .context("starting the WAL daemon")
 }
 
 async fn archive_wal(g: &Global, a: ArchiveWalArgs) -> Result<ExitCode> {

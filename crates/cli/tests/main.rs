@@ -8,6 +8,7 @@ mod corruption;
 mod crash;
 mod forget;
 mod keys;
+mod pg;
 mod prune;
 mod roundtrip;
 mod storage;
