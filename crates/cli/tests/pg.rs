@@ -616,3 +616,27 @@ fn dumps_stream_into_snapshots_and_restore() {
         "{snapshots}"
     );
 }
+
+/// A base backup whose WAL never reaches the repository (archive_command
+/// archives elsewhere) fails after --wal-timeout and lists nothing.
+#[test]
+fn a_base_backup_without_its_wal_is_not_committed() {
+    let Some(bin) = pg15() else { return };
+    let mut c = Cluster::new(bin);
+    let conf = c.data.join("postgresql.conf");
+    let text = std::fs::read_to_string(&conf).unwrap() + "archive_command = '/bin/true'\n";
+    std::fs::write(&conf, text).unwrap();
+    c.start();
+    let out = c.tessera(&["pg", "backup", "--wal-timeout", "3s"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("base backup incomplete") && err.contains("archive_command"),
+        "{err}"
+    );
+    let listed = c.tessera_ok(&["pg", "list"]);
+    assert!(!listed.contains("restorable"), "{listed}");
+    let out = c.tessera(&["pg", "restore", "--target", c.path("r").to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no base backup"));
+}

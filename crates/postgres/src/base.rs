@@ -146,23 +146,18 @@ pub async fn base_backup(
     let log = log.join().unwrap_or_default();
     let tree = stored?;
     let failure = if !status.success() {
-        Some(Error::Tool {
-            program: "pg_basebackup".into(),
-            detail: format!("{status}: {}", log.trim()),
-        })
+        Some(format!("{status}: {}", log.trim()))
     } else if let Some(e) = tar_error.lock().ok().and_then(|mut e| e.take()) {
-        Some(Error::Tool {
-            program: "pg_basebackup".into(),
-            detail: format!("its tar stream: {e}"),
-        })
-    } else if let Some(w) = tree.warnings.first() {
-        Some(Error::Tool {
-            program: "pg_basebackup".into(),
-            detail: format!("reading its tar stream: {w}"),
-        })
+        Some(format!("its tar stream: {e}"))
     } else {
-        None
-    };
+        tree.warnings
+            .first()
+            .map(|w| format!("reading its tar stream: {w}"))
+    }
+    .map(|detail| Error::Tool {
+        program: "pg_basebackup".into(),
+        detail,
+    });
     if let Some(e) = failure {
         repo.abandon_tree(tree).await;
         return Err(e);

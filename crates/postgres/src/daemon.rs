@@ -86,10 +86,13 @@ pub enum Reply {
     },
 }
 
+/// WAL files read ahead, by system and name.
+type Prefetched = HashMap<(u64, String), Arc<Vec<u8>>>;
+
 struct State {
     repo: Repository,
     archive: Mutex<WalArchive>,
-    prefetched: Mutex<HashMap<(u64, String), Arc<Vec<u8>>>>,
+    prefetched: Mutex<Prefetched>,
 }
 
 /// Serves requests on `socket` until no request came for `idle`.

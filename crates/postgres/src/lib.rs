@@ -40,6 +40,12 @@ pub mod wal;
 
 pub use tools::PgTools;
 
+/// Decoders' entry points for the fuzz targets.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::tar_source::scan as tar_stream;
+}
+
 /// `source_kind` of base backup snapshots.
 pub const KIND_BASE: &str = "pg-base";
 /// `source_kind` of WAL archive snapshots.
@@ -125,4 +131,67 @@ mod system_id_string {
 /// The snapshot `paths` entry of a cluster: groups its snapshots.
 pub fn cluster_path(system: u64) -> String {
     format!("postgres:{system}")
+}
+
+#[cfg(test)]
+mod golden {
+    use crate::archive::{WalBatchMeta, WalFileMeta};
+    use crate::base::{BaseBackupMeta, PgFileMeta};
+
+    /// FORMAT.md §11: the exact JSON of each layout, v1. Never edit the
+    /// expected text; add fields at the end.
+    #[test]
+    fn golden_v1_postgres_metadata() {
+        let base = BaseBackupMeta {
+            system_id: 7_710_963_794_031_532_661,
+            version_num: 150_010,
+            timeline: 1,
+            start_lsn: "0/1C000028".parse().unwrap(),
+            stop_lsn: "0/1C000100".parse().unwrap(),
+            start_wal: "00000001000000000000001C".into(),
+            stop_wal: "00000001000000000000001C".into(),
+            wal_segment_size: 16 << 20,
+            data_checksums: true,
+            start_time: "2026-11-22T12:00:14Z".parse().unwrap(),
+            stop_time: "2026-11-22T12:00:15.5Z".parse().unwrap(),
+        };
+        let text = r#"{"system_id":"7710963794031532661","version_num":150010,"timeline":1,"start_lsn":"0/1C000028","stop_lsn":"0/1C000100","start_wal":"00000001000000000000001C","stop_wal":"00000001000000000000001C","wal_segment_size":16777216,"data_checksums":true,"start_time":"2026-11-22T12:00:14Z","stop_time":"2026-11-22T12:00:15.5Z"}"#;
+        assert_eq!(serde_json::to_string(&base).unwrap(), text);
+        assert_eq!(serde_json::from_str::<BaseBackupMeta>(text).unwrap(), base);
+
+        let batch = WalBatchMeta {
+            system_id: 1,
+            files: vec![WalFileMeta {
+                name: "00000002.history".into(),
+                size: 42,
+                blake3: "ab".repeat(32),
+            }],
+        };
+        let text = format!(
+            r#"{{"system_id":"1","files":[{{"name":"00000002.history","size":42,"blake3":"{}"}}]}}"#,
+            "ab".repeat(32)
+        );
+        assert_eq!(serde_json::to_string(&batch).unwrap(), text);
+        assert_eq!(serde_json::from_str::<WalBatchMeta>(&text).unwrap(), batch);
+
+        let file = PgFileMeta {
+            mode: 0o600,
+            uid: 101,
+            gid: 104,
+            mtime: 1_795_000_000,
+            link: None,
+        };
+        let text = r#"{"mode":384,"uid":101,"gid":104,"mtime":1795000000}"#;
+        assert_eq!(serde_json::to_string(&file).unwrap(), text);
+        assert_eq!(serde_json::from_str::<PgFileMeta>(text).unwrap(), file);
+        let link = PgFileMeta {
+            link: Some("/srv/ts".into()),
+            ..file
+        };
+        assert!(
+            serde_json::to_string(&link)
+                .unwrap()
+                .ends_with(r#","link":"/srv/ts"}"#)
+        );
+    }
 }

@@ -211,11 +211,14 @@ impl<R: Read + Send + 'static> TarEntries<R> {
                 meta: Meta::to_json(&meta).map_err(|e| e.to_string())?,
             });
         } else if kind.is_file() || kind == tar::EntryType::Continuous {
+            let padded = size
+                .checked_next_multiple_of(512)
+                .ok_or_else(|| format!("tar member {name:?} claims {size} bytes"))?;
             self.open_parent(&parts, None);
             self.pipe
                 .lock()
                 .map_err(|_| "tar reader poisoned".to_string())?
-                .unread = size.div_ceil(512) * 512;
+                .unread = padded;
             let copy =
                 (parts.is_empty() && name == b"backup_label").then(|| self.backup_label.clone());
             self.queue.push_back(Entry::File {
@@ -253,6 +256,33 @@ impl<R: Read + Send + 'static> Iterator for TarEntries<R> {
         }
         self.queue.pop_front()
     }
+}
+
+/// Reads a whole tar stream as a base backup would (entries, contents),
+/// returning how many entries it made and the stream's error, if any: the
+/// decoder's entry point for fuzzing. Checks that directories balance.
+pub fn scan(bytes: &[u8]) -> (usize, Option<String>) {
+    let entries = TarEntries::new(std::io::Cursor::new(bytes.to_vec()));
+    let error = entries.error.clone();
+    let (mut count, mut depth) = (0usize, 0i64);
+    for e in entries {
+        match e {
+            Entry::Dir { .. } => depth += 1,
+            Entry::EndDir => depth -= 1,
+            Entry::File {
+                content: Content::Read(mut r),
+                ..
+            } => {
+                let _ = std::io::copy(&mut r, &mut std::io::sink());
+            }
+            _ => {}
+        }
+        assert!(depth >= 0, "a directory closed twice");
+        count += 1;
+    }
+    assert_eq!(depth, 0, "directories left open");
+    let error = error.lock().ok().and_then(|mut e| e.take());
+    (count, error)
 }
 
 /// The content of one member, read from the shared pipe.
