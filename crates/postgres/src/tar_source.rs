@@ -154,6 +154,16 @@ impl<R: Read + Send + 'static> TarEntries<R> {
             }
         }
         if header.as_bytes().iter().all(|&b| b == 0) {
+            // Read what follows the end marker (padding, a second zero
+            // block) to the end: closing the pipe early would kill the
+            // writer with SIGPIPE.
+            let mut pipe = self
+                .pipe
+                .lock()
+                .map_err(|_| "tar reader poisoned".to_string())?;
+            std::io::copy(&mut pipe.reader, &mut std::io::sink())
+                .map_err(|e| format!("reading the tar stream: {e}"))?;
+            drop(pipe);
             self.finish();
             return Ok(());
         }
@@ -221,14 +231,20 @@ impl<R: Read + Send + 'static> TarEntries<R> {
                 .unread = padded;
             let copy =
                 (parts.is_empty() && name == b"backup_label").then(|| self.backup_label.clone());
+            let member = Member {
+                pipe: self.pipe.clone(),
+                left: size,
+                copy,
+            };
+            let content = if is_relation_file(&parts, size) {
+                Content::Chunks(Box::new(PageChunks { member }))
+            } else {
+                Content::Read(Box::new(member))
+            };
             self.queue.push_back(Entry::File {
                 name,
                 meta: Meta::to_json(&meta).map_err(|e| e.to_string())?,
-                content: Content::Read(Box::new(Member {
-                    pipe: self.pipe.clone(),
-                    left: size,
-                    copy,
-                })),
+                content,
                 on_stored: None,
             });
         } else {
@@ -275,6 +291,16 @@ pub fn scan(bytes: &[u8]) -> (usize, Option<String>) {
             } => {
                 let _ = std::io::copy(&mut r, &mut std::io::sink());
             }
+            Entry::File {
+                content: Content::Chunks(chunks),
+                ..
+            } => {
+                for chunk in chunks {
+                    if chunk.is_err() {
+                        break;
+                    }
+                }
+            }
             _ => {}
         }
         assert!(depth >= 0, "a directory closed twice");
@@ -283,6 +309,45 @@ pub fn scan(bytes: &[u8]) -> (usize, Option<String>) {
     assert_eq!(depth, 0, "directories left open");
     let error = error.lock().ok().and_then(|mut e| e.take());
     (count, error)
+}
+
+/// PostgreSQL's page size.
+const PAGE: u64 = 8192;
+
+/// Bytes per chunk of a relation file: 8 pages, aligned to the file.
+///
+/// PostgreSQL changes relation files a page at a time, in place: nothing
+/// shifts, so content-defined cut points buy nothing and their 1 MiB
+/// average would make one changed page cost a whole megabyte. Fixed,
+/// page-aligned chunks make every untouched run of 8 pages dedup against
+/// earlier backups. Smaller chunks dedup more of a scattered update load
+/// but cost index memory (48 bytes per chunk: 768 MB per TB at 64 KiB).
+pub const RELATION_CHUNK: usize = 64 * 1024;
+
+/// Whether a member is a relation file (table, index, free space or
+/// visibility map segment): under `base/`, `global/` or `pg_tblspc/`,
+/// whole pages.
+fn is_relation_file(dirs: &[Vec<u8>], size: u64) -> bool {
+    let top = dirs.first().map(Vec::as_slice);
+    matches!(top, Some(b"base" | b"global" | b"pg_tblspc")) && size > 0 && size % PAGE == 0
+}
+
+/// A relation file cut into [`RELATION_CHUNK`]-byte chunks.
+struct PageChunks<R> {
+    member: Member<R>,
+}
+
+impl<R: Read> Iterator for PageChunks<R> {
+    type Item = std::io::Result<Vec<u8>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.member.left == 0 {
+            return None;
+        }
+        let len = RELATION_CHUNK.min(usize::try_from(self.member.left).unwrap_or(RELATION_CHUNK));
+        let mut chunk = vec![0u8; len];
+        Some(self.member.read_exact(&mut chunk).map(|()| chunk))
+    }
 }
 
 /// The content of one member, read from the shared pipe.
@@ -400,6 +465,35 @@ mod tests {
                 "E"
             ]
         );
+    }
+
+    #[test]
+    fn relation_files_are_cut_at_page_aligned_chunks() {
+        let data: Vec<u8> = (0..20 * 8192u32).map(|i| (i / 8192) as u8).collect();
+        let tar = tar_of(&[
+            ("base/1/16384", Some(&data)),
+            ("base/1/PG_VERSION", Some(b"15\n")),
+        ]);
+        let mut sizes = Vec::new();
+        for e in TarEntries::new(std::io::Cursor::new(tar)) {
+            match e {
+                Entry::File {
+                    content: Content::Chunks(chunks),
+                    ..
+                } => {
+                    let chunks: Vec<Vec<u8>> = chunks.map(Result::unwrap).collect();
+                    assert_eq!(chunks.concat(), data);
+                    sizes = chunks.iter().map(Vec::len).collect();
+                }
+                Entry::File {
+                    name,
+                    content: Content::Read(_),
+                    ..
+                } => assert_eq!(name, b"PG_VERSION"),
+                _ => {}
+            }
+        }
+        assert_eq!(sizes, [RELATION_CHUNK, RELATION_CHUNK, 32 * 1024]);
     }
 
     #[test]
