@@ -397,8 +397,30 @@ async fn snapshots(g: &Global, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The retention decisions of `forget` (and `pg forget`) for the
+/// snapshots of the kinds `kinds` accepts, after `--host` and `--tag`.
+pub(crate) fn retention_plans(
+    a: &ForgetArgs,
+    all: &[SnapshotEntry],
+    kinds: impl Fn(&str) -> bool,
+) -> Result<Vec<retention::GroupPlan>> {
+    let candidates: Vec<SnapshotEntry> = all
+        .iter()
+        .filter(|e| kinds(&e.snapshot.source_kind))
+        .filter(|e| a.host.is_empty() || a.host.contains(&e.snapshot.hostname))
+        .filter(|e| a.tag.is_empty() || a.tag.iter().any(|t| e.snapshot.tags.contains(t)))
+        .cloned()
+        .collect();
+    Ok(retention::plan(
+        &candidates,
+        &policy_of(a),
+        a.group_by,
+        &jiff::tz::TimeZone::system(),
+    )?)
+}
+
 /// The retention rules of `forget` (and `pg forget`).
-pub(crate) fn policy_of(a: &ForgetArgs) -> Policy {
+fn policy_of(a: &ForgetArgs) -> Policy {
     Policy {
         last: a.keep_last,
         hourly: a.keep_hourly,
@@ -416,23 +438,10 @@ pub(crate) fn policy_of(a: &ForgetArgs) -> Policy {
 }
 
 async fn forget(g: &Global, a: &ForgetArgs) -> Result<ExitCode> {
-    let policy = policy_of(a);
     let repo = open(g).await?;
-    let candidates: Vec<_> = repo
-        .snapshots()
-        .await?
-        .into_iter()
-        // WAL batches go with the base backups that need them: `pg forget`.
-        .filter(|e| e.snapshot.source_kind != tessera_postgres::KIND_WAL)
-        .filter(|e| a.host.is_empty() || a.host.contains(&e.snapshot.hostname))
-        .filter(|e| a.tag.is_empty() || a.tag.iter().any(|t| e.snapshot.tags.contains(t)))
-        .collect();
-    let plans = retention::plan(
-        &candidates,
-        &policy,
-        a.group_by,
-        &jiff::tz::TimeZone::system(),
-    )?;
+    let all = repo.snapshots().await?;
+    // WAL batches go with the base backups that need them: `pg forget`.
+    let plans = retention_plans(a, &all, |kind| kind != tessera_postgres::KIND_WAL)?;
     let (mut kept, mut removed) = (0usize, 0usize);
     for d in plans.iter().flat_map(|p| &p.decisions) {
         if d.keep {

@@ -6,7 +6,6 @@ use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use tessera_core::retention;
 use tessera_core::{BackupOptions, Repository};
 use tessera_postgres::archive::{WalArchive, batch_meta, wal_file_name, write_whole};
 use tessera_postgres::base::{self, BaseBackupOptions};
@@ -19,7 +18,7 @@ use crate::args::{
     ArchiveWalArgs, ForgetArgs, Global, PgBackupArgs, PgCommand, PgConnection, PgDumpArgs,
     PgRestoreArgs, PgRestoreDumpArgs, RestoreWalArgs, TargetActionArg, WalCallArgs,
 };
-use crate::commands::{cache_base, location, open, policy_of, prune_repo};
+use crate::commands::{cache_base, location, open, prune_repo, retention_plans};
 use crate::output;
 
 /// restore-wal's exit status when the repository cannot answer: above 125,
@@ -574,22 +573,9 @@ async fn list(g: &Global, json: bool) -> Result<ExitCode> {
 }
 
 async fn forget(g: &Global, a: &ForgetArgs) -> Result<ExitCode> {
-    let policy = policy_of(a);
     let repo = open(g).await?;
     let all = repo.snapshots().await?;
-    let candidates: Vec<_> = all
-        .iter()
-        .filter(|e| e.snapshot.source_kind == KIND_BASE)
-        .filter(|e| a.host.is_empty() || a.host.contains(&e.snapshot.hostname))
-        .filter(|e| a.tag.is_empty() || a.tag.iter().any(|t| e.snapshot.tags.contains(t)))
-        .cloned()
-        .collect();
-    let plans = retention::plan(
-        &candidates,
-        &policy,
-        a.group_by,
-        &jiff::tz::TimeZone::system(),
-    )?;
+    let plans = retention_plans(a, &all, |kind| kind == KIND_BASE)?;
     let removed: std::collections::HashSet<_> = plans
         .iter()
         .flat_map(|p| &p.decisions)

@@ -132,16 +132,7 @@ pub async fn restore(
     let out = child
         .wait_with_output()
         .map_err(|e| Error::io(format!("waiting for {program}"), e))?;
-    if !out.status.success() {
-        return Err(Error::Tool {
-            program: program.into(),
-            detail: format!(
-                "{}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        });
-    }
+    crate::tools::check_exit(program, &out)?;
     Ok(written?)
 }
 

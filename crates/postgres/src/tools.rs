@@ -92,15 +92,22 @@ pub(crate) fn run(mut cmd: Command, program: &str) -> Result<String> {
         .stdin(Stdio::null())
         .output()
         .map_err(|e| Error::io(format!("running {program}"), e))?;
-    if !out.status.success() {
-        return Err(Error::Tool {
-            program: program.into(),
-            detail: format!(
-                "{}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        });
-    }
+    check_exit(program, &out)?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// [`Error::Tool`] with the exit status and standard error of a program
+/// that failed.
+pub(crate) fn check_exit(program: &str, out: &std::process::Output) -> Result<()> {
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(Error::Tool {
+        program: program.into(),
+        detail: format!(
+            "{}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+    })
 }
