@@ -61,8 +61,10 @@ fn large_stream_round_trip_and_dedup() {
         );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let new_chunks = v["data_blobs"].as_u64().unwrap();
+        // Up to three: the inserted bytes can hold a cut point of their
+        // own, splitting the edited chunk, and the cut after it may move.
         assert!(
-            (1..=2).contains(&new_chunks),
+            (1..=3).contains(&new_chunks),
             "a 1 KiB insert at {at} made {new_chunks} new chunks"
         );
         added_total += v["data_added_plain"].as_u64().unwrap();
