@@ -218,20 +218,13 @@ async fn archive_wal(g: &Global, a: ArchiveWalArgs) -> Result<ExitCode> {
         dir.join(&a.path)
     };
     wal_file_name(&path)?;
-    let reply = match (
-        a.call.no_daemon,
-        ask_daemon_unless(
-            g,
-            a.call.no_daemon,
-            &Request::Push {
-                system,
-                path: path.clone(),
-            },
-        )
-        .await?,
-    ) {
-        (false, Some(reply)) => reply,
-        _ => {
+    let request = Request::Push {
+        system,
+        path: path.clone(),
+    };
+    let reply = match ask_daemon_unless(g, a.call.no_daemon, &request).await? {
+        Some(reply) => reply,
+        None => {
             let repo = open(g).await?;
             let mut archive = WalArchive::load(&repo).await?;
             let outcome = archive
@@ -242,7 +235,7 @@ async fn archive_wal(g: &Global, a: ArchiveWalArgs) -> Result<ExitCode> {
     };
     Ok(match reply {
         Reply::Ok { message } => {
-            tracing_line(g, &message);
+            verbose_line(g, &message);
             ExitCode::SUCCESS
         }
         Reply::NotFound { message }
@@ -265,7 +258,7 @@ async fn ask_daemon_unless(
     ask_daemon(g, request).await
 }
 
-fn tracing_line(g: &Global, message: &str) {
+fn verbose_line(g: &Global, message: &str) {
     if !g.quiet && std::env::var_os("TESSERA_PG_VERBOSE").is_some() {
         eprintln!("tessera: {message}");
     }
@@ -303,7 +296,7 @@ async fn restore_wal(g: &Global, a: RestoreWalArgs) -> Result<ExitCode> {
     };
     Ok(match reply {
         Reply::Ok { message } => {
-            tracing_line(g, &message);
+            verbose_line(g, &message);
             ExitCode::SUCCESS
         }
         // The end of the archive, as far as PostgreSQL is concerned.

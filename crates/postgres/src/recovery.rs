@@ -82,6 +82,7 @@ struct PlannedFile {
     path: PathBuf,
     size: u64,
     meta: PgFileMeta,
+    content: Vec<BlobId>,
 }
 
 /// Writes the data directory of base backup `entry` into `target` (which
@@ -110,8 +111,6 @@ pub async fn restore_data_directory(
     let root = repo.read_tree(entry.snapshot.tree, "snapshot root").await?;
     let mut files = Vec::new();
     let mut dirs = Vec::new();
-    let mut owners = HashMap::new();
-    let mut uses: HashMap<BlobId, Vec<(usize, u64)>> = HashMap::new();
     let mut parts: Vec<&Node> = root.nodes.iter().collect();
     parts.sort_by_key(|n| n.name.parse::<u64>().unwrap_or(u64::MAX));
     for part in parts {
@@ -137,27 +136,15 @@ pub async fn restore_data_directory(
                         pending.push((tree, path));
                     }
                     NodeKind::Stream { content } => {
-                        let meta = meta.unwrap_or_default();
                         let file = std::fs::File::create(&path)
                             .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
                         file.set_len(node.size)
                             .map_err(|e| Error::io(format!("sizing {}", path.display()), e))?;
-                        let index = files.len();
-                        let sizes = repo.blob_sizes(&content).await?;
-                        let mut offset = 0u64;
-                        for (id, size) in content.iter().zip(sizes) {
-                            let size = size.ok_or_else(|| tessera_core::Error::BlobNotIndexed {
-                                blob: id.short(),
-                                referrer: path.display().to_string(),
-                            })?;
-                            uses.entry(*id).or_default().push((index, offset));
-                            offset += u64::from(size);
-                        }
-                        owners.insert(index, (meta.uid, meta.gid));
                         files.push(PlannedFile {
                             path,
                             size: node.size,
-                            meta,
+                            meta: meta.unwrap_or_default(),
+                            content,
                         });
                     }
                     _ => {
@@ -172,6 +159,24 @@ pub async fn restore_data_directory(
                     }
                 }
             }
+        }
+    }
+    // Where each blob goes: one index lookup for every file's chunks.
+    let all: Vec<BlobId> = files
+        .iter()
+        .flat_map(|f| f.content.iter().copied())
+        .collect();
+    let mut sizes = repo.blob_sizes(&all).await?.into_iter();
+    let mut uses: HashMap<BlobId, Vec<(usize, u64)>> = HashMap::new();
+    for (index, f) in files.iter().enumerate() {
+        let mut offset = 0u64;
+        for (id, size) in f.content.iter().zip(sizes.by_ref()) {
+            let size = size.ok_or_else(|| tessera_core::Error::BlobNotIndexed {
+                blob: id.short(),
+                referrer: f.path.display().to_string(),
+            })?;
+            uses.entry(*id).or_default().push((index, offset));
+            offset += u64::from(size);
         }
     }
     let paths: Arc<Vec<PathBuf>> = Arc::new(files.iter().map(|f| f.path.clone()).collect());
@@ -206,8 +211,8 @@ pub async fn restore_data_directory(
     for (path, meta) in &dirs {
         set_meta(path, meta, as_root)?;
     }
-    if as_root && let Some((uid, gid)) = owners.values().next() {
-        chown(target, *uid, *gid)?;
+    if as_root && let Some(f) = files.first() {
+        chown(target, f.meta.uid, f.meta.gid)?;
     }
     Ok(summary)
 }

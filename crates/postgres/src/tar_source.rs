@@ -50,7 +50,6 @@ pub(crate) struct TarEntries<R> {
     queue: std::collections::VecDeque<Entry>,
     done: bool,
     pub(crate) error: Arc<Mutex<Option<String>>>,
-    pub(crate) members: Arc<Mutex<u64>>,
     /// The content of the root's `backup_label`, copied as it is read.
     pub(crate) backup_label: Arc<Mutex<Vec<u8>>>,
 }
@@ -68,7 +67,6 @@ impl<R: Read + Send + 'static> TarEntries<R> {
             queue: Default::default(),
             done: false,
             error: Arc::new(Mutex::new(None)),
-            members: Arc::new(Mutex::new(0)),
             backup_label: Arc::new(Mutex::new(Vec::new())),
         }
     }
@@ -253,9 +251,6 @@ impl<R: Read + Send + 'static> TarEntries<R> {
                 String::from_utf8_lossy(&path),
                 kind
             ));
-        }
-        if let Ok(mut m) = self.members.lock() {
-            *m += 1;
         }
         Ok(())
     }
