@@ -219,6 +219,16 @@ async fn packs_by_class(b: &dyn Backend) {
         big.slice(mid as usize..mid as usize + 4096),
         "range of a large pack"
     );
+    // A large range starting and ending off page boundaries (local
+    // stores map these).
+    let (from, to) = ((5u64 << 20) + 4321, (7u64 << 20) + 17);
+    assert_eq!(
+        b.get_pack_range("cc03", from..to, BlobType::Data)
+            .await
+            .unwrap(),
+        big.slice(from as usize..to as usize),
+        "large unaligned range of a large pack"
+    );
     assert_eq!(b.get(ObjectKind::Pack, "cc03").await.unwrap(), big);
     for _ in 0..2 {
         assert_eq!(

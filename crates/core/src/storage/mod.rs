@@ -34,6 +34,7 @@ mod cache;
 pub mod conformance;
 mod counting;
 mod fault;
+mod mmap;
 mod object;
 mod retry;
 

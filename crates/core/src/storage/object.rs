@@ -332,16 +332,48 @@ fn storage_time(meta: &object_store::ObjectMeta) -> Option<jiff::Timestamp> {
     jiff::Timestamp::new(t.timestamp(), t.timestamp_subsec_nanos() as i32).ok()
 }
 
-/// Reads `range` of a local file into a buffer that is not zeroed first
-/// (`object_store`'s local store zeroes it, then copies into it: a page
-/// fault and a memset per page of every pack read). A file shorter than
-/// the range gives the bytes it has; callers check the length.
+/// Reads `range` of a local file. Ranges of at least [`MAP_AT_LEAST`]
+/// that the file holds whole are memory-mapped ([`super::mmap`]); smaller
+/// ones are read into a buffer that is not zeroed first (`object_store`'s
+/// local store zeroes it, then copies into it). A file shorter than the
+/// range gives the bytes it has; callers check the length.
 fn read_local_range(file: &FsPath, range: Range<u64>) -> std::io::Result<Bytes> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = std::fs::File::open(file)?;
-    f.seek(SeekFrom::Start(range.start))?;
     let len = range.end - range.start;
+    if len >= MAP_AT_LEAST && f.metadata()?.len() >= range.end {
+        return super::mmap::map_range(&f, range);
+    }
+    f.seek(SeekFrom::Start(range.start))?;
     let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(usize::MAX));
     f.take(len).read_to_end(&mut buf)?;
     Ok(Bytes::from(buf))
+}
+
+/// Smallest range read through a memory map: below it, setting up and
+/// tearing down the mapping costs more than the copy it saves.
+const MAP_AT_LEAST: u64 = 256 * 1024;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_ranges_mapped_or_read_give_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pack");
+        let data: Vec<u8> = (0..3u32 << 20).map(|i| (i * 7 + i / 251) as u8).collect();
+        std::fs::write(&file, &data).unwrap();
+        // Mapped (large, not page-aligned at either end), read (small).
+        for range in [4097..(2 << 20) + 5, 1..(1 << 20), 100..200, 0..(3 << 20)] {
+            let got = read_local_range(&file, range.clone()).unwrap();
+            assert_eq!(&got[..], &data[range.start as usize..range.end as usize]);
+        }
+        // A file shorter than the range gives what it has (never a map
+        // past its end); the caller reports the short read.
+        let end = (3u64 << 20) + MAP_AT_LEAST;
+        let got = read_local_range(&file, (1 << 20)..end).unwrap();
+        assert_eq!(&got[..], &data[1 << 20..]);
+        assert!(read_local_range(&dir.path().join("none"), 0..10).is_err());
+    }
 }
