@@ -270,11 +270,15 @@ impl Walker {
         match cache.dir(dir) {
             Ok(m) => m,
             Err(e) => {
-                // The cache only saves time: go on without it.
+                // The cache only saves time: go on without it, and let
+                // the next backup start a new one.
                 warn(
                     &self.warnings,
-                    format!("files cache: {e}; reading every file"),
+                    format!(
+                        "files cache: {e}; reading every file (the next backup starts a new cache)"
+                    ),
                 );
+                cache.discard();
                 self.cache = None;
                 HashMap::new()
             }
