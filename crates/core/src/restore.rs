@@ -25,8 +25,12 @@ use crate::tree::{Node, NodeKind, Tree};
 const MAX_READ: u64 = 8 * 1024 * 1024;
 /// Range requests in flight ahead of the writer.
 const READ_AHEAD: usize = 4;
-/// Fewest blobs of a span opened by one thread before another takes over.
-const MIN_PIECE: usize = 8;
+/// Fewest blobs of a span opened by one thread before another takes over:
+/// a span of one large file's chunks (8 MiB read, up to ~50 compressed
+/// chunks) stays on one thread, as two threads writing one file queue on
+/// its inode lock (spinning: 4 % of a restore's CPU at 8); a span of small
+/// files (hundreds of blobs) is still shared.
+const MIN_PIECE: usize = 64;
 /// Largest gap between two wanted blobs of a pack read through in one request.
 pub(crate) const MAX_GAP: u64 = 256 * 1024;
 
@@ -412,9 +416,7 @@ where
     // plaintext is never held all at once.
     on_rayon(move || {
         let blobs = SpanBlobs::new(&inner, &span, &bytes)?;
-        // Pieces of at least `MIN_PIECE` blobs: a span of a few large
-        // chunks (mostly one file's) stays on one thread, as two threads
-        // writing one file queue on its inode lock.
+        // Pieces of at least `MIN_PIECE` blobs (see there).
         span.blobs
             .par_iter()
             .with_min_len(MIN_PIECE)

@@ -465,7 +465,8 @@ mod tests {
         let cache = FilesCache::open(&path).unwrap();
         let w = cache.writer().unwrap();
         for i in 0..2000u64 {
-            w.sender().put(b"/a", format!("f{i}").as_bytes(), file(i as u8));
+            w.sender()
+                .put(b"/a", format!("f{i}").as_bytes(), file(i as u8));
         }
         w.commit().unwrap();
         drop(cache);
