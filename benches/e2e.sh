@@ -4,6 +4,9 @@
 #
 #   benches/e2e.sh            full corpus (~2.5 GB apparent, 57k files)
 #   benches/e2e.sh --quick    CI's reduced run: big/ reduced to 64 MiB of text
+#   E2E_REPEAT=3 benches/e2e.sh   restore and check run 3 times (tools
+#                             interleaved, each restore into a new directory);
+#                             the table shows medians, as PERF-BASELINES does
 #
 # Steps, each timed per tool with the page cache dropped and the step's
 # inputs read back in first: initial backup, unchanged re-backup, backup
@@ -20,6 +23,7 @@ WORK=${E2E_WORK:-/tmp/tessera-e2e}
 BENCH=${SHARED_BENCH:-$ROOT/../shared/bench}
 [ -f "$BENCH/make_corpus.sh" ] || BENCH=$ROOT/benches/corpus
 TOOLS=(tessera restic borg)
+REPEAT=${E2E_REPEAT:-1}
 
 # The peers and tools, from Debian's packages.
 if ! command -v restic >/dev/null || ! command -v borg >/dev/null || [ ! -x /usr/bin/time ] || ! command -v openssl >/dev/null; then
@@ -96,20 +100,33 @@ echo "mutating the corpus (one day)" >&2
 bash "$BENCH/mutate.sh" "$CORPUS" 1 >"$WORK/mutate.log"
 backup_step day
 
-for t in "${TOOLS[@]}"; do rm -rf "$WORK/restore-$t"; mkdir -p "$WORK/restore-$t"; done
-run tessera restore "$WORK/repo-tessera" -- "$TESSERA" restore -q latest --target "$WORK/restore-tessera"
-run restic restore "$WORK/repo-restic" -- restic restore -q latest --target "$WORK/restore-restic"
-run borg restore "$WORK/repo-borg" -- bash -c "cd '$WORK/restore-borg' && borg extract --sparse ::day"
-
-run tessera check "$WORK/repo-tessera" -- "$TESSERA" check -q --read-data
-run restic check "$WORK/repo-restic" -- restic check --read-data
-run borg check "$WORK/repo-borg" -- borg check --verify-data
+# Read-only steps, REPEAT rounds, tools interleaved. Each restore goes
+# into a new directory: nothing is deleted between rounds (ext4 without a
+# journal scans recently deleted inodes on every new one for minutes).
+for r in $(seq 1 "$REPEAT"); do
+  for t in "${TOOLS[@]}"; do mkdir -p "$WORK/restore-$t-$r"; done
+  run tessera restore-$r "$WORK/repo-tessera" -- "$TESSERA" restore -q latest --target "$WORK/restore-tessera-$r"
+  run restic restore-$r "$WORK/repo-restic" -- restic restore -q latest --target "$WORK/restore-restic-$r"
+  run borg restore-$r "$WORK/repo-borg" -- bash -c "cd '$WORK/restore-borg-$r' && borg extract --sparse ::day"
+done
+for r in $(seq 1 "$REPEAT"); do
+  run tessera check-$r "$WORK/repo-tessera" -- "$TESSERA" check -q --read-data
+  run restic check-$r "$WORK/repo-restic" -- restic check --read-data
+  run borg check-$r "$WORK/repo-borg" -- borg check --verify-data
+done
+# The median of the rounds (the middle one of an odd count), the largest RSS.
+for t in "${TOOLS[@]}"; do
+  for step in restore check; do
+    SECS[$t.$step]=$(for r in $(seq 1 "$REPEAT"); do echo "${SECS[$t.$step-$r]}"; done | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')
+    RSS[$t.$step]=$(for r in $(seq 1 "$REPEAT"); do echo "${RSS[$t.$step-$r]}"; done | sort -n | tail -1)
+  done
+done
 
 # Restores must equal the corpus (content); the VM image's allocation shows sparseness.
 declare -A ALLOC
 for t in "${TOOLS[@]}"; do
-  dir=$WORK/restore-$t$CORPUS
-  [ "$t" = borg ] && dir=$WORK/restore-borg/corpus
+  dir=$WORK/restore-$t-1$CORPUS
+  [ "$t" = borg ] && dir=$WORK/restore-borg-1/corpus
   if ! diff -r --no-dereference "$CORPUS" "$dir" >"$WORK/$t.diff" 2>&1; then
     echo "e2e: $t restored something different from the corpus:" >&2
     head "$WORK/$t.diff" >&2
@@ -123,7 +140,7 @@ ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); pri
 peak() { local m=0; for s in initial unchanged day; do [ "${RSS[$1.$s]}" -gt $m ] && m=${RSS[$1.$s]}; done; echo $((m / 1024)); }
 
 echo
-echo "Corpus: $(find "$CORPUS" -type f | wc -l) files, $(du -sb --apparent-size "$CORPUS" | cut -f1) bytes apparent$([ $QUICK = 1 ] && echo ' (quick: big/ reduced to 64 MiB of text)')"
+echo "Corpus: $(find "$CORPUS" -type f | wc -l) files, $(du -sb --apparent-size "$CORPUS" | cut -f1) bytes apparent$([ $QUICK = 1 ] && echo ' (quick: big/ reduced to 64 MiB of text)')$([ "$REPEAT" -gt 1 ] && echo "; restore and check: median of $REPEAT rounds")"
 echo
 echo "| step | tessera | restic | borg | tessera/restic | target |"
 echo "|---|---|---|---|---|---|"
