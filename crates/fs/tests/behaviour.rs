@@ -137,6 +137,42 @@ async fn the_files_cache_skips_unchanged_files_and_survives_its_deletion() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_files_cache_damaged_inside_is_a_warning_and_replaced_by_the_next_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("t");
+    tree(&root);
+    let cache = dir.path().join("cache/files.db");
+    let repo = repo().await;
+    let options = || BackupOptions {
+        cache: Some(cache.clone()),
+        ..Default::default()
+    };
+    let backup = || tessera_fs::backup(&repo, std::slice::from_ref(&root), options());
+    assert_eq!(backup().await.unwrap().files_new, 8);
+    // Wreck every page after the first (SQLite's header stays valid, so
+    // opening works; the first query fails).
+    let mut bytes = std::fs::read(&cache).unwrap();
+    assert!(bytes.len() > 4096, "{} bytes", bytes.len());
+    for b in bytes.iter_mut().skip(4096) {
+        *b = 0x5a;
+    }
+    std::fs::write(&cache, &bytes).unwrap();
+    let damaged = backup().await.unwrap();
+    assert_eq!((damaged.files_new, damaged.files_unchanged), (8, 0));
+    assert!(
+        damaged.warnings.iter().any(|w| w.contains("files cache")),
+        "{:?}",
+        damaged.warnings
+    );
+    assert!(!cache.exists(), "the damaged cache was not discarded");
+    // The next backup starts a new cache, quietly; the one after uses it.
+    let fresh = backup().await.unwrap();
+    assert!(fresh.warnings.is_empty(), "{:?}", fresh.warnings);
+    assert_eq!(fresh.files_new, 8);
+    assert_eq!(backup().await.unwrap().files_unchanged, 8);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restore_resumes_deletes_extras_and_restores_parts() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("t");
