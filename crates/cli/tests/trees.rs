@@ -175,7 +175,8 @@ fn a_full_disk_during_restore_is_a_clear_error() {
     let t = TestRepo::new(&[]);
     let src = t.path("src");
     std::fs::create_dir(&src).unwrap();
-    std::fs::write(src.join("big"), random_bytes(4 << 20, 2)).unwrap();
+    // Large enough to be written direct (past the page cache).
+    std::fs::write(src.join("big"), random_bytes(12 << 20, 2)).unwrap();
     t.ok(&["backup", src.to_str().unwrap()]);
     let small = t.path("small");
     std::fs::create_dir(&small).unwrap();

@@ -33,6 +33,7 @@ use rustix::fs::{AtFlags, Mode, OFlags, Timestamps};
 use tessera_core::{BlobId, NodeKind, Repository, Snapshot};
 
 use crate::Error;
+use crate::direct;
 use crate::meta::{FileKind, FsMeta};
 use crate::paths::{join, patterns, proc_path};
 use crate::snapshot_tree::{TreeEntry, find_node, walk_tree};
@@ -629,17 +630,14 @@ fn read_content(
     Ok(())
 }
 
-/// Writes `data`, content offset `off` of `item`, through `fd`.
-fn write_ranges(item: &Item, fd: &OwnedFd, off: u64, data: &[u8]) -> Result<(), Error> {
+/// Writes `data`, content offset `off` of `item`, through `fd` (the
+/// aligned middles of long pieces through `direct`, when given).
+fn write_ranges(item: &Item, fds: &FileFds, off: u64, data: &[u8]) -> Result<(), Error> {
     let mut pos = 0usize;
     for (at, n) in file_ranges(item.meta.extents.as_deref(), off, data.len() as u64) {
         let part = data.get(pos..pos + n as usize).unwrap_or_default();
-        let mut done = 0;
-        while done < part.len() {
-            let w = rustix::io::pwrite(fd, part.get(done..).unwrap_or_default(), at + done as u64)
-                .map_err(|e| io_err(&item.target, "writing", e))?;
-            done += w;
-        }
+        direct::write_at(&fds.fd, fds.direct.as_ref(), at, part)
+            .map_err(|e| io_err(&item.target, "writing", e))?;
         pos += n as usize;
     }
     Ok(())
@@ -776,8 +774,8 @@ struct FileSlot {
 }
 
 struct SlotState {
-    /// The descriptor, kept between writes while more are to come.
-    fd: Option<Arc<OwnedFd>>,
+    /// The descriptors, kept between writes while more are to come.
+    fds: Option<Arc<FileFds>>,
     /// The file does not exist yet.
     to_create: bool,
     /// The permission bits the restore created the file with (known when
@@ -789,7 +787,7 @@ impl FileSlot {
     fn new(writes: u32, to_create: bool) -> Self {
         FileSlot {
             state: Mutex::new(SlotState {
-                fd: None,
+                fds: None,
                 to_create,
                 created_mode: None,
             }),
@@ -824,14 +822,14 @@ impl Writer {
                 (Some(i), Some(s)) => (i, s),
                 _ => return Err(Error::Internal(format!("restore item {idx} unknown"))),
             };
-            let fd = self.fd_for(item, slot)?;
-            write_ranges(item, &fd, *off, plain)?;
+            let fds = self.fds_for(item, slot)?;
+            write_ranges(item, &fds, *off, plain)?;
             self.progress
                 .bytes_written
                 .fetch_add(plain.len() as u64, Ordering::Relaxed);
             if slot.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                if lock(&slot.state).fd.take().is_some() {
-                    self.open_fds.fetch_sub(1, Ordering::Relaxed);
+                if let Some(kept) = lock(&slot.state).fds.take() {
+                    self.open_fds.fetch_sub(kept.count(), Ordering::Relaxed);
                 }
                 let created_mode = lock(&slot.state).created_mode;
                 let done = Done {
@@ -840,7 +838,7 @@ impl Writer {
                     mode: created_mode == Some(item.meta.mode & 0o7777),
                 };
                 let mut w = Vec::new();
-                set_file_meta(item, &fd, self.is_root, done, &mut w)?;
+                set_file_meta(item, &fds.fd, self.is_root, done, &mut w)?;
                 if !w.is_empty() {
                     lock(&self.warnings).extend(w);
                 }
@@ -849,15 +847,18 @@ impl Writer {
         Ok(())
     }
 
-    /// The file's descriptor: the one kept open, or a new one (kept when
+    /// The file's descriptors: those kept open, or new ones (kept when
     /// more writes follow and the budget allows). The first call creates
     /// a deferred file; the writes give it its size, or a truncate when
-    /// it ends in a hole (holes stay holes either way).
-    fn fd_for(&self, item: &Item, slot: &FileSlot) -> Result<Arc<OwnedFd>, Error> {
+    /// it ends in a hole or is written direct (holes stay holes either
+    /// way). A file of [`direct::MIN_FILE`] or more gets a second,
+    /// direct descriptor.
+    fn fds_for(&self, item: &Item, slot: &FileSlot) -> Result<Arc<FileFds>, Error> {
         let mut state = lock(&slot.state);
-        if let Some(fd) = state.fd.as_ref() {
-            return Ok(fd.clone());
+        if let Some(fds) = state.fds.as_ref() {
+            return Ok(fds.clone());
         }
+        let large = item.meta.size >= direct::MIN_FILE;
         let fd = if state.to_create {
             // Created with its final permission bits when the owner may
             // write it (a later reopen for writing must succeed), else 0600.
@@ -870,7 +871,7 @@ impl Writer {
             )
             .map_err(|e| io_err(&item.target, "creating", e))?;
             state.created_mode = self.umask.map(|u| create_mode & !u);
-            if ends_in_hole(&item.meta) {
+            if large || ends_in_hole(&item.meta) {
                 rustix::fs::ftruncate(&fd, item.meta.size)
                     .map_err(|e| io_err(&item.target, "sizing", e))?;
             }
@@ -884,15 +885,32 @@ impl Writer {
             )
             .map_err(|e| io_err(&item.target, "opening to write", e))?
         };
-        let fd = Arc::new(fd);
+        let fds = Arc::new(FileFds {
+            fd,
+            direct: large.then(|| direct::open(&item.target)).flatten(),
+        });
         if slot.remaining.load(Ordering::Acquire) > 1 {
-            if self.open_fds.fetch_add(1, Ordering::Relaxed) < MAX_OPEN_FILES {
-                state.fd = Some(fd.clone());
+            if self.open_fds.fetch_add(fds.count(), Ordering::Relaxed) < MAX_OPEN_FILES {
+                state.fds = Some(fds.clone());
             } else {
-                self.open_fds.fetch_sub(1, Ordering::Relaxed);
+                self.open_fds.fetch_sub(fds.count(), Ordering::Relaxed);
             }
         }
-        Ok(fd)
+        Ok(fds)
+    }
+}
+
+/// The descriptors a file is written through.
+struct FileFds {
+    fd: OwnedFd,
+    /// For the aligned middles of long writes (see [`direct`]).
+    direct: Option<OwnedFd>,
+}
+
+impl FileFds {
+    /// Descriptors held.
+    fn count(&self) -> usize {
+        1 + usize::from(self.direct.is_some())
     }
 }
 
