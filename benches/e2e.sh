@@ -60,7 +60,7 @@ rm -rf "$WORK" "$IMG"
 mkdir -p "$WORK"
 if [ "${E2E_FRESH_FS:-1}" = 1 ] && [ "$(id -u)" = 0 ] && command -v mkfs.ext4 >/dev/null; then
   avail=$(df --output=avail -B1 "$(dirname "$WORK")" | tail -1)
-  size=$((avail * 9 / 10)); [ $size -gt $((64 << 30)) ] && size=$((64 << 30))
+  size=$((avail * 9 / 10 >> 20 << 20)); [ $size -gt $((64 << 30)) ] && size=$((64 << 30))
   truncate -s "$size" "$IMG"
   if mkfs.ext4 -q -F -N 3000000 -E lazy_itable_init=0,lazy_journal_init=0 "$IMG" >/dev/null &&
     LOOP=$(losetup --direct-io=on -f --show "$IMG") && mount "$LOOP" "$WORK"; then

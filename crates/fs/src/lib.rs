@@ -27,6 +27,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+mod ahead;
 pub mod cache;
 mod direct;
 pub mod meta;
@@ -202,6 +203,7 @@ pub async fn backup(
         warnings: warnings.clone(),
         names: meta::Names::default(),
         xattr_buf: Vec::new(),
+        ahead: ahead::ReadAhead::start(),
     };
     let walk_roots = roots.clone();
     let walk_thread = match std::thread::Builder::new()

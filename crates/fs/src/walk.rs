@@ -4,7 +4,8 @@
 //! Directories are opened with `openat` relative to their parent's
 //! descriptor, so paths of any length work. The walk runs on its own
 //! thread, ahead of the engine's reading thread (which opens and reads
-//! file content), joined by a bounded channel.
+//! file content), joined by a bounded channel; a helper thread lists and
+//! `stat`s the directories it will enter next ([`crate::ahead`]).
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -18,9 +19,10 @@ use std::sync::{Arc, Mutex};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use tessera_core::{Content, Entry, KnownBlobs, Meta};
 
+use crate::ahead::{Listing, ReadAhead, key};
 use crate::cache::{CacheSender, CachedFile, FilesCache};
 use crate::meta::{FileKind, FsMeta, Names, Time, read_xattrs};
-use crate::paths::{display, join, openat_noatime, proc_path};
+use crate::paths::{display, join, proc_path};
 
 /// What to leave out of a backup.
 #[derive(Clone, Debug, Default)]
@@ -81,6 +83,8 @@ pub(crate) struct Walker {
     pub warnings: Warnings,
     pub names: Names,
     pub xattr_buf: Vec<u8>,
+    /// Reads the next directories ahead (see [`crate::ahead`]).
+    pub ahead: ReadAhead,
 }
 
 /// Opens `path` (absolute) however long it is: paths longer than the
@@ -225,9 +229,11 @@ impl Walker {
         match open_read(root, OFlags::DIRECTORY) {
             Ok(fd) => {
                 let dev = rustix::fs::fstat(&fd).map(|s| s.st_dev).unwrap_or(0);
-                match list(&fd) {
+                let fd = Arc::new(fd);
+                let listing = Listing::of(fd.clone());
+                match &listing.names {
                     Ok(names) => {
-                        let _ = self.walk_contents(&fd, root, &names, dev);
+                        let _ = self.walk_contents(&fd, root, names, &listing.stats, dev);
                     }
                     Err(e) => warn(&self.warnings, format!("/: cannot list: {e}")),
                 }
@@ -239,7 +245,7 @@ impl Walker {
     /// One given path, inside its open parent.
     fn walk_top(&mut self, parent: &[u8], name: &[u8]) -> Result<(), ()> {
         let parent_fd = match open_read(parent, OFlags::DIRECTORY) {
-            Ok(fd) => fd,
+            Ok(fd) => Arc::new(fd),
             Err(e) => {
                 warn(&self.warnings, format!("{}: {e}", display(parent)));
                 return Ok(());
@@ -260,7 +266,7 @@ impl Walker {
             }
         };
         let cached = self.cached_dir(parent);
-        self.entry(&parent_fd, parent, name, dev, &cached)
+        self.entry(&parent_fd, parent, name, dev, &cached, None)
     }
 
     fn cached_dir(&mut self, dir: &[u8]) -> HashMap<Vec<u8>, CachedFile> {
@@ -313,18 +319,37 @@ impl Walker {
         }
     }
 
-    /// The entries `names` (sorted) of an open directory, with the files
-    /// cache's rows for it; cache rows of vanished files are dropped.
+    /// The entries `names` (sorted; the first ones `stat`ed in `stats`) of
+    /// an open directory, with the files cache's rows for it; cache rows of
+    /// vanished files are dropped. Its subdirectories are queued to be read
+    /// ahead first.
     fn walk_contents(
         &mut self,
-        fd: &OwnedFd,
+        fd: &Arc<OwnedFd>,
         path: &[u8],
         names: &[Vec<u8>],
+        stats: &[rustix::io::Result<rustix::fs::Stat>],
         dev: u64,
     ) -> Result<(), ()> {
         let cached = self.cached_dir(path);
-        for name in names {
-            self.entry(fd, path, name, dev, &cached)?;
+        for (name, st) in names.iter().zip(stats) {
+            let Ok(st) = st else { continue };
+            if crate::meta::kind_of(st.st_mode) != FileKind::Dir
+                || (self.excludes.one_file_system && st.st_dev != dev)
+            {
+                continue;
+            }
+            let sub = join(path, name);
+            if !self
+                .matcher
+                .matched(OsStr::from_bytes(&sub), true)
+                .is_ignore()
+            {
+                self.ahead.submit(key(&sub), fd.clone(), name.clone());
+            }
+        }
+        for (i, name) in names.iter().enumerate() {
+            self.entry(fd, path, name, dev, &cached, stats.get(i).copied())?;
         }
         for gone in cached.keys().filter(|k| names.binary_search(k).is_err()) {
             self.cache_tx.delete(path, gone);
@@ -332,31 +357,39 @@ impl Walker {
         Ok(())
     }
 
-    /// One entry `name` of the open directory `dir_fd` (at `dir`).
+    /// One entry `name` of the open directory `dir_fd` (at `dir`), with
+    /// its `lstat` when it was read ahead.
     fn entry(
         &mut self,
-        dir_fd: &OwnedFd,
+        dir_fd: &Arc<OwnedFd>,
         dir: &[u8],
         name: &[u8],
         root_dev: u64,
         cached: &HashMap<Vec<u8>, CachedFile>,
+        stat: Option<rustix::io::Result<rustix::fs::Stat>>,
     ) -> Result<(), ()> {
         let path = join(dir, name);
-        let st =
-            match rustix::fs::statat(dir_fd, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(st) => st,
-                Err(rustix::io::Errno::NOENT) => {
-                    warn(
-                        &self.warnings,
-                        format!("{}: vanished before it was read", display(&path)),
-                    );
-                    return Ok(());
-                }
-                Err(e) => {
-                    warn(&self.warnings, format!("{}: {e}", display(&path)));
-                    return Ok(());
-                }
-            };
+        let stat = stat.unwrap_or_else(|| {
+            rustix::fs::statat(
+                &**dir_fd,
+                OsStr::from_bytes(name),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+        });
+        let st = match stat {
+            Ok(st) => st,
+            Err(rustix::io::Errno::NOENT) => {
+                warn(
+                    &self.warnings,
+                    format!("{}: vanished before it was read", display(&path)),
+                );
+                return Ok(());
+            }
+            Err(e) => {
+                warn(&self.warnings, format!("{}: {e}", display(&path)));
+                return Ok(());
+            }
+        };
         let kind = crate::meta::kind_of(st.st_mode);
         if self
             .matcher
@@ -414,8 +447,11 @@ impl Walker {
     ) -> Result<(), ()> {
         self.fill_xattrs(&mut meta, parent, name);
         self.stats.dirs.fetch_add(1, Ordering::Relaxed);
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let fd = match openat_noatime(parent, name, flags) {
+        let listing = self
+            .ahead
+            .take(&key(path))
+            .unwrap_or_else(|| Listing::read(parent, name));
+        let fd = match listing.fd {
             Ok(fd) => Some(fd),
             Err(e) => {
                 warn(
@@ -425,17 +461,17 @@ impl Walker {
                 None
             }
         };
-        let mut names = Vec::new();
-        if let Some(fd) = &fd {
-            match list(fd) {
-                Ok(n) => names = n,
-                Err(e) => warn(
+        let names = match listing.names {
+            Ok(n) => n,
+            Err(e) => {
+                warn(
                     &self.warnings,
                     format!("{}: cannot list: {e}", display(path)),
-                ),
+                );
+                Vec::new()
             }
-        }
-        if self.excluded_dir(fd.as_ref(), &names) {
+        };
+        if self.excluded_dir(fd.as_deref(), &names) {
             return Ok(());
         }
         self.send(Entry::Dir {
@@ -444,7 +480,7 @@ impl Walker {
         })?;
         let other_fs = self.excludes.one_file_system && st.st_dev != root_dev;
         if let (Some(fd), false) = (&fd, other_fs) {
-            self.walk_contents(fd, path, &names, root_dev)?;
+            self.walk_contents(fd, path, &names, &listing.stats, root_dev)?;
         }
         self.send(Entry::EndDir)
     }
@@ -589,22 +625,6 @@ impl Walker {
             on_stored: Some(on_stored),
         })
     }
-}
-
-/// The names in an open directory, sorted as bytes, without `.` and `..`.
-fn list(fd: &OwnedFd) -> std::io::Result<Vec<Vec<u8>>> {
-    let dup = rustix::io::dup(fd)?;
-    let mut dir = rustix::fs::Dir::new(dup)?;
-    let mut names = Vec::new();
-    while let Some(e) = dir.read() {
-        let e = e?;
-        let n = e.file_name().to_bytes();
-        if n != b"." && n != b".." {
-            names.push(n.to_vec());
-        }
-    }
-    names.sort();
-    Ok(names)
 }
 
 /// The data extents of a file (`SEEK_DATA`/`SEEK_HOLE`).
