@@ -176,7 +176,7 @@ fn trees_ahead(first: BlobId, stack: &[Open], fetched: &Fetched) -> Vec<BlobId> 
 ///
 /// Trees are fetched ahead in batches: when the walk needs a tree it does
 /// not hold, it fetches it together with the next trees the walk will
-/// need that are known by then (see [`trees_ahead`]; a skipped
+/// need that are known by then (see `trees_ahead`; a skipped
 /// directory's descendants may have been fetched for nothing).
 ///
 /// # Errors
