@@ -28,6 +28,9 @@ use crate::paths::openat_noatime;
 const STAT_AHEAD: usize = 4096;
 /// Entries held in read-ahead listings not yet taken, at most.
 const MAX_AHEAD_ENTRIES: usize = 16_384;
+/// Listings not yet taken, at most: each holds its directory open, and a
+/// process may have as few as 1,024 descriptors.
+const MAX_AHEAD_DIRS: usize = 64;
 
 /// A directory opened and listed, its first entries `stat`ed.
 pub(crate) struct Listing {
@@ -209,16 +212,16 @@ impl Drop for ReadAhead {
 }
 
 /// The helper: reads the queued directory needed soonest, while fewer
-/// than [`MAX_AHEAD_ENTRIES`] entries wait to be taken.
+/// than [`MAX_AHEAD_DIRS`] listings and [`MAX_AHEAD_ENTRIES`] entries wait
+/// to be taken.
 fn run(shared: &Shared) {
     let mut state = shared.lock();
     loop {
         if state.stop {
             return;
         }
-        let job = (state.done_entries < MAX_AHEAD_ENTRIES)
-            .then(|| state.queue.pop_first())
-            .flatten();
+        let room = state.done_entries < MAX_AHEAD_ENTRIES && state.done.len() < MAX_AHEAD_DIRS;
+        let job = room.then(|| state.queue.pop_first()).flatten();
         let Some((key, job)) = job else {
             state = shared
                 .wake
@@ -296,5 +299,41 @@ mod tests {
         let state = ahead.shared.lock();
         assert!(state.queue.is_empty() && state.done.is_empty());
         assert_eq!(state.done_entries, 0);
+    }
+
+    /// Each listing holds its directory open: no more than
+    /// [`MAX_AHEAD_DIRS`] wait, however small they are.
+    #[test]
+    fn listings_waiting_are_bounded_in_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = 500;
+        for i in 0..n {
+            std::fs::create_dir(dir.path().join(format!("d{i:03}"))).unwrap();
+        }
+        let root = Arc::new(
+            rustix::fs::open(
+                dir.path(),
+                OFlags::RDONLY | OFlags::DIRECTORY,
+                rustix::fs::Mode::empty(),
+            )
+            .unwrap(),
+        );
+        let ahead = ReadAhead::start();
+        let base = dir.path().as_os_str().as_bytes().to_vec();
+        for i in 0..n {
+            let name = format!("d{i:03}");
+            let k = key(&[base.as_slice(), b"/", name.as_bytes()].concat());
+            ahead.submit(k, root.clone(), name.into_bytes());
+        }
+        let waited = std::time::Instant::now();
+        while ahead.shared.lock().done.len() < MAX_AHEAD_DIRS
+            && waited.elapsed() < std::time::Duration::from_secs(10)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let state = ahead.shared.lock();
+        assert_eq!(state.done.len(), MAX_AHEAD_DIRS);
+        assert_eq!(state.queue.len(), n - MAX_AHEAD_DIRS);
     }
 }

@@ -447,10 +447,12 @@ impl Walker {
     ) -> Result<(), ()> {
         self.fill_xattrs(&mut meta, parent, name);
         self.stats.dirs.fetch_add(1, Ordering::Relaxed);
-        let listing = self
-            .ahead
-            .take(&key(path))
-            .unwrap_or_else(|| Listing::read(parent, name));
+        // A directory the helper could not open is opened again here: the
+        // error (or success) the walk reports is its own.
+        let listing = match self.ahead.take(&key(path)) {
+            Some(l) if l.fd.is_ok() => l,
+            _ => Listing::read(parent, name),
+        };
         let fd = match listing.fd {
             Ok(fd) => Some(fd),
             Err(e) => {
