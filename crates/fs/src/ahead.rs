@@ -260,31 +260,59 @@ mod tests {
         assert_eq!(back, walk);
     }
 
+    /// Subdirectories `names` (each holding a file `f` when `with_file`)
+    /// of a new directory, all queued on a started read-ahead.
+    struct Queued {
+        _dir: tempfile::TempDir,
+        base: Vec<u8>,
+        root: Arc<OwnedFd>,
+        ahead: ReadAhead,
+    }
+
+    impl Queued {
+        fn new(names: &[String], with_file: bool) -> Queued {
+            let dir = tempfile::tempdir().unwrap();
+            for d in names {
+                std::fs::create_dir(dir.path().join(d)).unwrap();
+                if with_file {
+                    std::fs::write(dir.path().join(d).join("f"), d).unwrap();
+                }
+            }
+            let root = Arc::new(
+                rustix::fs::open(
+                    dir.path(),
+                    OFlags::RDONLY | OFlags::DIRECTORY,
+                    rustix::fs::Mode::empty(),
+                )
+                .unwrap(),
+            );
+            let q = Queued {
+                base: dir.path().as_os_str().as_bytes().to_vec(),
+                _dir: dir,
+                root,
+                ahead: ReadAhead::start(),
+            };
+            for d in names {
+                q.ahead
+                    .submit(q.key(d), q.root.clone(), d.as_bytes().to_vec());
+            }
+            q
+        }
+
+        fn key(&self, name: &str) -> Vec<u8> {
+            key(&[self.base.as_slice(), b"/", name.as_bytes()].concat())
+        }
+    }
+
     #[test]
     fn listings_read_ahead_are_handed_out_once_and_passed_over_ones_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        for d in ["a", "b", "c"] {
-            std::fs::create_dir(dir.path().join(d)).unwrap();
-            std::fs::write(dir.path().join(d).join("f"), d).unwrap();
-        }
-        let root = Arc::new(
-            rustix::fs::open(
-                dir.path(),
-                OFlags::RDONLY | OFlags::DIRECTORY,
-                rustix::fs::Mode::empty(),
-            )
-            .unwrap(),
-        );
-        let ahead = ReadAhead::start();
-        let base = dir.path().as_os_str().as_bytes().to_vec();
-        let k = |n: &str| key(&[base.as_slice(), b"/", n.as_bytes()].concat());
-        for d in ["a", "b", "c"] {
-            ahead.submit(k(d), root.clone(), d.as_bytes().to_vec());
-        }
+        let q = Queued::new(&["a".into(), "b".into(), "c".into()], true);
+        let (ahead, root) = (&q.ahead, &q.root);
+        let k = |n: &str| q.key(n);
         // "a" is passed over; "b" comes back listed and stat'ed.
         let b = ahead
             .take(&k("b"))
-            .or_else(|| Some(Listing::read(&root, b"b")))
+            .or_else(|| Some(Listing::read(root, b"b")))
             .unwrap();
         assert_eq!(b.names.unwrap(), vec![b"f".to_vec()]);
         assert_eq!(b.stats.len(), 1);
@@ -293,7 +321,7 @@ mod tests {
         assert!(ahead.take(&k("a")).is_none(), "passed over: dropped");
         let c = ahead
             .take(&k("c"))
-            .or_else(|| Some(Listing::read(&root, b"c")))
+            .or_else(|| Some(Listing::read(root, b"c")))
             .unwrap();
         assert_eq!(c.names.unwrap(), vec![b"f".to_vec()]);
         let state = ahead.shared.lock();
@@ -305,26 +333,10 @@ mod tests {
     /// [`MAX_AHEAD_DIRS`] wait, however small they are.
     #[test]
     fn listings_waiting_are_bounded_in_number() {
-        let dir = tempfile::tempdir().unwrap();
         let n = 500;
-        for i in 0..n {
-            std::fs::create_dir(dir.path().join(format!("d{i:03}"))).unwrap();
-        }
-        let root = Arc::new(
-            rustix::fs::open(
-                dir.path(),
-                OFlags::RDONLY | OFlags::DIRECTORY,
-                rustix::fs::Mode::empty(),
-            )
-            .unwrap(),
-        );
-        let ahead = ReadAhead::start();
-        let base = dir.path().as_os_str().as_bytes().to_vec();
-        for i in 0..n {
-            let name = format!("d{i:03}");
-            let k = key(&[base.as_slice(), b"/", name.as_bytes()].concat());
-            ahead.submit(k, root.clone(), name.into_bytes());
-        }
+        let names: Vec<String> = (0..n).map(|i| format!("d{i:03}")).collect();
+        let q = Queued::new(&names, false);
+        let ahead = &q.ahead;
         let waited = std::time::Instant::now();
         while ahead.shared.lock().done.len() < MAX_AHEAD_DIRS
             && waited.elapsed() < std::time::Duration::from_secs(10)

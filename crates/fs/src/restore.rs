@@ -1057,16 +1057,10 @@ fn delete_extra(covered: &HashSet<Vec<u8>>, in_snapshot: &HashSet<Vec<u8>>) -> R
             Mode::empty(),
         )
         .map_err(|e| io_err(dir, "listing", e))?;
-        let mut d = rustix::fs::Dir::new(fd.try_clone().map_err(|e| io_err(dir, "listing", e))?)
-            .map_err(|e| io_err(dir, "listing", e))?;
-        let mut extra = Vec::new();
-        while let Some(e) = d.read() {
-            let e = e.map_err(|e| io_err(dir, "listing", e))?;
-            let n = e.file_name().to_bytes();
-            if n != b"." && n != b".." && !in_snapshot.contains(join(dir, n).as_slice()) {
-                extra.push(n.to_vec());
-            }
-        }
+        let names = crate::ahead::list(&fd).map_err(|e| io_err(dir, "listing", e))?;
+        let extra = names
+            .into_iter()
+            .filter(|n| !in_snapshot.contains(join(dir, n).as_slice()));
         for n in extra {
             remove_all(&fd, &n, &join(dir, &n))?;
             deleted += 1;
