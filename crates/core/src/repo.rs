@@ -75,6 +75,9 @@ pub(crate) struct Inner {
     pub(crate) backup_lock: tokio::sync::Mutex<()>,
     /// This handle's open write session (FORMAT.md §10), if any.
     pub(crate) session: tokio::sync::Mutex<Option<SnapshotId>>,
+    /// Trees are stored as given, names unchecked (feature `forge`).
+    #[cfg(feature = "forge")]
+    pub(crate) forge_trees: std::sync::atomic::AtomicBool,
 }
 
 /// An open repository. Cheap to clone; all methods take `&self`.
@@ -217,8 +220,22 @@ impl Repository {
                 index: tokio::sync::OnceCell::new(),
                 backup_lock: tokio::sync::Mutex::new(()),
                 session: tokio::sync::Mutex::new(None),
+                #[cfg(feature = "forge")]
+                forge_trees: std::sync::atomic::AtomicBool::new(false),
             }),
         })
+    }
+
+    /// Makes this handle's backups store their trees exactly as the
+    /// entries give them: unsorted, duplicate and invalid names kept, as a
+    /// compromised host holding the key could write them. Only for tests of
+    /// the readers (restore, check, listings), which must refuse such
+    /// trees; the feature `forge` is never on in a release build.
+    #[cfg(feature = "forge")]
+    pub fn forge_trees(&self, on: bool) {
+        self.inner
+            .forge_trees
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Opens a repository with a password or key file.

@@ -21,6 +21,36 @@ pub fn ensure_unique_names<'a>(names: impl IntoIterator<Item = &'a [u8]>) -> Res
     }
 }
 
+/// Why `name` cannot be a tree entry's name, or `None` when it can: a
+/// name is one path component, so it is never empty, `.` or `..`, and
+/// holds no `/` and no NUL. Restores build paths from names; these rules
+/// are what keeps every such path beneath its target (FORMAT.md §7).
+pub fn name_problem(name: &[u8]) -> Option<&'static str> {
+    match name {
+        b"" => Some("is empty"),
+        b"." | b".." => Some("is `.` or `..`"),
+        _ if name.contains(&b'/') => Some("contains `/`"),
+        _ if name.contains(&0) => Some("contains NUL"),
+        _ => None,
+    }
+}
+
+/// Fails on the first name that cannot be a tree entry's name.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] naming the entry and the rule it breaks.
+pub fn ensure_valid_names<'a>(names: impl IntoIterator<Item = &'a [u8]>) -> Result<()> {
+    for name in names {
+        if let Some(problem) = name_problem(name) {
+            return Err(Error::InvalidArgument(format!(
+                "entry name {:?} {problem}: a name must be one path component",
+                String::from_utf8_lossy(name)
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Current tree encoding version.
 pub const TREE_VERSION: u32 = 1;
 
@@ -183,8 +213,10 @@ impl Tree {
     /// A tree of `nodes`, sorted by name.
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] for duplicate names.
+    /// [`Error::InvalidArgument`] for duplicate names and names that are
+    /// not one path component ([`name_problem`]).
     pub fn new(mut nodes: Vec<Node>) -> Result<Self> {
+        ensure_valid_names(nodes.iter().map(Node::name_bytes))?;
         nodes.sort_by(|a, b| a.name_bytes().cmp(b.name_bytes()));
         ensure_unique_names(nodes.iter().map(Node::name_bytes))?;
         Ok(Tree {
@@ -193,16 +225,31 @@ impl Tree {
         })
     }
 
+    /// A tree of `nodes` exactly as given: no sorting and no name rules,
+    /// as a compromised writer holding the key could store one. Only for
+    /// tests of the readers, which reject such trees (feature `forge`).
+    #[cfg(feature = "forge")]
+    pub fn forged(nodes: Vec<Node>) -> Self {
+        Tree {
+            version: TREE_VERSION,
+            nodes,
+        }
+    }
+
     /// Serializes the tree (the tree blob's plaintext).
     pub fn encode(&self) -> Vec<u8> {
         #[allow(clippy::expect_used)]
         serde_json::to_vec(self).expect("tree serializes")
     }
 
-    /// Parses a tree blob's plaintext.
+    /// Parses a tree blob's plaintext and checks its names: each one path
+    /// component ([`name_problem`]), strictly ascending as bytes (so
+    /// unique). A tree that breaks them can only come from a damaged or
+    /// hostile writer, and nothing of it is used.
     ///
     /// # Errors
-    /// [`Error::Corrupt`] naming `object`, [`Error::UnsupportedVersion`].
+    /// [`Error::Corrupt`] naming `object` (and the entry),
+    /// [`Error::UnsupportedVersion`].
     pub fn decode(bytes: &[u8], object: &str) -> Result<Self> {
         let tree: Tree = serde_json::from_slice(bytes)
             .map_err(|e| Error::corrupt(object, format!("tree does not decode: {e}")))?;
@@ -213,6 +260,24 @@ impl Tree {
                 oldest: TREE_VERSION,
                 newest: TREE_VERSION,
             });
+        }
+        let mut previous: Option<&[u8]> = None;
+        for node in &tree.nodes {
+            let name = node.name_bytes();
+            let shown = String::from_utf8_lossy(name);
+            if let Some(problem) = name_problem(name) {
+                return Err(Error::corrupt(
+                    object,
+                    format!("entry {shown:?}: its name {problem}"),
+                ));
+            }
+            if previous.is_some_and(|p| p >= name) {
+                return Err(Error::corrupt(
+                    object,
+                    format!("entry {shown:?}: names out of order or given twice"),
+                ));
+            }
+            previous = Some(name);
         }
         Ok(tree)
     }
@@ -270,5 +335,43 @@ mod tests {
             Some(&b"\xff\xfd"[..])
         );
         assert_eq!(back.get(b"a\nb").unwrap().raw_name, None);
+    }
+
+    #[test]
+    fn names_that_are_not_one_path_component_are_refused_on_both_sides() {
+        let leaf = |n: &[u8]| Node::new(n, 0, NodeKind::Leaf, Meta::null());
+        for bad in [&b""[..], b".", b"..", b"a/b", b"../x", b"/abs", b"a\0b"] {
+            let err = Tree::new(vec![leaf(b"ok"), leaf(bad)])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("one path component"), "{bad:?}: {err}");
+            // Written anyway (as a hostile writer would): the reader refuses it.
+            let forged = Tree {
+                version: TREE_VERSION,
+                nodes: vec![leaf(bad)],
+            };
+            let err = Tree::decode(&forged.encode(), "tree 1234")
+                .unwrap_err()
+                .to_string();
+            let shown = format!("{:?}", String::from_utf8_lossy(bad));
+            assert!(err.contains("tree 1234") && err.contains(&shown), "{err}");
+        }
+        // A raw name is what counts, whatever the display name says.
+        let mut sneaky = leaf(b"fine");
+        sneaky.raw_name = Some(b"..".to_vec());
+        let forged = Tree {
+            version: TREE_VERSION,
+            nodes: vec![sneaky],
+        };
+        assert!(Tree::decode(&forged.encode(), "t").is_err());
+        // Duplicates and disorder.
+        for names in [[&b"d"[..], b"d"], [b"b", b"a"]] {
+            let forged = Tree {
+                version: TREE_VERSION,
+                nodes: names.iter().map(|n| leaf(n)).collect(),
+            };
+            let err = Tree::decode(&forged.encode(), "t").unwrap_err().to_string();
+            assert!(err.contains("out of order or given twice"), "{err}");
+        }
     }
 }

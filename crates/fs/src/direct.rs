@@ -15,8 +15,6 @@ use std::os::fd::OwnedFd;
 
 use rustix::fs::{Mode, OFlags};
 
-use crate::walk::open_long;
-
 /// Files at least this large are written direct.
 pub(crate) const MIN_FILE: u64 = 8 << 20;
 /// Offset, length and buffer alignment of direct writes: the page size,
@@ -32,13 +30,16 @@ thread_local! {
     static STAGING: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A second descriptor of `path` for direct writes; `None` when the
+/// A second descriptor of the file open as `fd`, for direct writes; `None` when the
 /// filesystem does not take `O_DIRECT` (tmpfs before Linux 6.6, some FUSE
 /// filesystems): the file is then written buffered only.
-pub(crate) fn open(path: &[u8]) -> Option<OwnedFd> {
-    open_long(
-        path,
-        OFlags::WRONLY | OFlags::DIRECT | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+pub(crate) fn reopen(fd: &OwnedFd) -> Option<OwnedFd> {
+    // The file's own descriptor, reopened (the magic link names its inode,
+    // whatever happened to its path since).
+    let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd));
+    rustix::fs::open(
+        path.as_str(),
+        OFlags::WRONLY | OFlags::DIRECT | OFlags::CLOEXEC,
         Mode::empty(),
     )
     .ok()
@@ -122,7 +123,6 @@ pub(crate) fn write_all_at(fd: &OwnedFd, at: u64, data: &[u8]) -> std::io::Resul
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::ffi::OsStrExt;
 
     use super::*;
 
@@ -142,7 +142,7 @@ mod tests {
         )
         .unwrap();
         rustix::fs::ftruncate(&fd, size as u64).unwrap();
-        let direct = open(path.as_os_str().as_bytes());
+        let direct = reopen(&fd);
         // Cuts: unaligned, one piece shorter than a block, one shorter
         // than MIN_WRITE, the others long.
         let cuts = [

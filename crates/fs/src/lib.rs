@@ -28,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 mod ahead;
+mod beneath;
 pub mod cache;
 mod direct;
 pub mod meta;

@@ -33,11 +33,12 @@ use rustix::fs::{AtFlags, Mode, OFlags, Timestamps};
 use tessera_core::{BlobId, NodeKind, Repository, Snapshot};
 
 use crate::Error;
+use crate::beneath::Target;
 use crate::direct;
 use crate::meta::{FileKind, FsMeta};
-use crate::paths::{join, patterns, proc_path};
+use crate::paths::{display, join, patterns, proc_path};
 use crate::snapshot_tree::{TreeEntry, find_node, walk_tree};
-use crate::walk::{data_extents, open_long};
+use crate::walk::data_extents;
 
 /// Options of a restore.
 #[derive(Clone, Debug, Default)]
@@ -138,6 +139,8 @@ pub async fn restore(
     let target = std::fs::canonicalize(target)
         .map_err(|e| io_err(target.as_os_str().as_bytes(), "resolving the target", e))?;
     let target = target.as_os_str().as_bytes().to_vec();
+    // Every path below is resolved from this descriptor, through no symlink.
+    let root = Target::open(&target).map_err(|e| io_err(&target, "opening the target", e))?;
     let include = matcher(&options.include)?;
     let exclude = matcher(&options.exclude)?;
     let start = find_node(repo, snapshot, path).await?;
@@ -252,10 +255,12 @@ pub async fn restore(
             i.kind != FileKind::Dir || dirs_kept.contains(i.target.get(tlen..).unwrap_or_default())
         });
     }
-    // Hard links: later members of a group link to the first.
+    // Hard links: later members of a group link to the first. Only
+    // between regular files: a hard link to a directory cannot exist, and
+    // other kinds are simply created again.
     let mut groups: HashMap<(u64, u64), usize> = HashMap::new();
     for (i, item) in items.iter_mut().enumerate() {
-        if let Some((dev, ino, _)) = item.meta.hardlink.filter(|_| item.kind != FileKind::Dir) {
+        if let Some((dev, ino, _)) = item.meta.hardlink.filter(|_| item.kind == FileKind::File) {
             match groups.get(&(dev, ino)) {
                 Some(first) => item.link_to = Some(*first),
                 None => {
@@ -285,7 +290,7 @@ pub async fn restore(
     for level in dirs.chunk_by(|a, b| depth(a) == depth(b)) {
         let made: Vec<bool> = level
             .par_iter()
-            .map(|item| make_dir(&item.target))
+            .map(|item| make_dir(&root, &item.target))
             .collect::<Result<_, Error>>()?;
         for (item, new) in level.iter().zip(made) {
             if new {
@@ -298,13 +303,19 @@ pub async fn restore(
         let cut = item.target.iter().rposition(|b| *b == b'/').unwrap_or(0);
         fresh.contains(item.target.get(..cut).unwrap_or_default())
     };
+    // Symlinks come last (after every file is written), so no path this
+    // restore writes to can meet one it made.
     let created: Vec<(usize, Created)> = (0..items.len())
         .into_par_iter()
-        .filter(|i| items[*i].kind != FileKind::Dir && items[*i].link_to.is_none())
+        .filter(|i| {
+            let kind = items[*i].kind;
+            kind != FileKind::Dir && kind != FileKind::Symlink && items[*i].link_to.is_none()
+        })
         .map(|idx| {
             let item = &items[idx];
             create(
                 repo,
+                &root,
                 item,
                 &blob_sizes,
                 in_fresh_dir(item),
@@ -367,6 +378,7 @@ pub async fn restore(
         )
     });
     let writer = Arc::new(Writer {
+        root,
         items,
         needed,
         slots,
@@ -387,57 +399,54 @@ pub async fn restore(
     let Ok(writer) = Arc::try_unwrap(writer) else {
         return Err(Error::Internal("restore writer still shared".into()));
     };
-    let items = writer.items;
+    let (items, root) = (writer.items, writer.root);
     summary.warnings = writer
         .warnings
         .into_inner()
         .map_err(|_| Error::Internal("a restore thread panicked".into()))?;
-    // Hard links, now that every first member exists.
+    // Symlinks, then hard links (every first member exists by now).
+    let mut warnings = Vec::new();
+    for item in items.iter().filter(|i| i.kind == FileKind::Symlink) {
+        let no_sizes = HashMap::new();
+        let no_lock = Mutex::new(Vec::new());
+        create(repo, &root, item, &no_sizes, false, is_root, &no_lock)?;
+        warnings.extend(lock(&no_lock).drain(..));
+    }
     for item in &items {
         if let Some(first) = item.link_to {
-            link_to(&items[first].target, &item.target)?;
+            link_to(&root, &items[first].target, &item.target)?;
         }
     }
 
     // 4. Directory metadata, deepest first.
     if options.delete {
-        summary.deleted = delete_extra(&covered, &in_snapshot)?;
+        summary.deleted = delete_extra(&root, &covered, &in_snapshot)?;
     }
     for item in items.iter().rev().filter(|i| i.kind == FileKind::Dir) {
-        set_meta(&item.target, &item.meta, is_root, &mut summary.warnings)?;
+        set_meta(&root, &item.target, &item.meta, is_root, &mut warnings)?;
     }
     if let Some(node) = &start {
         if let (NodeKind::Dir { .. }, Some(meta)) = (&node.kind, FsMeta::from_meta(&node.meta).ok())
         {
-            set_meta(&target, &meta, is_root, &mut summary.warnings)?;
+            set_meta(&root, &target, &meta, is_root, &mut warnings)?;
         }
     }
+    summary.warnings.extend(warnings);
+    sum_up_skipped(&items, is_root, &mut summary.warnings);
     Ok(summary)
 }
 
-/// Opens the parent directory of `path`; returns it and the final name.
-fn parent_of(path: &[u8]) -> Result<(OwnedFd, &[u8]), Error> {
-    let i = path
-        .iter()
-        .rposition(|b| *b == b'/')
-        .ok_or_else(|| Error::Invalid("relative target path".into()))?;
-    let (dir, name) = (
-        path.get(..i.max(1)).unwrap_or(b"/"),
-        path.get(i + 1..).unwrap_or_default(),
-    );
-    let fd = open_long(
-        dir,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| io_err(dir, "opening the directory", e))?;
-    Ok((fd, name))
+/// Opens the parent directory of `path` beneath the target (through no
+/// symlink); returns it and the final name.
+fn parent_of<'a>(root: &Target, path: &'a [u8]) -> Result<(OwnedFd, &'a [u8]), Error> {
+    root.parent(path)
+        .map_err(|e| io_err(path, "opening its directory beneath the target", e))
 }
 
 /// Creates the directory `path`; true when it is new (so empty), false
 /// when one was already there.
-fn make_dir(path: &[u8]) -> Result<bool, Error> {
-    let (parent, name) = parent_of(path)?;
+fn make_dir(root: &Target, path: &[u8]) -> Result<bool, Error> {
+    let (parent, name) = parent_of(root, path)?;
     match rustix::fs::mkdirat(
         &parent,
         OsStr::from_bytes(name),
@@ -467,10 +476,11 @@ fn make_dir(path: &[u8]) -> Result<bool, Error> {
 
 /// Creates an entry with `make`, replacing whatever is there first.
 fn replace_with(
+    root: &Target,
     path: &[u8],
     make: impl Fn(&OwnedFd, &OsStr) -> rustix::io::Result<()>,
 ) -> Result<(), Error> {
-    let (parent, name) = parent_of(path)?;
+    let (parent, name) = parent_of(root, path)?;
     let name_os = OsStr::from_bytes(name);
     match make(&parent, name_os) {
         Err(rustix::io::Errno::EXIST) => {
@@ -479,17 +489,6 @@ fn replace_with(
         }
         r => r.map_err(|e| io_err(path, "creating", e)),
     }
-}
-
-fn link_long(first: &[u8], parent: &OwnedFd, name: &OsStr) -> rustix::io::Result<()> {
-    let (fparent, fname) = parent_of(first).map_err(|_| rustix::io::Errno::NAMETOOLONG)?;
-    rustix::fs::linkat(
-        &fparent,
-        OsStr::from_bytes(fname),
-        parent,
-        name,
-        AtFlags::empty(),
-    )
 }
 
 /// Removes `name` in `parent`, recursively for a directory.
@@ -532,11 +531,12 @@ fn remove_all(parent: &OwnedFd, name: &[u8], path: &[u8]) -> Result<(), Error> {
 /// their content offsets) it still lacks.
 fn prepare_file(
     repo: &Repository,
+    root: &Target,
     item: &Item,
     plan: &[(BlobId, u64, u64)],
 ) -> Result<Vec<(BlobId, u64)>, Error> {
     let size = item.meta.size;
-    let (parent, name) = parent_of(&item.target)?;
+    let (parent, name) = parent_of(root, &item.target)?;
     let name_os = OsStr::from_bytes(name);
     let existing = rustix::fs::statat(&parent, name_os, AtFlags::SYMLINK_NOFOLLOW).ok();
     if let Some(st) = &existing {
@@ -673,6 +673,7 @@ struct Created {
 /// first write to create.
 fn create(
     repo: &Repository,
+    root: &Target,
     item: &Item,
     blob_sizes: &HashMap<BlobId, u32>,
     fresh: bool,
@@ -700,11 +701,11 @@ fn create(
                     deferred: true,
                 });
             }
-            missing = prepare_file(repo, item, &plan)?;
+            missing = prepare_file(repo, root, item, &plan)?;
         }
         FileKind::Symlink => {
             let link = item.meta.target.clone().unwrap_or_default();
-            replace_with(&item.target, |parent, name| {
+            replace_with(root, &item.target, |parent, name| {
                 rustix::fs::symlinkat(OsStr::from_bytes(&link), parent, name)
             })?;
         }
@@ -717,14 +718,31 @@ fn create(
             };
             let rdev = item.meta.rdev.unwrap_or(0);
             let mode = Mode::from_bits_truncate(item.meta.mode & 0o777);
-            replace_with(&item.target, |parent, name| {
+            let device = matches!(kind, FileKind::Chardev | FileKind::Blockdev);
+            match replace_with(root, &item.target, |parent, name| {
                 rustix::fs::mknodat(parent, name, file_type, mode, rdev)
-            })?;
+            }) {
+                // Without CAP_MKNOD (not root, or root in a container):
+                // left out, counted in one warning.
+                Err(Error::Io { source, .. })
+                    if device
+                        && (!is_root
+                            || source.raw_os_error()
+                                == Some(rustix::io::Errno::PERM.raw_os_error())) =>
+                {
+                    lock(warnings).push(format!("{DEVICE_SKIPPED}{}", display(&item.target)));
+                    return Ok(Created {
+                        missing,
+                        deferred: false,
+                    });
+                }
+                r => r?,
+            }
         }
     }
     if missing.is_empty() {
         let mut w = Vec::new();
-        set_meta(&item.target, &item.meta, is_root, &mut w)?;
+        set_meta(root, &item.target, &item.meta, is_root, &mut w)?;
         if !w.is_empty() {
             lock(warnings).extend(w);
         }
@@ -735,23 +753,61 @@ fn create(
     })
 }
 
-/// Makes `target` a hard link of `first`.
-fn link_to(first: &[u8], target: &[u8]) -> Result<(), Error> {
-    replace_with(target, |parent, name| {
-        rustix::fs::linkat(
-            rustix::fs::CWD,
-            OsStr::from_bytes(first),
-            parent,
-            name,
-            AtFlags::empty(),
-        )
-        .or_else(|e| {
-            if first.len() >= 3000 {
-                link_long(first, parent, name)
-            } else {
-                Err(e)
-            }
-        })
+/// The start of a warning for a device node left out (they are counted
+/// into one warning at the end).
+const DEVICE_SKIPPED: &str = "device node not restored (creating one needs CAP_MKNOD): ";
+
+/// Replaces the per-entry warnings of left-out device nodes by one that
+/// counts them, and says when owners could not be restored (not root).
+fn sum_up_skipped(items: &[Item], is_root: bool, warnings: &mut Vec<String>) {
+    let mut devices: Vec<String> = Vec::new();
+    warnings.retain(|w| match w.strip_prefix(DEVICE_SKIPPED) {
+        Some(path) => {
+            devices.push(path.to_string());
+            false
+        }
+        None => true,
+    });
+    if let Some(first) = devices.first() {
+        warnings.push(format!(
+            "{} device node(s) not restored: creating one needs root (CAP_MKNOD); the first is {first}",
+            devices.len(),
+        ));
+    }
+    if !is_root {
+        let (uid, gid) = (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        );
+        let others = items
+            .iter()
+            .filter(|i| i.meta.uid != uid || i.meta.gid != gid)
+            .count();
+        if others > 0 {
+            warnings.push(format!(
+                "{others} entries owned by other users or groups now belong to the restoring user: setting owners needs root"
+            ));
+        }
+    }
+}
+
+/// Makes `target` a hard link of `first`, a regular file this restore
+/// wrote (both looked up beneath the target; `first` itself is linked,
+/// never what a symlink there would point to).
+fn link_to(root: &Target, first: &[u8], target: &[u8]) -> Result<(), Error> {
+    let (fparent, fname) = parent_of(root, first)?;
+    let fname = OsStr::from_bytes(fname);
+    let st = rustix::fs::statat(&fparent, fname, AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(|e| io_err(first, "checking the hard link's first name", e))?;
+    if crate::meta::kind_of(st.st_mode) != FileKind::File {
+        return Err(Error::Invalid(format!(
+            "{}: hard link to {}, which is not a regular file",
+            String::from_utf8_lossy(target),
+            String::from_utf8_lossy(first)
+        )));
+    }
+    replace_with(root, target, |parent, name| {
+        rustix::fs::linkat(&fparent, fname, parent, name, AtFlags::empty())
     })
 }
 
@@ -798,6 +854,8 @@ impl FileSlot {
 
 /// Writes delivered blobs into the files that need them (on rayon).
 struct Writer {
+    /// Where every path is resolved.
+    root: Target,
     items: Vec<Item>,
     /// Per blob: the files and content offsets it goes to.
     needed: HashMap<BlobId, Vec<(usize, u64)>>,
@@ -838,7 +896,14 @@ impl Writer {
                     mode: created_mode == Some(item.meta.mode & 0o7777),
                 };
                 let mut w = Vec::new();
-                set_file_meta(item, &fds.fd, self.is_root, done, &mut w)?;
+                set_fd_meta(
+                    &fds.fd,
+                    &item.target,
+                    &item.meta,
+                    self.is_root,
+                    done,
+                    &mut w,
+                )?;
                 if !w.is_empty() {
                     lock(&self.warnings).extend(w);
                 }
@@ -864,8 +929,10 @@ impl Writer {
             // write it (a later reopen for writing must succeed), else 0600.
             let perm = item.meta.mode & 0o777;
             let create_mode = if perm & 0o200 != 0 { perm } else { 0o600 };
-            let fd = open_long(
-                &item.target,
+            let (parent, name) = parent_of(&self.root, &item.target)?;
+            let fd = rustix::fs::openat(
+                &parent,
+                OsStr::from_bytes(name),
                 OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::from_bits_truncate(create_mode),
             )
@@ -878,17 +945,17 @@ impl Writer {
             state.to_create = false;
             fd
         } else {
-            open_long(
-                &item.target,
+            let (parent, name) = parent_of(&self.root, &item.target)?;
+            rustix::fs::openat(
+                &parent,
+                OsStr::from_bytes(name),
                 OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
                 Mode::empty(),
             )
             .map_err(|e| io_err(&item.target, "opening to write", e))?
         };
-        let fds = Arc::new(FileFds {
-            fd,
-            direct: large.then(|| direct::open(&item.target)).flatten(),
-        });
+        let direct = large.then(|| direct::reopen(&fd)).flatten();
+        let fds = Arc::new(FileFds { fd, direct });
         if slot.remaining.load(Ordering::Acquire) > 1 {
             if self.open_fds.fetch_add(fds.count(), Ordering::Relaxed) < MAX_OPEN_FILES {
                 state.fds = Some(fds.clone());
@@ -939,17 +1006,17 @@ fn umask() -> Option<u32> {
     u32::from_str_radix(line.trim_start_matches("Umask:").trim(), 8).ok()
 }
 
-/// [`set_meta`] for a regular file through its open descriptor (no path
-/// lookups): owner, extended attributes, mode, times; what the file got
+/// [`set_meta`] through an open descriptor (a regular file or a
+/// directory; no path lookups): owner, extended attributes, mode, times; what the file got
 /// at its creation (`done`) is not set again.
-fn set_file_meta(
-    item: &Item,
+fn set_fd_meta(
     fd: &OwnedFd,
+    path: &[u8],
+    meta: &FsMeta,
     is_root: bool,
     done: Done,
     warnings: &mut Vec<String>,
 ) -> Result<(), Error> {
-    let (meta, path) = (&item.meta, &item.target);
     if is_root && !done.owner {
         rustix::fs::fchown(
             fd,
@@ -1001,12 +1068,19 @@ fn timestamps(meta: &FsMeta) -> Timestamps {
 /// Owner, extended attributes, mode, then times (in that order: a chown
 /// clears setuid bits and file capabilities).
 fn set_meta(
+    root: &Target,
     path: &[u8],
     meta: &FsMeta,
     is_root: bool,
     warnings: &mut Vec<String>,
 ) -> Result<(), Error> {
-    let (parent, name) = parent_of(path)?;
+    if meta.kind == FileKind::Dir {
+        let fd = root
+            .open_dir(path, OFlags::RDONLY)
+            .map_err(|e| io_err(path, "opening beneath the target", e))?;
+        return set_fd_meta(&fd, path, meta, is_root, Done::default(), warnings);
+    }
+    let (parent, name) = parent_of(root, path)?;
     let name_os = OsStr::from_bytes(name);
     let link = meta.kind == FileKind::Symlink;
     if is_root {
@@ -1046,17 +1120,18 @@ fn set_meta(
 /// Removes what the snapshot does not have from the directories restored
 /// whole (`covered`); entries the snapshot has but the filters left out
 /// (`in_snapshot` lists every entry met) stay. Returns how many went.
-fn delete_extra(covered: &HashSet<Vec<u8>>, in_snapshot: &HashSet<Vec<u8>>) -> Result<u64, Error> {
+fn delete_extra(
+    root: &Target,
+    covered: &HashSet<Vec<u8>>,
+    in_snapshot: &HashSet<Vec<u8>>,
+) -> Result<u64, Error> {
     let mut dirs: Vec<&Vec<u8>> = covered.iter().collect();
     dirs.sort();
     let mut deleted = 0;
     for dir in dirs {
-        let fd = open_long(
-            dir,
-            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| io_err(dir, "listing", e))?;
+        let fd = root
+            .open_dir(dir, OFlags::RDONLY)
+            .map_err(|e| io_err(dir, "listing", e))?;
         let names = crate::ahead::list(&fd).map_err(|e| io_err(dir, "listing", e))?;
         let extra = names
             .into_iter()

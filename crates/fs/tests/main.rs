@@ -9,3 +9,4 @@
 mod behaviour;
 mod common;
 mod fidelity;
+mod hostile;

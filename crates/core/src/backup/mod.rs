@@ -142,7 +142,7 @@ struct CpuResult {
 /// # Errors
 /// [`Error::InvalidArgument`] naming the problem.
 pub fn validate_stream_name(name: &str) -> Result<()> {
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+    if crate::tree::name_problem(name.as_bytes()).is_some() {
         return Err(Error::InvalidArgument(format!(
             "stream name {name:?} must be a file name: not empty, `.` or `..`, without `/` or NUL"
         )));
@@ -676,7 +676,15 @@ impl Assembler<'_> {
     /// Encodes, hashes and (if new) seals and packs a tree blob.
     fn store_tree(&mut self, nodes: Vec<Node>) -> Result<BlobId> {
         let inner = self.packer.inner;
-        let tree = Tree::new(nodes)?.encode();
+        #[cfg(feature = "forge")]
+        let tree = if inner.forge_trees.load(Ordering::Relaxed) {
+            Tree::forged(nodes)
+        } else {
+            Tree::new(nodes)?
+        };
+        #[cfg(not(feature = "forge"))]
+        let tree = Tree::new(nodes)?;
+        let tree = tree.encode();
         let id = inner.keyring.blob_id(&tree);
         if !index_of(inner)?
             .read()
