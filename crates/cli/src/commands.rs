@@ -1,6 +1,7 @@
 //! One function per command.
 
 use std::io::{IsTerminal, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -521,6 +522,25 @@ async fn dump(g: &Global, reference: &str, name: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Creates the file `path` for a restored stream, replacing a file or
+/// symlink of that name: the old entry is unlinked (a symlink is never
+/// followed) and the new one created exclusively (`O_EXCL` follows no
+/// symlink planted in between either).
+fn create_replacing(path: &std::path::Path) -> Result<std::fs::File> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => bail!("{} is a directory, not a stream's file", path.display()),
+        Ok(_) => {
+            std::fs::remove_file(path).with_context(|| format!("replacing {}", path.display()))?
+        }
+        Err(_) => {}
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))
+}
+
 async fn restore(g: &Global, a: &RestoreArgs) -> Result<ExitCode> {
     let repo = open(g).await?;
     if a.plan {
@@ -536,9 +556,8 @@ async fn restore(g: &Global, a: &RestoreArgs) -> Result<ExitCode> {
     let mut total = 0;
     for node in &tree.nodes {
         tessera_core::validate_stream_name(&node.name)?;
-        let path = target.join(&node.name);
-        let file =
-            std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let path = target.join(std::ffi::OsStr::from_bytes(node.name_bytes()));
+        let file = create_replacing(&path)?;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
         total += repo
             .restore_node(node, &mut out)

@@ -11,5 +11,6 @@ mod keys;
 mod pg;
 mod prune;
 mod roundtrip;
+mod safety;
 mod storage;
 mod trees;

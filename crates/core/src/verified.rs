@@ -31,13 +31,16 @@ impl VerifiedLog {
     /// [`Error::Io`] when it cannot be created at all.
     pub fn open(path: &Path) -> Result<Self> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
+            crate::storage::private::create_dir_all(dir)
                 .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         }
+        crate::storage::private::create_file(path)
+            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
         let conn = match Self::connect(path) {
             Ok(c) => c,
             Err(_) => {
                 let _ = std::fs::remove_file(path);
+                let _ = crate::storage::private::create_file(path);
                 Self::connect(path).map_err(|e| sql(path, e))?
             }
         };

@@ -125,11 +125,15 @@ impl FilesCache {
     /// [`Error::Cache`] when it cannot be created at all.
     pub fn open(path: &Path) -> Result<Self, Error> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| Error::Cache {
+            tessera_core::storage::private::create_dir_all(dir).map_err(|e| Error::Cache {
                 path: dir.to_path_buf(),
                 message: e.to_string(),
             })?;
         }
+        tessera_core::storage::private::create_file(path).map_err(|e| Error::Cache {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         if let Ok(file) = std::fs::File::open(path) {
             // Only a hint: a failure costs nothing but the read-ahead.
             let _ = rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::WillNeed);
@@ -138,6 +142,7 @@ impl FilesCache {
             Ok(c) => c,
             Err(_) => {
                 remove_files(path);
+                let _ = tessera_core::storage::private::create_file(path);
                 open_conn(path).map_err(|e| sql(path, e))?
             }
         };

@@ -126,7 +126,7 @@ impl CachedBackend {
         // A cache that cannot be written costs time, never correctness.
         let _ = blocking(move || -> std::io::Result<()> {
             let dir = file.parent().unwrap_or(Path::new("."));
-            std::fs::create_dir_all(dir)?;
+            super::private::create_dir_all(dir)?;
             let mut tmp = tempfile_in(dir)?;
             use std::io::Write;
             tmp.1.write_all(&data)?;
@@ -170,7 +170,7 @@ fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
     let mut tag = [0u8; 8];
     getrandom::fill(&mut tag).map_err(std::io::Error::other)?;
     let path = dir.join(format!(".tmp-{}", hex::encode(tag)));
-    let file = std::fs::File::create_new(&path)?;
+    let file = super::private::create_new(&path)?;
     Ok((path, file))
 }
 

@@ -36,6 +36,7 @@ mod counting;
 mod fault;
 mod mmap;
 mod object;
+pub mod private;
 mod retry;
 
 use std::fmt::Debug;

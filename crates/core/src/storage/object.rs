@@ -158,7 +158,7 @@ impl ObjectStoreBackend {
             source: e,
         };
         if create {
-            std::fs::create_dir_all(dir).map_err(|e| other(Box::new(e)))?;
+            super::private::create_dir_all(dir).map_err(|e| other(Box::new(e)))?;
         } else if !dir.is_dir() {
             return Err(StorageError::NotFound { object: shown });
         }
@@ -188,7 +188,16 @@ impl ObjectStoreBackend {
             .put_opts(&path, PutPayload::from_bytes(data.clone()), opts)
             .await
         {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                if let Some(root) = self.local_root.clone() {
+                    let object = std::path::PathBuf::from(path.as_ref());
+                    let _ = tokio::task::spawn_blocking(move || {
+                        super::private::restrict_object(&root, &object)
+                    })
+                    .await;
+                }
+                Ok(())
+            }
             Err(object_store::Error::AlreadyExists { .. }) => self.taken(&path, &data).await,
             Err(e) => Err(Self::map_err(&path, e)),
         }

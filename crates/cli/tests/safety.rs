@@ -1,0 +1,67 @@
+//! Restore safety and repository permissions seen from the binary.
+
+use crate::common::TestRepo;
+
+#[test]
+fn a_stream_restore_replaces_a_symlink_instead_of_writing_through_it() {
+    let t = TestRepo::new(&[]);
+    let id = t.backup("db.dump", b"the stream", &[]);
+    let target = t.path("out");
+    std::fs::create_dir(&target).unwrap();
+    let victim = t.path("victim");
+    std::fs::write(&victim, b"keep me").unwrap();
+    std::os::unix::fs::symlink(&victim, target.join("db.dump")).unwrap();
+    t.ok(&["restore", &id, "--target", target.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+    let restored = target.join("db.dump");
+    assert!(!std::fs::symlink_metadata(&restored).unwrap().is_symlink());
+    assert_eq!(std::fs::read(&restored).unwrap(), b"the stream");
+}
+
+/// Every file and directory under `dir` that lets group or others in.
+fn open_to_others(dir: &std::path::Path) -> Vec<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        if m.permissions().mode() & 0o077 != 0 {
+            found.push(format!("{} {:o}", p.display(), m.permissions().mode()));
+        }
+        if m.is_dir() {
+            stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    found
+}
+
+#[test]
+fn repository_objects_and_caches_are_readable_by_their_owner_only() {
+    // SAFETY: umask has no preconditions; 022 is every test's default.
+    unsafe { libc::umask(0o022) };
+    let t = TestRepo::new(&[]);
+    let src = t.path("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("sub/secret-name.txt"), b"x").unwrap();
+    t.ok(&["backup", src.to_str().unwrap()]);
+    t.backup("stream", b"data", &[]);
+    t.ok(&["check", "--read-data"]);
+    t.ok(&[
+        "key",
+        "add",
+        "--new-password-file",
+        write_pw(&t).to_str().unwrap(),
+    ]);
+    if !crate::common::on_s3() {
+        assert_eq!(open_to_others(&t.repo), Vec::<String>::new());
+    }
+    let cache = t.path("default-cache");
+    assert!(cache.exists(), "the test expects a files cache");
+    assert_eq!(open_to_others(&cache), Vec::<String>::new());
+}
+
+fn write_pw(t: &TestRepo) -> std::path::PathBuf {
+    let p = t.path("new-pw");
+    std::fs::write(&p, "another password").unwrap();
+    p
+}
