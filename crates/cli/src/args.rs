@@ -29,6 +29,12 @@ pub struct Global {
     /// Unlock with a key file instead of a password
     #[arg(long, env = "TESSERA_KEY_FILE", global = true)]
     pub key_file: Option<PathBuf>,
+    /// Try only this key slot (id or prefix, as `key list` shows), even
+    /// when its key derivation costs more than `key add` would choose
+    /// (such slots are otherwise not tried: anyone who can write to the
+    /// storage could plant one to slow every open down)
+    #[arg(long, env = "TESSERA_KEY_ID", global = true)]
+    pub key_id: Option<String>,
     /// No progress output
     #[arg(short, long, global = true)]
     pub quiet: bool,

@@ -17,7 +17,7 @@ use tessera_core::storage::{CountingBackend, FaultPlan, StorageClass};
 use tessera_core::verified::VerifiedLog;
 use tessera_core::{
     BackupOptions, BackupProgress, CheckOptions, ChunkerParams, Credential, InitOptions, KdfParams,
-    ObjectKind, PruneOptions, ReadData, Repository, StreamSource,
+    ObjectKind, PruneOptions, ReadData, Repository, StreamSource, UnlockOptions,
 };
 
 use crate::args::{
@@ -76,9 +76,10 @@ async fn open_at(
     loc: &str,
     credential: &Credential,
     cache: bool,
+    unlock: &UnlockOptions,
 ) -> Result<Repository> {
     let mut storage = open_storage(loc, false, &storage_options(g, None)?)?;
-    let mut repo = Repository::open(storage.backend.clone(), credential)
+    let mut repo = Repository::open_with(storage.backend.clone(), credential, unlock)
         .await
         .with_context(|| format!("opening repository {loc}"))?;
     if let Some(lock) = repo.config().object_lock
@@ -150,7 +151,15 @@ pub(crate) fn location(g: &Global) -> Result<&str> {
 pub(crate) async fn open(g: &Global) -> Result<Repository> {
     let loc = location(g)?;
     let credential = credentials::credential(g, false)?;
-    open_at(g, loc, &credential, true).await
+    open_at(g, loc, &credential, true, &unlock_options(g)).await
+}
+
+/// How the repository of `-r` is unlocked (`--key-id`).
+fn unlock_options(g: &Global) -> UnlockOptions {
+    UnlockOptions {
+        key_id: g.key_id.clone(),
+        max_kdf: None,
+    }
 }
 
 /// Opens the repository without the metadata cache: check and repair look
@@ -158,13 +167,20 @@ pub(crate) async fn open(g: &Global) -> Result<Repository> {
 async fn open_uncached(g: &Global) -> Result<Repository> {
     let loc = location(g)?;
     let credential = credentials::credential(g, false)?;
-    open_at(g, loc, &credential, false).await
+    open_at(g, loc, &credential, false, &unlock_options(g)).await
 }
 
 /// Opens a second repository (`copy --to`, `init --copy-params-from`).
 async fn open_other(g: &Global, other: &OtherRepo, env: &str, what: &str) -> Result<Repository> {
     let credential = credentials::other_credential(other, env, what)?;
-    open_at(g, &other.location, &credential, true).await
+    open_at(
+        g,
+        &other.location,
+        &credential,
+        true,
+        &UnlockOptions::default(),
+    )
+    .await
 }
 
 /// The snapshots `refs` name (ids, prefixes, `latest`), or all of them.

@@ -140,3 +140,56 @@ fn password_sources() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no repository password given"));
 }
+
+#[test]
+fn a_costly_key_slot_is_tried_only_when_named() {
+    let t = TestRepo::new(&[]);
+    if crate::common::on_s3() {
+        return; // the planted slot is written straight into a local repository
+    }
+    let id = t.backup("s", b"payload", &[]);
+    // Planted by anyone who can write to the storage: 4 GiB and 64 passes,
+    // under the name every open lists first. Tried, it would take minutes.
+    let keys = t.repo.join("keys");
+    let real = std::fs::read_dir(&keys)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut slot = tessera_core::KeySlot::decode(&std::fs::read(&real).unwrap(), "k").unwrap();
+    slot.kdf.as_mut().unwrap().params = tessera_core::KdfParams {
+        m_cost_kib: 4 << 20,
+        t_cost: 64,
+        p_cost: 4,
+    };
+    std::fs::write(keys.join("0".repeat(64)), slot.encode()).unwrap();
+    assert_eq!(t.dump(&id, "s"), b"payload");
+
+    // A slot its owner made stronger than the default is left out too,
+    // with a message that names it and says how to use it.
+    let strong = [
+        ("TESSERA_NEW_PASSWORD", Some("strong")),
+        ("TESSERA_PASSWORD", Some(PASSWORD)),
+    ];
+    ok_env(&t, &strong, &["key", "add", "--kdf-memory", "131072"]);
+    let ids = key_ids(&t, PASSWORD);
+    let (strong_id, _) = ids
+        .iter()
+        .find(|(k, current)| !current && !k.starts_with("0000"))
+        .unwrap();
+    let as_strong = [("TESSERA_PASSWORD", Some("strong"))];
+    let out = run_env(&t, &as_strong, &["dump", &id, "s"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "opened without --key-id");
+    assert!(
+        err.contains(&strong_id[..8]) && err.contains("00000000") && err.contains("--key-id"),
+        "{err}"
+    );
+    let named = ok_env(
+        &t,
+        &as_strong,
+        &["--key-id", &strong_id[..8], "dump", &id, "s"],
+    );
+    assert_eq!(named, b"payload");
+}

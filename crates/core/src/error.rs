@@ -17,6 +17,17 @@ pub enum Error {
         /// How many slots were tried.
         tried: usize,
     },
+    /// No slot tried accepts the credential, and some were not tried: their
+    /// KDF asks for more than the open allows.
+    #[error(
+        "wrong password or key file: no key slot tried accepts it ({tried} slot(s) tried); not tried, as their key derivation costs more than `key add` would choose (anyone who can write to the storage can add a slot): {skipped}. If one of them is yours, name it with --key-id"
+    )]
+    CostlySlotsSkipped {
+        /// How many slots were tried.
+        tried: usize,
+        /// The slots left untried, with their costs.
+        skipped: String,
+    },
     /// The repository has no key slots at all.
     #[error("the repository at {location} has no key slots (keys/ is empty or missing)")]
     NoKeySlots {

@@ -46,6 +46,13 @@ impl Default for KdfParams {
 }
 
 impl KdfParams {
+    /// Whether these cost no more than `limit` in memory, passes and lanes.
+    pub fn within(&self, limit: &KdfParams) -> bool {
+        self.m_cost_kib <= limit.m_cost_kib
+            && self.t_cost <= limit.t_cost
+            && self.p_cost <= limit.p_cost
+    }
+
     /// Cheap parameters for tests and fixtures only.
     pub fn insecure_fast() -> Self {
         KdfParams {
@@ -54,6 +61,17 @@ impl KdfParams {
             p_cost: 1,
         }
     }
+}
+
+/// Which key slots [`crate::Repository::open_with`] tries.
+#[derive(Clone, Debug, Default)]
+pub struct UnlockOptions {
+    /// Try only the slot whose id starts with this, whatever its KDF
+    /// cost (within the hard bounds every slot is held to).
+    pub key_id: Option<String>,
+    /// Leave out password slots costlier than this (default:
+    /// [`KdfParams::default`], what `key add` chooses).
+    pub max_kdf: Option<KdfParams>,
 }
 
 /// What unlocks a slot.

@@ -69,7 +69,7 @@ pub use copy::{REPAIRED_TAG, RepairedSnapshot};
 pub use error::{Error, Result};
 pub use format::ObjectKind;
 pub use id::{BlobId, KeySlotId, PackId, SnapshotId};
-pub use key::{Credential, KdfParams, KeySlot};
+pub use key::{Credential, KdfParams, KeySlot, UnlockOptions};
 pub use prune::{PlannedPack, PruneOptions, PruneReport, RestorePlan};
 pub use repair::RepairIndexReport;
 pub use repo::{InitOptions, KeyInfo, Repository};

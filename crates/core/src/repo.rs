@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::format::ObjectKind;
 use crate::id::{BlobId, IndexId, KeySlotId, SnapshotId};
 use crate::index::{Index, IndexSegment};
-use crate::key::{Credential, KdfParams, KeySlot};
+use crate::key::{Credential, KdfParams, KeySlot, UnlockOptions};
 use crate::sealed;
 use crate::snapshot::{self, Snapshot, SnapshotEntry};
 use crate::storage::{Backend, StorageError};
@@ -238,24 +238,55 @@ impl Repository {
             .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// Opens a repository with a password or key file.
+    /// Opens a repository with a password or key file, trying every slot
+    /// but those whose KDF asks for more than [`KdfParams::default`] (see
+    /// [`Repository::open_with`]).
     ///
     /// # Errors
     /// [`Error::NoRepository`], [`Error::NoKeySlots`], [`Error::WrongPassword`],
     /// [`Error::Corrupt`] (naming the object), [`Error::UnsupportedVersion`].
     pub async fn open(backend: Arc<dyn Backend>, credential: &Credential) -> Result<Self> {
+        Self::open_with(backend, credential, &UnlockOptions::default()).await
+    }
+
+    /// Opens a repository with a password or key file, trying the slots
+    /// `options` allows. Anyone who can write to storage can plant a slot,
+    /// so a password slot whose Argon2 cost exceeds `options.max_kdf` (what
+    /// `key add` chooses by default) is not tried, unless it is the one
+    /// named by `options.key_id`: otherwise such a slot could make every
+    /// open spend seconds and gigabytes before the real slot is reached.
+    ///
+    /// # Errors
+    /// As [`Repository::open`]; [`Error::WrongPassword`] names the slots
+    /// left untried and how to try them.
+    pub async fn open_with(
+        backend: Arc<dyn Backend>,
+        credential: &Credential,
+        options: &UnlockOptions,
+    ) -> Result<Self> {
         let location = backend.location().to_string();
         let config_bytes = match backend.get(ObjectKind::Config, "").await {
             Ok(b) => b,
             Err(StorageError::NotFound { .. }) => return Err(Error::NoRepository { location }),
             Err(e) => return Err(e.into()),
         };
-        let slots = backend.list(ObjectKind::Key).await?;
+        let mut slots = backend.list(ObjectKind::Key).await?;
         if slots.is_empty() {
             return Err(Error::NoKeySlots { location });
         }
+        if let Some(prefix) = &options.key_id {
+            slots.retain(|s| s.name.starts_with(prefix.as_str()));
+            if slots.len() != 1 {
+                return Err(Error::InvalidArgument(format!(
+                    "--key-id {prefix}: {} key slots have this prefix (`key list` shows them)",
+                    slots.len()
+                )));
+            }
+        }
+        let max_kdf = options.max_kdf.unwrap_or_default();
         let mut damaged = None;
         let mut opened = None;
+        let mut costly: Vec<String> = Vec::new();
         for info in &slots {
             let object = ObjectKind::Key.object_name(&info.name);
             let attempt = async {
@@ -264,17 +295,29 @@ impl Repository {
                 })?;
                 let bytes = backend.get(ObjectKind::Key, &info.name).await?;
                 let slot = KeySlot::decode(&bytes, &object)?;
+                if let Some(kdf) = slot.kdf.as_ref().filter(|_| options.key_id.is_none()) {
+                    if !kdf.params.within(&max_kdf) {
+                        return Ok(Err(kdf.params));
+                    }
+                }
                 // Argon2 takes a fraction of a second: keep it off the executor.
                 let credential = credential.clone();
                 let unlocked = on_rayon(move || slot.unlock(&credential, &object)).await?;
-                Ok::<_, Error>(unlocked.map(|k| (id, k)))
+                Ok::<_, Error>(Ok(unlocked.map(|k| (id, k))))
             };
             match attempt.await {
-                Ok(Some(found)) => {
+                Ok(Ok(Some(found))) => {
                     opened = Some(found);
                     break;
                 }
-                Ok(None) => {}
+                Ok(Ok(None)) => {}
+                Ok(Err(params)) => costly.push(format!(
+                    "{} ({} MiB, {} passes, {} lanes)",
+                    info.name.get(..8).unwrap_or(&info.name),
+                    params.m_cost_kib / 1024,
+                    params.t_cost,
+                    params.p_cost
+                )),
                 Err(e @ (Error::Corrupt { .. } | Error::UnsupportedVersion { .. })) => {
                     damaged.get_or_insert(e);
                 }
@@ -282,6 +325,12 @@ impl Repository {
             }
         }
         let Some((slot, keyring)) = opened else {
+            if !costly.is_empty() {
+                return Err(Error::CostlySlotsSkipped {
+                    tried: slots.len() - costly.len(),
+                    skipped: costly.join(", "),
+                });
+            }
             return Err(damaged.unwrap_or(Error::WrongPassword { tried: slots.len() }));
         };
         let plain = sealed::open(&keyring, ObjectKind::Config, "", &config_bytes)?;
