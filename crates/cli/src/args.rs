@@ -573,6 +573,10 @@ fn parse_size(s: &str) -> Result<u64, String> {
 /// Retention rules. A snapshot is kept when any rule keeps it.
 #[derive(Args, Debug)]
 pub struct ForgetArgs {
+    /// Remove these snapshots (ids or unique prefixes; a damaged snapshot
+    /// object too) instead of applying a policy
+    #[arg(value_name = "SNAPSHOT")]
+    pub snapshots: Vec<String>,
     /// Keep the N newest snapshots
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub keep_last: u32,

@@ -16,8 +16,9 @@ use tessera_core::snapshot::{Snapshot, SnapshotEntry};
 use tessera_core::storage::{CountingBackend, FaultPlan, StorageClass};
 use tessera_core::verified::VerifiedLog;
 use tessera_core::{
-    BackupOptions, BackupProgress, CheckOptions, ChunkerParams, Credential, InitOptions, KdfParams,
-    ObjectKind, PruneOptions, ReadData, Repository, StreamSource, UnlockOptions,
+    BackupOptions, BackupProgress, CheckOptions, ChunkerParams, Credential, DamagedSnapshot,
+    InitOptions, KdfParams, ObjectKind, PruneOptions, ReadData, Repository, StreamSource,
+    UnlockOptions,
 };
 
 use crate::args::{
@@ -404,12 +405,47 @@ async fn backup(g: &Global, a: BackupArgs) -> Result<ExitCode> {
 
 async fn snapshots(g: &Global, json: bool) -> Result<ExitCode> {
     let repo = open(g).await?;
-    let list = repo.snapshots().await?;
+    let listing = repo.snapshot_listing().await?;
+    let list = &listing.snapshots;
     if json {
         let out: Vec<SnapshotJson> = list.iter().map(SnapshotJson::new).collect();
         println!("{}", serde_json::to_string(&out)?);
     } else {
-        print!("{}", output::snapshot_table(&list));
+        print!("{}", output::snapshot_table(list));
+    }
+    Ok(warn_damaged(&listing.damaged))
+}
+
+/// Says which snapshot objects a listing left out and how to remove
+/// them; exit status 3 (done, with warnings) when there are any.
+pub(crate) fn warn_damaged(damaged: &[DamagedSnapshot]) -> ExitCode {
+    for d in damaged {
+        let short = d.name.get(..8).unwrap_or(&d.name);
+        eprintln!(
+            "warning: snapshots/{} cannot be read and is left out: {}; `tessera forget {short}` removes it",
+            d.name, d.problem
+        );
+    }
+    if damaged.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    }
+}
+
+/// `forget ID...`: removes the snapshot objects named, read or not.
+async fn forget_named(g: &Global, repo: &Repository, refs: &[String]) -> Result<ExitCode> {
+    let mut ids = Vec::new();
+    for r in refs {
+        ids.push(repo.resolve_snapshot_id(r).await?);
+    }
+    for id in ids {
+        repo.forget_snapshot(id)
+            .await
+            .with_context(|| format!("removing snapshot {}", id.short()))?;
+        if !g.quiet {
+            println!("removed snapshot {}", id.short());
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -456,7 +492,14 @@ fn policy_of(a: &ForgetArgs) -> Policy {
 
 async fn forget(g: &Global, a: &ForgetArgs) -> Result<ExitCode> {
     let repo = open(g).await?;
-    let all = repo.snapshots().await?;
+    if !a.snapshots.is_empty() {
+        if policy_of(a) != Policy::default() || a.prune || a.dry_run {
+            bail!("give snapshots to remove or a policy (--keep-*), not both");
+        }
+        return forget_named(g, &repo, &a.snapshots).await;
+    }
+    let listing = repo.snapshot_listing().await?;
+    let all = listing.snapshots;
     // WAL batches go with the base backups that need them: `pg forget`.
     let plans = retention_plans(a, &all, |kind| kind != tessera_postgres::KIND_WAL)?;
     let (mut kept, mut removed) = (0usize, 0usize);
@@ -481,9 +524,15 @@ async fn forget(g: &Global, a: &ForgetArgs) -> Result<ExitCode> {
     }
     if a.prune {
         // One JSON document per line: the forget decisions, then the prune report.
+        if !listing.damaged.is_empty() {
+            warn_damaged(&listing.damaged);
+            bail!(
+                "not pruning: prune cannot know what damaged snapshots reference (remove them with `tessera forget ID` first)"
+            );
+        }
         return prune_repo(g, &repo, &a.prune_options, a.dry_run, a.json).await;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(warn_damaged(&listing.damaged))
 }
 
 async fn prune(g: &Global, o: &PruneOptionsArgs, dry_run: bool, json: bool) -> Result<ExitCode> {
@@ -824,8 +873,30 @@ async fn repair(g: &Global, command: RepairCommand) -> Result<ExitCode> {
 
 async fn repair_snapshots(g: &Global, forget: bool, refs: &[String]) -> Result<ExitCode> {
     let repo = open_uncached(g).await?;
-    let all = repo.snapshots().await?;
+    let listing = repo.snapshot_listing().await?;
+    let all = listing.snapshots;
     let mut repaired = 0;
+    // A snapshot object that does not read has nothing to salvage: with
+    // --forget it goes (its data then goes with the next prune).
+    for d in listing.damaged.iter().filter(|_| refs.is_empty()) {
+        if forget {
+            if let Ok(id) = d.name.parse() {
+                repo.forget_snapshot(id)
+                    .await
+                    .with_context(|| format!("removing snapshots/{}", d.name))?;
+                eprintln!(
+                    "snapshots/{} cannot be read ({}): removed",
+                    d.name, d.problem
+                );
+                repaired += 1;
+                continue;
+            }
+        }
+        eprintln!(
+            "snapshots/{} cannot be read ({}): nothing to salvage; --forget (or `tessera forget`) removes it",
+            d.name, d.problem
+        );
+    }
     for entry in chosen_snapshots(&all, refs)? {
         let short = entry.id.short();
         let Some(r) = repo

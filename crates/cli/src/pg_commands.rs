@@ -566,6 +566,11 @@ async fn list(g: &Global, json: bool) -> Result<ExitCode> {
 }
 
 async fn forget(g: &Global, a: &ForgetArgs) -> Result<ExitCode> {
+    if !a.snapshots.is_empty() {
+        anyhow::bail!(
+            "`pg forget` applies a policy (WAL-aware); to remove given snapshots use `tessera forget ID...`"
+        );
+    }
     let repo = open(g).await?;
     let all = repo.snapshots().await?;
     let plans = retention_plans(a, &all, |kind| kind == KIND_BASE)?;

@@ -65,3 +65,41 @@ fn write_pw(t: &TestRepo) -> std::path::PathBuf {
     std::fs::write(&p, "another password").unwrap();
     p
 }
+
+#[test]
+fn a_snapshot_object_that_does_not_read_is_reported_skipped_and_forgettable() {
+    let t = TestRepo::new(&[]).without_cache();
+    let good = t.backup("s", b"good data", &["--time", "2026-01-01T00:00:00Z"]);
+    let bad = t.backup("s", b"newer data", &[]);
+    if crate::common::on_s3() {
+        return; // the object is damaged in place, on local disk
+    }
+    std::fs::write(t.repo.join("snapshots").join(&bad), b"junk, not a snapshot").unwrap();
+    let short = &bad[..8];
+    let out = t.run(&["snapshots"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&good[..8]));
+    assert!(
+        err.contains(&format!("snapshots/{bad}"))
+            && err.contains(&format!("tessera forget {short}")),
+        "{err}"
+    );
+    // `latest` is the newest snapshot that reads.
+    assert_eq!(t.dump("latest", "s"), b"good data");
+    // check reports it; prune will not guess what it referenced.
+    let err = t.fails(&["check"]);
+    assert!(err.contains(&format!("snapshots/{bad}")), "{err}");
+    let err = t.fails(&["prune"]);
+    assert!(err.contains(&format!("tessera forget {short}")), "{err}");
+    let err = t.fails(&["forget", "--keep-last", "5", "--prune"]);
+    assert!(err.contains("not pruning"), "{err}");
+    // Forgotten by its id, it is gone, and everything works again.
+    t.ok(&["forget", short]);
+    t.ok(&["snapshots"]);
+    t.ok(&["prune"]);
+    t.ok(&["check", "--read-data"]);
+    assert_eq!(t.dump(&good, "s"), b"good data");
+    let err = t.fails(&["forget", short]);
+    assert!(err.contains(short), "{err}");
+}

@@ -73,7 +73,7 @@ pub use key::{Credential, KdfParams, KeySlot, UnlockOptions};
 pub use prune::{PlannedPack, PruneOptions, PruneReport, RestorePlan};
 pub use repair::RepairIndexReport;
 pub use repo::{InitOptions, KeyInfo, Repository};
-pub use snapshot::{Snapshot, SnapshotEntry, SnapshotStats};
+pub use snapshot::{DamagedSnapshot, Snapshot, SnapshotEntry, SnapshotListing, SnapshotStats};
 pub use stats::RepoStats;
 pub use storage::{
     Backend, CachedBackend, CountingBackend, FaultPlan, FaultyBackend, ObjectStoreBackend,

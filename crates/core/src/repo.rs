@@ -14,7 +14,7 @@ use crate::id::{BlobId, IndexId, KeySlotId, SnapshotId};
 use crate::index::{Index, IndexSegment};
 use crate::key::{Credential, KdfParams, KeySlot, UnlockOptions};
 use crate::sealed;
-use crate::snapshot::{self, Snapshot, SnapshotEntry};
+use crate::snapshot::{self, DamagedSnapshot, Snapshot, SnapshotEntry, SnapshotListing};
 use crate::storage::{Backend, StorageError};
 use crate::tree::Tree;
 
@@ -484,34 +484,61 @@ impl Repository {
         Ok((index.len(), index.memory_bytes()))
     }
 
-    /// Every snapshot, oldest first.
+    /// Every readable snapshot, oldest first. Snapshot objects that do
+    /// not read are left out: [`Repository::snapshot_listing`] names them.
     ///
     /// # Errors
-    /// Storage errors; a corrupt snapshot (named).
+    /// Storage errors.
     pub async fn snapshots(&self) -> Result<Vec<SnapshotEntry>> {
+        Ok(self.snapshot_listing().await?.snapshots)
+    }
+
+    /// Every readable snapshot, oldest first, and every snapshot object
+    /// that is damaged, misnamed or of an unknown version (one such object
+    /// must not hide all the others; `forget` removes it by name).
+    ///
+    /// # Errors
+    /// Storage errors other than a damaged object.
+    pub async fn snapshot_listing(&self) -> Result<SnapshotListing> {
         let names = self.inner.backend.list(ObjectKind::Snapshot).await?;
-        let mut all: Vec<SnapshotEntry> = futures::stream::iter(names)
-            .map(|info| async move {
-                let id: SnapshotId = info.name.parse().map_err(|_| {
-                    Error::corrupt(
-                        ObjectKind::Snapshot.object_name(&info.name),
-                        "snapshot name is not a hex id",
-                    )
-                })?;
-                let snapshot = match self.read_snapshot_object(id).await {
-                    Ok(s) => s,
-                    // Forgotten since the listing.
-                    Err(Error::Missing { .. }) => None,
-                    Err(e) => return Err(e),
-                };
-                Ok::<_, Error>(snapshot.map(|snapshot| SnapshotEntry { id, snapshot }))
-            })
-            .buffer_unordered(METADATA_CONCURRENCY)
-            .try_filter_map(|e| async move { Ok(e) })
-            .try_collect()
-            .await?;
-        all.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
-        Ok(all)
+        let read: Vec<std::result::Result<SnapshotEntry, DamagedSnapshot>> =
+            futures::stream::iter(names)
+                .map(|info| async move {
+                    let damaged = |problem: String| {
+                        Ok::<_, Error>(Some(Err(DamagedSnapshot {
+                            name: info.name.clone(),
+                            problem,
+                        })))
+                    };
+                    let Ok(id) = info.name.parse::<SnapshotId>() else {
+                        return damaged("its name is not a hex id".into());
+                    };
+                    match self.read_snapshot_object(id).await {
+                        Ok(s) => Ok(s.map(|snapshot| Ok(SnapshotEntry { id, snapshot }))),
+                        // Forgotten since the listing.
+                        Err(Error::Missing { .. }) => Ok(None),
+                        Err(e @ (Error::Corrupt { .. } | Error::UnsupportedVersion { .. })) => {
+                            damaged(e.to_string())
+                        }
+                        Err(e) => Err(e),
+                    }
+                })
+                .buffer_unordered(METADATA_CONCURRENCY)
+                .try_filter_map(|e| async move { Ok(e) })
+                .try_collect()
+                .await?;
+        let mut listing = SnapshotListing::default();
+        for r in read {
+            match r {
+                Ok(entry) => listing.snapshots.push(entry),
+                Err(d) => listing.damaged.push(d),
+            }
+        }
+        listing
+            .snapshots
+            .sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
+        listing.damaged.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(listing)
     }
 
     /// Reads one snapshot.
@@ -574,7 +601,28 @@ impl Repository {
         }
     }
 
-    /// Resolves a full id, unique prefix or `latest`.
+    /// The id of the snapshot object a full id or unique prefix names,
+    /// without reading it (so a damaged one can still be named).
+    ///
+    /// # Errors
+    /// [`Error::SnapshotNotFound`], [`Error::AmbiguousSnapshot`],
+    /// [`Error::InvalidArgument`].
+    pub async fn resolve_snapshot_id(&self, reference: &str) -> Result<SnapshotId> {
+        // Misnamed objects are skipped here (`snapshots` and `check`
+        // report them).
+        let ids: Vec<SnapshotId> = self
+            .inner
+            .backend
+            .list(ObjectKind::Snapshot)
+            .await?
+            .iter()
+            .filter_map(|info| info.name.parse().ok())
+            .collect();
+        snapshot::match_prefix(&ids, reference)
+    }
+
+    /// Resolves a full id, unique prefix or `latest` (the newest readable
+    /// snapshot).
     ///
     /// # Errors
     /// [`Error::SnapshotNotFound`], [`Error::AmbiguousSnapshot`].
@@ -584,17 +632,8 @@ impl Repository {
             return snapshot::resolve(&all, reference).cloned();
         }
         // An id or prefix is matched against the listing: only the snapshot
-        // it names is read and decrypted. Misnamed objects are skipped here
-        // (`snapshots` and `check` report them).
-        let ids: Vec<SnapshotId> = self
-            .inner
-            .backend
-            .list(ObjectKind::Snapshot)
-            .await?
-            .iter()
-            .filter_map(|info| info.name.parse().ok())
-            .collect();
-        let id = snapshot::match_prefix(&ids, reference)?;
+        // it names is read and decrypted.
+        let id = self.resolve_snapshot_id(reference).await?;
         Ok(SnapshotEntry {
             id,
             snapshot: self.read_snapshot(id).await?,

@@ -32,6 +32,25 @@ pub struct SnapshotStats {
 /// (FORMAT.md §10). Listings skip it.
 pub const TOMBSTONE: &[u8] = b"{\"expired\":true}";
 
+/// A snapshot object that cannot be read (damaged, of an unknown version,
+/// misnamed): listings leave it out and report it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DamagedSnapshot {
+    /// The object's name under `snapshots/`.
+    pub name: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+/// Every readable snapshot, and the snapshot objects that are not.
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotListing {
+    /// Readable snapshots, oldest first.
+    pub snapshots: Vec<SnapshotEntry>,
+    /// Objects that did not read, by name.
+    pub damaged: Vec<DamagedSnapshot>,
+}
+
 /// A snapshot.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Snapshot {
