@@ -37,6 +37,31 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
     result
 }
 
+/// The repositories this run opened, for [`interrupted`].
+static OPENED: std::sync::Mutex<Vec<Repository>> = std::sync::Mutex::new(Vec::new());
+
+/// Ends the write sessions of every repository this run opened (the run
+/// was interrupted: its command future is gone) and says so.
+pub async fn interrupted(signal: &str) {
+    let opened: Vec<Repository> = OPENED.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for repo in opened {
+        match repo.interrupt_sessions().await {
+            Ok(closed) if !closed.is_empty() => eprintln!(
+                "tessera: {signal}: write session {} closed, nothing of it committed (prune need not wait for it)",
+                closed
+                    .iter()
+                    .map(|s| s.short())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Ok(_) => {}
+            Err(e) => eprintln!(
+                "tessera: {signal}: a write session could not be closed ({e}); a prune waits for it until its lease runs out (prune --session-lease)"
+            ),
+        }
+    }
+}
+
 /// The request counters of the repositories this run opened.
 static COUNTERS: std::sync::Mutex<Vec<(String, Arc<CountingBackend>)>> =
     std::sync::Mutex::new(Vec::new());
@@ -96,6 +121,10 @@ async fn open_at(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .push((loc.to_string(), storage.counter.clone()));
+    OPENED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(repo.clone());
     if storage.remote
         && cache
         && !g.no_cache

@@ -25,7 +25,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(commands::run(cli));
+    let result = runtime.block_on(async {
+        tokio::select! {
+            result = commands::run(cli) => result,
+            (name, code) = signalled() => {
+                // The command stopped where it was; what it had begun
+                // to write is garbage for a later prune.
+                commands::interrupted(name).await;
+                Ok(ExitCode::from(code))
+            }
+        }
+    });
     runtime.shutdown_background();
     match result {
         Ok(code) => code,
@@ -39,6 +49,22 @@ fn main() -> ExitCode {
             }
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Waits for SIGINT or SIGTERM; returns its name and the exit status a
+/// shell gives a process it killed (128 + the signal's number).
+async fn signalled() -> (&'static str, u8) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => ("interrupted", 130),
+        _ = term.recv() => ("terminated", 143),
     }
 }
 

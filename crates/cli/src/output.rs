@@ -110,7 +110,7 @@ pub fn prune_report(r: &tessera_core::PruneReport, lease: jiff::SignedDuration) 
     }
     if let Some(round) = r.round_waiting.filter(|_| !r.dry_run) {
         out += &format!(
-            "GC round {round} waits for {} backup(s) still running (sessions {}): run prune again once they end; a session open for {lease:#} (storage clock) is expired\n",
+            "GC round {round} waits for {} write session(s) still open (sessions {}: backups or other writers that have not ended): run prune again once they end; a session open for {lease:#} (storage clock) is expired. If they are dead (killed, host gone), `tessera prune --session-lease 0s` expires them now (a backup that is in fact still running then fails to commit, safely)\n",
             r.waiting_for.len(),
             r.waiting_for.join(", ")
         );

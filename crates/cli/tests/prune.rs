@@ -252,3 +252,56 @@ fn dead_and_overdue_backups_are_expired_by_the_storage_clock() {
     assert!(r["round_waiting"].is_null(), "{r}");
     assert!(t.dump(&kept_id, "kept") == kept);
 }
+
+#[test]
+fn an_interrupted_backup_closes_its_session_and_a_killed_one_is_named() {
+    let t = TestRepo::new(SMALL);
+    t.backup("data", &random_bytes(2 << 20, 40), &["--tag", "old"]);
+    let kept_id = t.backup("kept", &random_bytes(1 << 20, 41), &["--tag", "keep"]);
+    for (signal, code, said) in [
+        (libc::SIGINT, 130, "interrupted"),
+        (libc::SIGTERM, 143, "terminated"),
+    ] {
+        let cut = Blocked::start(&t, "cut", &random_bytes(1 << 20, 42));
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(cut.child.id() as i32, signal) }, 0);
+        let out = cut.child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{err}");
+        assert!(
+            err.contains(&format!("tessera: {said}: write session")) && err.contains("closed"),
+            "{err}"
+        );
+        assert_eq!(markers(&t), 0, "the session marker stayed");
+    }
+    // Nothing to wait for: the prune frees at once.
+    t.ok(&["forget", "--keep-tag", "keep", "--group-by", ""]);
+    let r = prune(&t, &[]);
+    assert!(r["round_waiting"].is_null(), "{r}");
+    assert!(r["packs_deleted"].as_u64().unwrap() > 0, "{r}");
+
+    // A backup killed outright (SIGKILL) cannot close its session: prune
+    // and repair index name it and say how to expire it.
+    let mut dead = Blocked::start(&t, "dead", &random_bytes(1 << 20, 43));
+    dead.child.kill().unwrap();
+    dead.child.wait().unwrap();
+    let marker = t.objects("sessions")[0]
+        .file_name()
+        .unwrap()
+        .to_string_lossy()[..8]
+        .to_string();
+    t.backup("more", &random_bytes(1 << 20, 44), &["--tag", "old"]);
+    t.ok(&["forget", "--keep-tag", "keep", "--group-by", ""]);
+    let said = t.ok(&["prune"]);
+    assert!(
+        said.contains(&marker) && said.contains("prune --session-lease 0s"),
+        "{said}"
+    );
+    let err = t.fails(&["repair", "index"]);
+    assert!(err.contains("prune --session-lease 0s"), "{err}");
+    let r = prune(&t, &["--session-lease", "0s"]);
+    assert_eq!(r["sessions_expired"].as_array().unwrap().len(), 1, "{r}");
+    t.ok(&["check", "--read-data"]);
+    assert_eq!(t.ok(&["snapshots", "--json"]).matches("\"id\"").count(), 1);
+    assert!(t.ok(&["snapshots"]).contains(&kept_id[..8]));
+}

@@ -368,11 +368,60 @@ impl Repository {
             &name,
             &SessionMarker::here().encode(),
         );
-        self.inner
+        // Tracked before the put: an interruption during it must end the
+        // session too (it may have landed).
+        self.live_sessions()?.insert(sid);
+        let put = self
+            .inner
             .backend
             .put(ObjectKind::Session, &name, Bytes::from(marker))
-            .await?;
+            .await;
+        if let Err(e) = put {
+            self.live_sessions()?.remove(&sid);
+            return Err(e.into());
+        }
         Ok(sid)
+    }
+
+    fn live_sessions(
+        &self,
+    ) -> Result<std::sync::MutexGuard<'_, std::collections::BTreeSet<SnapshotId>>> {
+        self.inner.live_sessions.lock().map_err(|_| poisoned())
+    }
+
+    /// Ends every write session this handle has open, as a process that
+    /// is interrupted (SIGINT, SIGTERM) must before it exits, so no prune
+    /// holds its deletions back for a whole lease. Each session is expired
+    /// the way a prune expires one: a tombstone created create-only under
+    /// its snapshot's name, so a commit that already landed stands and
+    /// none can land after; then its marker is deleted. Returns the
+    /// sessions closed.
+    ///
+    /// # Errors
+    /// A storage error writing a tombstone: that session's marker stays
+    /// (a prune then expires it after the lease).
+    pub async fn interrupt_sessions(&self) -> Result<Vec<SnapshotId>> {
+        let open: Vec<SnapshotId> = self.live_sessions()?.iter().copied().collect();
+        for sid in &open {
+            let name = sid.to_hex();
+            let tomb = sealed::seal(
+                &self.inner.keyring,
+                ObjectKind::Snapshot,
+                &name,
+                snapshot::TOMBSTONE,
+            );
+            match self
+                .inner
+                .backend
+                .put(ObjectKind::Snapshot, &name, Bytes::from(tomb))
+                .await
+            {
+                Ok(()) | Err(StorageError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+            self.delete_marker(*sid).await;
+        }
+        Ok(open)
     }
 
     /// Takes this handle's open session (begun if none), so the next
@@ -399,11 +448,16 @@ impl Repository {
     /// Deletes a session's marker. A failure only leaves the marker for a
     /// prune to wait on (until the lease runs out): not worth failing for.
     pub(crate) async fn delete_marker(&self, sid: SnapshotId) {
-        let _ = self
+        let deleted = self
             .inner
             .backend
             .delete(ObjectKind::Session, &sid.to_hex())
             .await;
+        if matches!(deleted, Ok(()) | Err(StorageError::NotFound { .. })) {
+            if let Ok(mut live) = self.live_sessions() {
+                live.remove(&sid);
+            }
+        }
     }
 
     /// Reloads the index from the segments stored now, for a long-lived

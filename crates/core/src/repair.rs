@@ -66,7 +66,7 @@ impl Repository {
         let rounds = self.list_rounds().await?;
         if let Some(r) = rounds.pending().first() {
             return Err(Error::GcBusy(format!(
-                "GC round {r} is not finished: run `tessera prune` first (repair index must not race a sweep)"
+                "GC round {r} is not finished: run `tessera prune` first (repair index must not race a sweep); if prune waits for write sessions of backups that are no longer running, `tessera prune --session-lease 0s` expires them"
             )));
         }
         let session = self.create_marker().await?;

@@ -75,6 +75,9 @@ pub(crate) struct Inner {
     pub(crate) backup_lock: tokio::sync::Mutex<()>,
     /// This handle's open write session (FORMAT.md §10), if any.
     pub(crate) session: tokio::sync::Mutex<Option<SnapshotId>>,
+    /// Every session whose marker this handle created and has not ended
+    /// (committed or closed), for [`Repository::interrupt_sessions`].
+    pub(crate) live_sessions: std::sync::Mutex<std::collections::BTreeSet<SnapshotId>>,
     /// Trees are stored as given, names unchecked (feature `forge`).
     #[cfg(feature = "forge")]
     pub(crate) forge_trees: std::sync::atomic::AtomicBool,
@@ -220,6 +223,7 @@ impl Repository {
                 index: tokio::sync::OnceCell::new(),
                 backup_lock: tokio::sync::Mutex::new(()),
                 session: tokio::sync::Mutex::new(None),
+                live_sessions: std::sync::Mutex::new(Default::default()),
                 #[cfg(feature = "forge")]
                 forge_trees: std::sync::atomic::AtomicBool::new(false),
             }),
