@@ -1,6 +1,7 @@
 //! `tessera pg …`: PostgreSQL base backups, WAL archive, point-in-time
 //! restore, retention and logical dumps (library: `tessera-postgres`).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
@@ -420,7 +421,7 @@ async fn verify(g: &Global, a: &PgRestoreArgs, action: TargetAction) -> Result<(
     std::fs::create_dir_all(&cache)?;
     std::os::unix::fs::chown(&cache, Some(owner.uid()), Some(owner.gid()))
         .with_context(|| format!("giving {} to the data directory's owner", cache.display()))?;
-    let env = vec![("TESSERA_CACHE_DIR".to_string(), cache.display().to_string())];
+    let env = verify_env(g, &cache, owner.uid(), owner.gid())?;
     let timeout = Duration::try_from(a.verify_timeout).unwrap_or(Duration::from_secs(3600));
     let query = a.verify_query.clone();
     let target = a.target.clone();
@@ -446,6 +447,52 @@ async fn verify(g: &Global, a: &PgRestoreArgs, action: TargetAction) -> Result<(
         );
     }
     Ok(())
+}
+
+/// The environment of the server `pg restore --verify` starts: its own
+/// cache directory and, when it runs as another user (we are root), no
+/// secret of ours. A password given in `TESSERA_PASSWORD` reaches its
+/// `restore_command` as a file only that user can read, in `cache`
+/// (removed with it after the verification).
+fn verify_env(
+    g: &Global,
+    cache: &Path,
+    uid: u32,
+    gid: u32,
+) -> Result<Vec<(String, Option<String>)>> {
+    let mut env = vec![(
+        "TESSERA_CACHE_DIR".to_string(),
+        Some(cache.display().to_string()),
+    )];
+    let other_user = recovery::is_root() && uid != 0;
+    if !other_user {
+        return Ok(env);
+    }
+    for secret in [
+        "TESSERA_PASSWORD",
+        "TESSERA_NEW_PASSWORD",
+        "TESSERA_TO_PASSWORD",
+        "TESSERA_FROM_PASSWORD",
+    ] {
+        env.push((secret.to_string(), None));
+    }
+    let from_env =
+        g.password_file.is_none() && g.password_command.is_none() && g.key_file.is_none();
+    if let (true, Ok(password)) = (from_env, std::env::var("TESSERA_PASSWORD")) {
+        let file = cache.join("password");
+        let mut f = tessera_core::storage::private::create_new(&file)
+            .with_context(|| format!("creating {}", file.display()))?;
+        f.write_all(password.as_bytes())
+            .and_then(|()| f.sync_all())
+            .with_context(|| format!("writing {}", file.display()))?;
+        std::os::unix::fs::chown(&file, Some(uid), Some(gid))
+            .with_context(|| format!("giving {} to the data directory's owner", file.display()))?;
+        env.push((
+            "TESSERA_PASSWORD_FILE".to_string(),
+            Some(file.display().to_string()),
+        ));
+    }
+    Ok(env)
 }
 
 /// The `restore_command` for a restored cluster: this executable, this

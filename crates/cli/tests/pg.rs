@@ -547,6 +547,55 @@ fn pg_forget_releases_only_unneeded_wal() {
         "select x from after_second",
     ]);
     assert!(out.contains("returned: 42"), "{out}");
+    if c.user.is_some() {
+        verify_as_root_keeps_the_password_out_of_the_servers_environment(&c);
+    }
+}
+
+/// `pg restore --verify` run as root, the password in TESSERA_PASSWORD:
+/// the server runs as `postgres` and gets the password as a file of its
+/// own, never in its environment (the server reads its environment
+/// itself, through the verification query).
+fn verify_as_root_keeps_the_password_out_of_the_servers_environment(c: &Cluster) {
+    let target = c.path("restored-by-root");
+    std::fs::create_dir(&target).unwrap();
+    c.own(&target);
+    // PostgreSQL overwrites its initial environment block (the process
+    // title), so the environment is read through a child it starts.
+    let query = "create temp table e(l text); copy e from program 'env'; \
+        select count(*) filter (where l like 'TESSERA\\_PASSWORD=%') || ' ' || \
+        count(*) filter (where l like 'TESSERA\\_PASSWORD\\_FILE=%') from e";
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    for var in [
+        "TESSERA_PASSWORD_FILE",
+        "TESSERA_PASSWORD_COMMAND",
+        "TESSERA_KEY_FILE",
+    ] {
+        cmd.env_remove(var);
+    }
+    let out = cmd
+        .env("TESSERA_REPO", &c.repo)
+        .env("TESSERA_PASSWORD", PASSWORD)
+        .env("TESSERA_CACHE_DIR", c.path("root-cache"))
+        .env("TESSERA_PG_BIN", &c.bin)
+        .args(["pg", "restore", "--target", target.to_str().unwrap()])
+        .args(["--verify", "--verify-query", query])
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("returned: 0 1"), "{said}");
+    let left: Vec<_> = std::fs::read_dir(target.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(".tessera-verify")
+        })
+        .collect();
+    assert!(left.is_empty(), "the verification's files stayed: {left:?}");
 }
 
 /// Dumps of two databases and the globals in one snapshot; a second dump

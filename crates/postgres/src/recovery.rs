@@ -217,7 +217,9 @@ pub async fn restore_data_directory(
     Ok(summary)
 }
 
-fn is_root() -> bool {
+/// Whether this process runs as root (the servers [`verify`] starts then
+/// run as the data directory's owner).
+pub fn is_root() -> bool {
     std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
         .unwrap_or(false)
@@ -317,7 +319,9 @@ pub struct VerifyReport {
 /// recovery reaches its target, runs `query`, and stops it again.
 ///
 /// Run as root, the server runs as the owner of `dir`. `env` is set for the
-/// server (and so for its `restore_command`).
+/// server (and so for its `restore_command`): a value sets a variable,
+/// `None` removes it (a secret of this process that must not reach a
+/// process of another user).
 ///
 /// # Errors
 /// The server does not start, recovery fails or does not finish within
@@ -328,7 +332,7 @@ pub fn verify(
     action: TargetAction,
     query: &str,
     timeout: Duration,
-    env: &[(String, String)],
+    env: &[(String, Option<String>)],
 ) -> Result<VerifyReport> {
     use std::os::unix::fs::MetadataExt;
     use std::os::unix::process::CommandExt;
@@ -345,7 +349,10 @@ pub fn verify(
             cmd.uid(owner.uid()).gid(owner.gid());
         }
         for (k, v) in env {
-            cmd.env(k, v);
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
         }
         cmd
     };
