@@ -497,9 +497,14 @@ pub enum RepairCommand {
         /// Machine-readable output
         #[arg(long)]
         json: bool,
+        /// Read every pack whole and leave out of the index the blobs whose
+        /// bytes do not open (what `check --read-data` reports as damaged)
+        #[arg(long)]
+        read_data: bool,
     },
     /// Rewrite snapshots that lost data without what was lost (tagged `repaired`);
-    /// run `repair index` first when index segments are damaged
+    /// run `repair index` first when index segments are damaged, `repair
+    /// index --read-data` when `check --read-data` finds damaged blobs
     Snapshots {
         /// Remove each original once its repaired snapshot is stored
         #[arg(long)]

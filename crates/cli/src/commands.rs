@@ -121,10 +121,6 @@ async fn open_at(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .push((loc.to_string(), storage.counter.clone()));
-    OPENED
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(repo.clone());
     if storage.remote
         && cache
         && !g.no_cache
@@ -132,6 +128,12 @@ async fn open_at(
     {
         repo = repo.with_cache(&base)?;
     }
+    // Last: the handle stops being unique here (map_backend and
+    // with_cache above need it so).
+    OPENED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(repo.clone());
     Ok(repo)
 }
 
@@ -860,14 +862,18 @@ async fn check(g: &Global, a: CheckArgs) -> Result<ExitCode> {
 }
 
 async fn repair(g: &Global, command: RepairCommand) -> Result<ExitCode> {
-    let (dry_run, json) = match command {
-        RepairCommand::Index { dry_run, json } => (dry_run, json),
+    let (dry_run, json, read_data) = match command {
+        RepairCommand::Index {
+            dry_run,
+            json,
+            read_data,
+        } => (dry_run, json, read_data),
         RepairCommand::Snapshots { forget, snapshots } => {
             return repair_snapshots(g, forget, &snapshots).await;
         }
     };
     let repo = open_uncached(g).await?;
-    let r = repo.repair_index(dry_run).await?;
+    let r = repo.repair_index_reading(dry_run, read_data).await?;
     if json {
         println!("{}", serde_json::to_string(&r)?);
     } else {
@@ -876,6 +882,9 @@ async fn repair(g: &Global, command: RepairCommand) -> Result<ExitCode> {
         }
         for u in &r.unreadable {
             eprintln!("warning: left out of the index (its blobs are lost): {u}");
+        }
+        for b in &r.damaged_blobs {
+            eprintln!("warning: left out of the index (its bytes do not open): {b}");
         }
         let (wrote, removed) = if dry_run {
             ("would write", "would remove")
@@ -893,7 +902,7 @@ async fn repair(g: &Global, command: RepairCommand) -> Result<ExitCode> {
         );
     }
     // Unreadable packs: the index is right, but data is lost (as restic, 3).
-    Ok(if r.unreadable.is_empty() {
+    Ok(if r.unreadable.is_empty() && r.damaged_blobs.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(3)

@@ -385,6 +385,9 @@ pub async fn restore(g: &Global, a: &RestoreArgs, repo: &Repository) -> Result<O
     for w in &s.warnings {
         eprintln!("warning: {w}");
     }
+    for d in &s.damaged {
+        eprintln!("damaged, not restored: {d}");
+    }
     if a.json {
         println!("{}", serde_json::to_string(&s)?);
     } else if !g.quiet {
@@ -403,6 +406,13 @@ pub async fn restore(g: &Global, a: &RestoreArgs, repo: &Repository) -> Result<O
             entry.id.short(),
             a.target.display()
         );
+    }
+    if !s.damaged.is_empty() {
+        eprintln!(
+            "tessera: {} file(s) could not be restored: the repository lost some of their data (`tessera check --read-data` says where; `tessera repair snapshots` rewrites the snapshots without them)",
+            s.damaged.len()
+        );
+        return Ok(Some(ExitCode::FAILURE));
     }
     Ok(Some(if s.warnings.is_empty() {
         ExitCode::SUCCESS

@@ -137,6 +137,13 @@ impl TestRepo {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Runs and asserts success; returns stderr.
+    pub fn ok_stderr(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert_success(&out, args);
+        String::from_utf8(out.stderr).unwrap()
+    }
+
     /// Runs and asserts failure; returns stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let out = self.run(args);

@@ -488,3 +488,97 @@ fn repair_snapshots_leaves_out_what_was_lost_and_keeps_the_rest() {
     assert!(!base.join("lose/gone.bin").exists());
     assert!(base.join("lose").is_dir());
 }
+
+#[test]
+fn a_restore_goes_on_past_a_damaged_blob_and_repair_leaves_out_what_check_found() {
+    let t = TestRepo::new(&["--pack-size", "1"]).without_cache();
+    let src = t.path("src");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    for i in 0..24 {
+        std::fs::write(
+            src.join(format!("d/f{i:02}")),
+            random_bytes(96 << 10, 100 + i),
+        )
+        .unwrap();
+    }
+    t.ok(&["backup", src.to_str().unwrap()]);
+    // One byte flipped inside one data blob.
+    let (pack, offset) = t
+        .objects("index")
+        .iter()
+        .flat_map(|s| index_packs(&t, s))
+        .find_map(|p| {
+            let b = p["blobs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|b| b["type"] == "Data")?;
+            Some((
+                p["id"].as_str().unwrap().to_string(),
+                b["offset"].as_u64().unwrap(),
+            ))
+        })
+        .unwrap();
+    let victim = pack_file(&t, &pack);
+    flip_byte(&victim, offset + 40);
+
+    let target = t.path("restored");
+    let out = t.run(&["restore", "latest", "--target", target.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("could not be restored"), "{err}");
+    let damaged: Vec<String> = err
+        .lines()
+        .filter_map(|l| l.strip_prefix("damaged, not restored: "))
+        .map(|l| l.split(": ").next().unwrap().to_string())
+        .collect();
+    assert!(!damaged.is_empty(), "{err}");
+    let restored_of = |name: &str| {
+        target
+            .join(src.strip_prefix("/").unwrap())
+            .join("d")
+            .join(name)
+    };
+    let mut intact = 0;
+    for i in 0..24 {
+        let name = format!("f{i:02}");
+        let path = restored_of(&name);
+        if damaged.iter().any(|d| d.ends_with(&format!("/d/{name}"))) {
+            assert!(
+                !path.exists(),
+                "a damaged file was left behind: {}",
+                path.display()
+            );
+        } else {
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                std::fs::read(src.join("d").join(&name)).unwrap()
+            );
+            intact += 1;
+        }
+    }
+    assert!(intact > 0, "nothing but damage: {err}");
+
+    // check --read-data names the pack; repair index --read-data drops the
+    // blob; repair snapshots then leaves out the files that needed it.
+    let err = t.fails(&["check", "--read-data"]);
+    assert!(err.contains(&object_name(&t, &victim)), "{err}");
+    let out = t.run(&["repair", "index", "--read-data"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("its bytes do not open"), "{err}");
+    let err = t.ok_stderr(&["repair", "snapshots", "--forget"]);
+    for d in &damaged {
+        let in_snapshot = d.strip_prefix(target.to_str().unwrap()).unwrap();
+        assert!(
+            err.contains(&format!(
+                "{in_snapshot}: file left out: some of its data is lost"
+            )),
+            "{err}"
+        );
+    }
+    assert!(err.contains("1 snapshots repaired"), "{err}");
+    t.ok(&["check", "--read-data"]);
+    let again = t.path("again");
+    t.ok(&["restore", "latest", "--target", again.to_str().unwrap()]);
+}

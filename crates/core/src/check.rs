@@ -575,6 +575,9 @@ impl Repository {
         };
         let inner = self.inner.clone();
         let read = bytes.len() as u64;
+        // The blobs the index names (a blob `repair index --read-data`
+        // left out is garbage until a prune repacks the pack).
+        let entries = p.blobs.clone();
         let verified = on_rayon(move || {
             let key = inner
                 .keyring

@@ -7,10 +7,17 @@
 //! instant each readable pack is indexed at least once (a blob listed
 //! twice is harmless). A backup running meanwhile keeps its own segment:
 //! only segments listed before the rebuild are removed.
+//!
+//! With `read_data`, every pack is read whole and each blob opened
+//! (authenticated, decompressed, hashed): a blob that fails is left out
+//! of the new index, so `repair snapshots` then leaves out the files that
+//! need it, and a later backup of a source that still has those bytes
+//! stores them again (dedup no longer finds them).
 
 use std::collections::HashSet;
 
 use futures::StreamExt;
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::backup::{BLOBS_PER_SEGMENT, PACKS_PER_SEGMENT};
@@ -19,8 +26,14 @@ use crate::format::ObjectKind;
 use crate::gc::{GcPlan, Part, RoundKind, gc_name};
 use crate::id::PackId;
 use crate::index::{Index, IndexPack};
+use crate::pack::PackEntry;
+use crate::repo::on_rayon;
 use crate::repo::{Repository, poisoned};
 use crate::storage::StorageError;
+
+/// A pack as the rebuild found it: its index entry, and why each blob
+/// left out of it does not open.
+type ReadPack = (IndexPack, Vec<String>);
 
 /// Pack headers read at once.
 const HEADER_CONCURRENCY: usize = 8;
@@ -41,6 +54,9 @@ pub struct RepairIndexReport {
     pub unreadable: Vec<String>,
     /// Old segments that did not decode.
     pub damaged_segments: Vec<String>,
+    /// Blobs left out because their bytes do not open (`read_data` only),
+    /// each with the reason.
+    pub damaged_blobs: Vec<String>,
     /// Segments written.
     pub segments_written: usize,
     /// Old segments removed.
@@ -60,8 +76,21 @@ impl Repository {
     /// errors while listing or writing. Unreadable packs and damaged
     /// segments are reported, not errors.
     pub async fn repair_index(&self, dry_run: bool) -> Result<RepairIndexReport> {
+        self.repair_index_reading(dry_run, false).await
+    }
+
+    /// [`Repository::repair_index`], reading every blob with `read_data`
+    /// (see the module's note): blobs that do not open are left out.
+    ///
+    /// # Errors
+    /// As [`Repository::repair_index`].
+    pub async fn repair_index_reading(
+        &self,
+        dry_run: bool,
+        read_data: bool,
+    ) -> Result<RepairIndexReport> {
         if dry_run {
-            return self.rebuild_index_from_packs(true).await;
+            return self.rebuild_index_from_packs(true, read_data).await;
         }
         let rounds = self.list_rounds().await?;
         if let Some(r) = rounds.pending().first() {
@@ -91,7 +120,7 @@ impl Repository {
                 });
             }
         }
-        let result = self.rebuild_index_from_packs(false).await;
+        let result = self.rebuild_index_from_packs(false, read_data).await;
         // The round condemned nothing: close it whatever happened.
         let closed = match self
             .put_gc(&gc_name(round, Part::Done), &round.to_le_bytes())
@@ -106,7 +135,58 @@ impl Repository {
         Ok(report)
     }
 
-    async fn rebuild_index_from_packs(&self, dry_run: bool) -> Result<RepairIndexReport> {
+    /// A pack read whole: its header, with the blobs that open, and why
+    /// each other one does not.
+    async fn read_pack_blobs(&self, id: PackId) -> Result<ReadPack> {
+        let bytes = self
+            .inner
+            .backend
+            .get(ObjectKind::Pack, &id.to_hex())
+            .await?;
+        let inner = self.inner.clone();
+        on_rayon(move || {
+            let object = ObjectKind::Pack.object_name(&id.to_hex());
+            let (key_id, entries) = crate::pack::open_header_of(&inner.keyring, id, &bytes)?;
+            let key = inner
+                .keyring
+                .data_key(key_id)
+                .ok_or_else(|| Error::corrupt(&object, "unknown data key"))?;
+            let opened: Vec<std::result::Result<PackEntry, String>> = entries
+                .into_par_iter()
+                .map(|e| {
+                    let h = crate::blob::BlobHeader {
+                        id: e.id,
+                        blob_type: e.blob_type,
+                        flags: e.flags,
+                        raw_len: e.raw_len,
+                    };
+                    bytes
+                        .get(e.offset as usize..(e.offset + e.stored_len) as usize)
+                        .ok_or_else(|| Error::corrupt(&object, "blob outside the pack"))
+                        .and_then(|sealed| {
+                            crate::blob::open_with(&inner.keyring, key, &h, sealed, &object, |_| ())
+                        })
+                        .map(|()| e)
+                        .map_err(|err| format!("blob {} in {object}: {err}", e.id))
+                })
+                .collect();
+            let (mut blobs, mut damaged) = (Vec::new(), Vec::new());
+            for r in opened {
+                match r {
+                    Ok(e) => blobs.push(e),
+                    Err(why) => damaged.push(why),
+                }
+            }
+            Ok((IndexPack { id, key_id, blobs }, damaged))
+        })
+        .await
+    }
+
+    async fn rebuild_index_from_packs(
+        &self,
+        dry_run: bool,
+        read_data: bool,
+    ) -> Result<RepairIndexReport> {
         let mut report = RepairIndexReport::default();
         let backend = &self.inner.backend;
         let old_segments = backend.list(ObjectKind::Index).await?;
@@ -128,10 +208,14 @@ impl Repository {
             }
         }
         packs.sort_unstable();
-        let headers: Vec<(PackId, Result<IndexPack>)> = futures::stream::iter(packs)
+        let headers: Vec<(PackId, Result<ReadPack>)> = futures::stream::iter(packs)
             .map(|(id, size)| async move {
+                if read_data {
+                    return (id, self.read_pack_blobs(id).await);
+                }
                 let header = self.read_pack_header(id, size).await;
-                let pack = header.map(|(key_id, blobs)| IndexPack { id, key_id, blobs });
+                let pack =
+                    header.map(|(key_id, blobs)| (IndexPack { id, key_id, blobs }, Vec::new()));
                 (id, pack)
             })
             .buffered(HEADER_CONCURRENCY)
@@ -142,7 +226,10 @@ impl Repository {
         let mut blobs_in_last = 0;
         for (id, header) in headers {
             let pack = match header {
-                Ok(p) => p,
+                Ok((p, damaged)) => {
+                    report.damaged_blobs.extend(damaged);
+                    p
+                }
                 Err(e) => {
                     report.unreadable.push(e.to_string());
                     continue;

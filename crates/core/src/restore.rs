@@ -256,7 +256,48 @@ impl Repository {
             let index = self.index().await?.read().map_err(|_| poisoned())?;
             locate(&index, &ids, referrer)?
         };
-        self.fetch_located(located, deliver).await
+        self.fetch_located(located, deliver, None).await
+    }
+
+    /// [`Repository::fetch_blobs`] that goes on past damage: a blob the
+    /// repository lost (not in the index, its pack missing or truncated,
+    /// its bytes failing authentication) is handed to `lost` with the
+    /// error, and every other blob is still delivered. Errors of `deliver`
+    /// (a write that failed: a full disk) and storage errors that are not
+    /// damage (network, an archived object to thaw) stop it.
+    ///
+    /// # Errors
+    /// The first error `deliver` returns; the index cannot be loaded.
+    pub async fn fetch_blobs_past_damage<F, L, E>(
+        &self,
+        ids: Vec<BlobId>,
+        referrer: &str,
+        deliver: F,
+        lost: L,
+    ) -> std::result::Result<(), E>
+    where
+        F: Fn(BlobId, &[u8]) -> std::result::Result<(), E> + Send + Sync + 'static,
+        L: Fn(BlobId, &Error) + Send + Sync + 'static,
+        E: From<Error> + Send + 'static,
+    {
+        let mut located = Vec::with_capacity(ids.len());
+        {
+            let index = self.index().await?.read().map_err(|_| poisoned())?;
+            for id in ids {
+                match index.lookup(&id) {
+                    Some(loc) => located.push((id, loc)),
+                    None => lost(
+                        id,
+                        &Error::BlobNotIndexed {
+                            blob: id.to_hex(),
+                            referrer: referrer.to_string(),
+                        },
+                    ),
+                }
+            }
+        }
+        self.fetch_located(located, deliver, Some(Arc::new(lost)))
+            .await
     }
 
     /// [`Repository::fetch_blobs`] for blobs already located (in an index
@@ -265,6 +306,7 @@ impl Repository {
         &self,
         mut located: Vec<(BlobId, BlobLocation)>,
         deliver: F,
+        lost: Option<Lost>,
     ) -> std::result::Result<(), E>
     where
         F: Fn(BlobId, &[u8]) -> std::result::Result<(), E> + Send + Sync + 'static,
@@ -277,13 +319,14 @@ impl Repository {
         let mut reads = futures::stream::iter(spans)
             .map(|span| {
                 let deliver = deliver.clone();
+                let lost = lost.clone();
                 async move {
                     match self.read_span(&span).await {
-                        Ok(bytes) => deliver_span(&self.inner, span, bytes, deliver).await,
+                        Ok(bytes) => deliver_span(&self.inner, span, bytes, deliver, lost).await,
                         // A prune deleted the pack after moving (or finding
                         // another copy of) its used blobs: look them up anew.
-                        Err(Error::Missing { .. }) => self.fetch_moved(span, deliver).await,
-                        Err(e) => Err(e.into()),
+                        Err(Error::Missing { .. }) => self.fetch_moved(span, deliver, lost).await,
+                        Err(e) => lose_span(&span, e, lost.as_ref()),
                     }
                 }
             })
@@ -294,7 +337,12 @@ impl Repository {
 
     /// The blobs of a span whose pack is gone, read from where a freshly
     /// loaded index says they are now.
-    async fn fetch_moved<F, E>(&self, span: ReadSpan, deliver: Arc<F>) -> std::result::Result<(), E>
+    async fn fetch_moved<F, E>(
+        &self,
+        span: ReadSpan,
+        deliver: Arc<F>,
+        lost: Option<Lost>,
+    ) -> std::result::Result<(), E>
     where
         F: Fn(BlobId, &[u8]) -> std::result::Result<(), E> + Send + Sync + 'static,
         E: From<Error> + Send + 'static,
@@ -302,17 +350,23 @@ impl Repository {
         let gone = ObjectKind::Pack.object_name(&span.pack.to_hex());
         self.reload_index().await?;
         let ids: Vec<BlobId> = span.blobs.iter().map(|(id, _)| *id).collect();
-        let mut located = {
+        let located = {
             let index = self.index().await?.read().map_err(|_| poisoned())?;
-            locate(&index, &ids, &gone)?
+            locate(&index, &ids, &gone)
         };
-        if located.iter().any(|(_, l)| l.pack == span.pack) {
-            return Err(Error::Missing { object: gone }.into());
-        }
+        let mut located = match located {
+            Ok(l) if l.iter().all(|(_, l)| l.pack != span.pack) => l,
+            Ok(_) => return lose_span(&span, Error::Missing { object: gone }, lost.as_ref()),
+            Err(e) => return lose_span(&span, e, lost.as_ref()),
+        };
         located.sort_unstable_by_key(|(_, l)| (l.pack, l.offset));
         for moved in spans(located, MAX_GAP) {
-            let bytes = self.read_span(&moved).await?;
-            deliver_span(&self.inner, moved, bytes, deliver.clone()).await?;
+            match self.read_span(&moved).await {
+                Ok(bytes) => {
+                    deliver_span(&self.inner, moved, bytes, deliver.clone(), lost.clone()).await?
+                }
+                Err(e) => lose_span(&moved, e, lost.as_ref())?,
+            }
         }
         Ok(())
     }
@@ -360,12 +414,16 @@ impl Repository {
         let out = Arc::new(Mutex::new(HashMap::with_capacity(located.len())));
         let sink = out.clone();
         let of = referrer.to_string();
-        self.fetch_located(located, move |id, plain| -> Result<()> {
-            let tree = Tree::decode(plain, &format!("tree {id} (of {of})"))?;
-            let prepared = prepare(tree)?;
-            sink.lock().map_err(|_| poisoned())?.insert(id, prepared);
-            Ok(())
-        })
+        self.fetch_located(
+            located,
+            move |id, plain| -> Result<()> {
+                let tree = Tree::decode(plain, &format!("tree {id} (of {of})"))?;
+                let prepared = prepare(tree)?;
+                sink.lock().map_err(|_| poisoned())?.insert(id, prepared);
+                Ok(())
+            },
+            None,
+        )
         .await?;
         let out = Arc::try_unwrap(out).map_err(|_| poisoned())?;
         out.into_inner().map_err(|_| poisoned())
@@ -406,6 +464,7 @@ async fn deliver_span<F, E>(
     span: ReadSpan,
     bytes: bytes::Bytes,
     deliver: Arc<F>,
+    lost: Option<Lost>,
 ) -> std::result::Result<(), E>
 where
     F: Fn(BlobId, &[u8]) -> std::result::Result<(), E> + Send + Sync + 'static,
@@ -415,14 +474,60 @@ where
     // Each blob is opened and delivered by one rayon task, so a span's
     // plaintext is never held all at once.
     on_rayon(move || {
-        let blobs = SpanBlobs::new(&inner, &span, &bytes)?;
+        let blobs = match SpanBlobs::new(&inner, &span, &bytes) {
+            Ok(b) => b,
+            Err(e) => return lose_span(&span, e, lost.as_ref()),
+        };
         // Pieces of at least `MIN_PIECE` blobs (see there).
         span.blobs
             .par_iter()
             .with_min_len(MIN_PIECE)
-            .try_for_each(|(id, loc)| blobs.open_with(id, loc, |plain| deliver(*id, plain))?)
+            .try_for_each(|(id, loc)| {
+                match (blobs.open_with(id, loc, |plain| deliver(*id, plain)), &lost) {
+                    (Ok(delivered), _) => delivered,
+                    (Err(e), Some(lost)) if is_damage(&e) => {
+                        lost(*id, &e);
+                        Ok(())
+                    }
+                    (Err(e), _) => Err(e.into()),
+                }
+            })
     })
     .await
+}
+
+/// Whether `e` says the repository lost data (a missing or damaged
+/// object), rather than that storage cannot be reached right now (a
+/// network error, an archived object to thaw, a refused request): only
+/// damage is gone past; anything else stops the fetch, as retrying later
+/// may well succeed.
+fn is_damage(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Corrupt { .. }
+            | Error::Missing { .. }
+            | Error::BlobNotIndexed { .. }
+            | Error::UnsupportedVersion { .. }
+    )
+}
+
+/// Where blobs that cannot be read go when a fetch goes on past damage.
+pub(crate) type Lost = Arc<dyn Fn(BlobId, &Error) + Send + Sync>;
+
+/// A span that could not be read: each of its blobs is lost (going on
+/// past damage), or the error stops the fetch.
+fn lose_span<E: From<Error>>(
+    span: &ReadSpan,
+    e: Error,
+    lost: Option<&Lost>,
+) -> std::result::Result<(), E> {
+    match lost.filter(|_| is_damage(&e)) {
+        Some(lost) => {
+            span.blobs.iter().for_each(|(id, _)| lost(*id, &e));
+            Ok(())
+        }
+        None => Err(e.into()),
+    }
 }
 
 /// The blobs of a span read into `bytes`: each is authenticated,

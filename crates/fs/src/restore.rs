@@ -83,6 +83,10 @@ pub struct RestoreSummary {
     pub deleted: u64,
     /// Problems that did not stop the restore (ownership not settable, ...).
     pub warnings: Vec<String>,
+    /// Files that could not be restored whole because the repository lost
+    /// some of their data (each `path: why`). They are not left behind
+    /// incomplete: the restore removes them.
+    pub damaged: Vec<String>,
 }
 
 fn io_err(path: &[u8], operation: &'static str, source: impl Into<std::io::Error>) -> Error {
@@ -333,8 +337,13 @@ pub async fn restore(
     }
     let mut needed: HashMap<BlobId, Vec<(usize, u64)>> = HashMap::new();
     let mut slots: HashMap<usize, FileSlot> = HashMap::new();
+    let mut damaged: HashMap<usize, String> = HashMap::new();
     for (idx, created) in created {
         if items[idx].kind != FileKind::File {
+            continue;
+        }
+        if let Some(why) = created.lost {
+            damaged.insert(idx, why);
             continue;
         }
         if created.missing.is_empty() {
@@ -388,18 +397,28 @@ pub async fn restore(
         umask: if plain_target { umask() } else { None },
         warnings,
         progress: progress.clone(),
+        damaged: Mutex::new(damaged),
     });
     {
-        let writer = writer.clone();
+        let (writer, loser) = (writer.clone(), writer.clone());
         let ids: Vec<BlobId> = writer.needed.keys().copied().collect();
-        repo.fetch_blobs(ids, "restore", move |id, plain| writer.deliver(id, plain))
-            .await?;
+        repo.fetch_blobs_past_damage(
+            ids,
+            "restore",
+            move |id, plain| writer.deliver(id, plain),
+            move |id, e| loser.lose(id, e),
+        )
+        .await?;
     }
     summary.bytes_written = progress.bytes_written.load(Ordering::Relaxed);
     let Ok(writer) = Arc::try_unwrap(writer) else {
         return Err(Error::Internal("restore writer still shared".into()));
     };
     let (items, root) = (writer.items, writer.root);
+    let damaged = writer
+        .damaged
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner());
     summary.warnings = writer
         .warnings
         .into_inner()
@@ -412,8 +431,17 @@ pub async fn restore(
         create(repo, &root, item, &no_sizes, false, is_root, &no_lock)?;
         warnings.extend(lock(&no_lock).drain(..));
     }
+    summary.damaged = remove_damaged(&root, &items, &damaged)?;
     for item in &items {
         if let Some(first) = item.link_to {
+            if let Some(why) = damaged.get(&first) {
+                summary.damaged.push(format!(
+                    "{}: not linked to {}, which is damaged ({why})",
+                    display(&item.target),
+                    display(&items[first].target)
+                ));
+                continue;
+            }
             link_to(&root, &items[first].target, &item.target)?;
         }
     }
@@ -666,6 +694,32 @@ struct Created {
     missing: Vec<(BlobId, u64)>,
     /// The file is not created yet: the first write creates it.
     deferred: bool,
+    /// Why the file cannot be restored (a blob of it is in no index).
+    lost: Option<String>,
+}
+
+/// Removes the files the restore could not complete, so none is left
+/// with holes of zeros where data was lost; returns them, each with why.
+fn remove_damaged(
+    root: &Target,
+    items: &[Item],
+    damaged: &HashMap<usize, String>,
+) -> Result<Vec<String>, Error> {
+    let mut out = Vec::with_capacity(damaged.len());
+    let mut order: Vec<(&usize, &String)> = damaged.iter().collect();
+    order.sort();
+    for (idx, why) in order {
+        let item = items
+            .get(*idx)
+            .ok_or_else(|| Error::Internal(format!("restore item {idx} unknown")))?;
+        let (parent, name) = parent_of(root, &item.target)?;
+        match rustix::fs::unlinkat(&parent, OsStr::from_bytes(name), AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(io_err(&item.target, "removing the damaged file", e)),
+        }
+        out.push(format!("{}: {why}", display(&item.target)));
+    }
+    Ok(out)
 }
 
 /// Creates one entry that is not a directory or a hard link. A file with
@@ -686,12 +740,13 @@ fn create(
             let mut offset = 0u64;
             let mut plan = Vec::with_capacity(item.content.len());
             for id in &item.content {
-                let size = *blob_sizes.get(id).ok_or_else(|| {
-                    Error::Core(tessera_core::Error::BlobNotIndexed {
-                        blob: id.to_hex(),
-                        referrer: String::from_utf8_lossy(&item.target).into_owned(),
-                    })
-                })?;
+                let Some(size) = blob_sizes.get(id).copied() else {
+                    return Ok(Created {
+                        missing,
+                        deferred: false,
+                        lost: Some(format!("blob {id} is in no index segment")),
+                    });
+                };
                 plan.push((*id, offset, u64::from(size)));
                 offset += u64::from(size);
             }
@@ -699,6 +754,7 @@ fn create(
                 return Ok(Created {
                     missing: plan.iter().map(|(id, off, _)| (*id, *off)).collect(),
                     deferred: true,
+                    lost: None,
                 });
             }
             missing = prepare_file(repo, root, item, &plan)?;
@@ -734,6 +790,7 @@ fn create(
                     return Ok(Created {
                         missing,
                         deferred: false,
+                        lost: None,
                     });
                 }
                 r => r?,
@@ -750,6 +807,7 @@ fn create(
     Ok(Created {
         missing,
         deferred: false,
+        lost: None,
     })
 }
 
@@ -871,9 +929,28 @@ struct Writer {
     umask: Option<u32>,
     warnings: Mutex<Vec<String>>,
     progress: Arc<RestoreProgress>,
+    /// Files that lost data, and why (by item).
+    damaged: Mutex<HashMap<usize, String>>,
 }
 
 impl Writer {
+    /// A blob that cannot be read: every file that needs it is damaged
+    /// (its other writes still happen; it is removed at the end).
+    fn lose(&self, id: BlobId, e: &tessera_core::Error) {
+        for (idx, _) in self.needed.get(&id).into_iter().flatten() {
+            lock(&self.damaged)
+                .entry(*idx)
+                .or_insert_with(|| e.to_string());
+            if let Some(slot) = self.slots.get(idx) {
+                if slot.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                    if let Some(kept) = lock(&slot.state).fds.take() {
+                        self.open_fds.fetch_sub(kept.count(), Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+
     fn deliver(&self, id: BlobId, plain: &[u8]) -> Result<(), Error> {
         for (idx, off) in self.needed.get(&id).into_iter().flatten() {
             let (item, slot) = match (self.items.get(*idx), self.slots.get(idx)) {
@@ -888,6 +965,9 @@ impl Writer {
             if slot.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
                 if let Some(kept) = lock(&slot.state).fds.take() {
                     self.open_fds.fetch_sub(kept.count(), Ordering::Relaxed);
+                }
+                if lock(&self.damaged).contains_key(idx) {
+                    continue;
                 }
                 let created_mode = lock(&slot.state).created_mode;
                 let done = Done {
