@@ -103,3 +103,82 @@ fn a_snapshot_object_that_does_not_read_is_reported_skipped_and_forgettable() {
     let err = t.fails(&["forget", short]);
     assert!(err.contains(short), "{err}");
 }
+
+/// `chown -R` of `dir` (no symlinks followed).
+fn chown_all(dir: &std::path::Path, uid: u32, gid: u32) {
+    std::os::unix::fs::lchown(dir, Some(uid), Some(gid)).unwrap();
+    if std::fs::symlink_metadata(dir).unwrap().is_dir() {
+        for e in std::fs::read_dir(dir).unwrap() {
+            chown_all(&e.unwrap().path(), uid, gid);
+        }
+    }
+}
+
+#[test]
+fn a_restore_by_another_user_skips_devices_and_owners_with_one_warning_each() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return; // needs root to make the device node and to switch users
+    }
+    let t = TestRepo::new(&[]);
+    if crate::common::on_s3() {
+        return; // the repository's files are handed to the other user on disk
+    }
+    let src = t.path("src");
+    std::fs::create_dir_all(src.join("dev")).unwrap();
+    std::fs::write(src.join("owned-by-4242"), b"data").unwrap();
+    std::os::unix::fs::chown(src.join("owned-by-4242"), Some(4242), Some(4242)).unwrap();
+    std::fs::write(src.join("plain"), b"plain").unwrap();
+    for name in ["null", "zero"] {
+        let path = std::ffi::CString::new(src.join("dev").join(name).to_str().unwrap()).unwrap();
+        let dev = libc::makedev(1, if name == "null" { 3 } else { 5 });
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(
+            unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o666, dev) },
+            0
+        );
+    }
+    t.ok(&["backup", src.to_str().unwrap()]);
+
+    // The restoring user: nobody, with its own cache and target.
+    let (uid, gid) = (65534, 65534);
+    std::fs::set_permissions(t.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    chown_all(&t.repo, uid, gid);
+    let home = t.path("nobody");
+    std::fs::create_dir(&home).unwrap();
+    chown_all(&home, uid, gid);
+    let target = home.join("restored");
+    let out = t
+        .cmd()
+        .env("TESSERA_CACHE_DIR", home.join("cache"))
+        .uid(uid)
+        .gid(gid)
+        .args(["restore", "latest", "--target", target.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    let restored = target.join(src.strip_prefix("/").unwrap());
+    assert!(
+        err.contains("2 device node(s) not restored: creating one needs root")
+            && err.contains(&restored.join("dev/").display().to_string()),
+        "{err}"
+    );
+    assert!(
+        err.contains("owned by other users or groups now belong to the restoring user"),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("device node").count(),
+        1,
+        "one warning for all: {err}"
+    );
+    assert_eq!(std::fs::read(restored.join("plain")).unwrap(), b"plain");
+    assert_eq!(
+        std::fs::read(restored.join("owned-by-4242")).unwrap(),
+        b"data"
+    );
+    assert!(!restored.join("dev/null").exists());
+}

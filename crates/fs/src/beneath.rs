@@ -14,11 +14,21 @@
 //! and `O_NOFOLLOW` / `AT_SYMLINK_NOFOLLOW`. Kernels without `openat2`
 //! (before 5.6) get one `openat(O_NOFOLLOW)` per component, which gives the
 //! same guarantee one step at a time.
+//!
+//! Directories opened this way are kept (a few hundred descriptors, by
+//! path), and a path is resolved from its nearest kept ancestor, one
+//! component per step: restoring a tree nested thousands deep then costs
+//! a constant number of lookups per entry, not one per level of its depth
+//! (which made a 20,000-deep tree take minutes). A kept descriptor follows
+//! its directory if something renames it meanwhile; the restore's own
+//! directories are only renamed by someone who may write into the target.
 
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
@@ -27,13 +37,22 @@ use rustix::io::Errno;
 /// is 4,096 bytes; longer paths are resolved piece by piece).
 const PIECE: usize = 3000;
 
+/// Directories kept open at most (the set is emptied when full).
+const KEPT_DIRS: usize = 256;
+
+/// Ancestors looked for among the kept directories, at most, before a
+/// path is resolved from the target in one call.
+const LOOK_UP: usize = 64;
+
 /// Set once `openat2` turned out to be missing (`ENOSYS`).
 static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
 
 /// A restore's target directory, open, with its path for messages.
 pub(crate) struct Target {
-    fd: OwnedFd,
+    fd: Arc<OwnedFd>,
     path: Vec<u8>,
+    /// Directories below the target opened already (`O_PATH`), by path.
+    kept: Mutex<HashMap<Vec<u8>, Arc<OwnedFd>>>,
 }
 
 impl Target {
@@ -46,8 +65,9 @@ impl Target {
             Mode::empty(),
         )?;
         Ok(Target {
-            fd,
+            fd: Arc::new(fd),
             path: path.to_vec(),
+            kept: Mutex::new(HashMap::new()),
         })
     }
 
@@ -66,15 +86,93 @@ impl Target {
     }
 
     /// Opens the directory at `full` (see [`Target::rel`]) with `flags`
-    /// (`O_PATH` for a directory only used with `*at` calls, `O_RDONLY` to
-    /// list it): beneath the target, through no symlink, the last
-    /// component included.
+    /// (`O_RDONLY` to list it, say): beneath the target, through no
+    /// symlink, the last component included.
     pub(crate) fn open_dir(&self, full: &[u8], flags: OFlags) -> std::io::Result<OwnedFd> {
         let flags = flags | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        let mut rest = self.rel(full);
-        if rest.is_empty() {
-            return Ok(rustix::fs::openat(&self.fd, ".", flags, Mode::empty())?);
+        match self.split(full) {
+            None => Ok(rustix::fs::openat(&*self.fd, ".", flags, Mode::empty())?),
+            Some((parent, name)) => beneath(&*self.dir(parent)?, name, flags),
         }
+    }
+
+    /// The directory at `full` as an `O_PATH` descriptor, for `*at` calls:
+    /// a kept one, or opened one component at a time from the nearest
+    /// kept ancestor (see the module's note).
+    pub(crate) fn dir(&self, full: &[u8]) -> std::io::Result<Arc<OwnedFd>> {
+        let through = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        // Up to the nearest kept ancestor (or the target), remembering
+        // the directories in between, deepest first.
+        let mut missing: Vec<&[u8]> = Vec::new();
+        let mut at = full;
+        let mut base = loop {
+            let Some((parent, _)) = self.split(at) else {
+                break self.fd.clone();
+            };
+            if let Some(fd) = self.kept_dir(at) {
+                break fd;
+            }
+            if missing.len() == LOOK_UP {
+                // Far from anything kept: one lookup from the target.
+                let fd = Arc::new(self.from_target(at, through)?);
+                self.keep(at, &fd);
+                break fd;
+            }
+            missing.push(at);
+            at = parent;
+        };
+        for dir in missing.into_iter().rev() {
+            let name = self.split(dir).map(|(_, n)| n).unwrap_or_default();
+            let fd = Arc::new(beneath(&base, name, through)?);
+            self.keep(dir, &fd);
+            base = fd;
+        }
+        Ok(base)
+    }
+
+    /// The parent directory of `full` (an `O_PATH` descriptor, for `*at`
+    /// calls) and the last component's name. The target itself has no
+    /// parent here: its parent is not the restore's to touch.
+    pub(crate) fn parent<'a>(&self, full: &'a [u8]) -> std::io::Result<(Arc<OwnedFd>, &'a [u8])> {
+        let (parent, name) = self
+            .split(full)
+            .ok_or_else(|| std::io::Error::other("the target itself is not an entry to replace"))?;
+        Ok((self.dir(parent)?, name))
+    }
+
+    /// `full` as (its parent's path, its name); `None` for the target.
+    fn split<'a>(&self, full: &'a [u8]) -> Option<(&'a [u8], &'a [u8])> {
+        let rel = self.rel(full);
+        if rel.is_empty() {
+            return None;
+        }
+        let (dir_len, name) = match rel.iter().rposition(|b| *b == b'/') {
+            Some(i) => (
+                full.len() - rel.len() + i,
+                rel.get(i + 1..).unwrap_or_default(),
+            ),
+            None => (self.path.len(), rel),
+        };
+        Some((full.get(..dir_len).unwrap_or_default(), name))
+    }
+
+    fn kept_dir(&self, full: &[u8]) -> Option<Arc<OwnedFd>> {
+        self.kept.lock().ok()?.get(full).cloned()
+    }
+
+    fn keep(&self, full: &[u8], fd: &Arc<OwnedFd>) {
+        if let Ok(mut kept) = self.kept.lock() {
+            if kept.len() >= KEPT_DIRS {
+                kept.clear();
+            }
+            kept.insert(full.to_vec(), fd.clone());
+        }
+    }
+
+    /// Opens `full` from the target's descriptor, however long its path
+    /// (pieces of under [`PIECE`] bytes, each resolved beneath the last).
+    fn from_target(&self, full: &[u8], flags: OFlags) -> std::io::Result<OwnedFd> {
+        let mut rest = self.rel(full);
         let mut dir: Option<OwnedFd> = None;
         loop {
             let from = dir.as_ref().unwrap_or(&self.fd);
@@ -96,27 +194,6 @@ impl Target {
             )?);
             rest = tail.strip_prefix(b"/").unwrap_or(tail);
         }
-    }
-
-    /// The parent directory of `full` (an `O_PATH` descriptor, for `*at`
-    /// calls) and the last component's name. The target itself has no
-    /// parent here: its parent is not the restore's to touch.
-    pub(crate) fn parent<'a>(&self, full: &'a [u8]) -> std::io::Result<(OwnedFd, &'a [u8])> {
-        let rel = self.rel(full);
-        if rel.is_empty() {
-            return Err(std::io::Error::other(
-                "the target itself is not an entry to replace",
-            ));
-        }
-        let (dir_len, name) = match rel.iter().rposition(|b| *b == b'/') {
-            Some(i) => (
-                full.len() - rel.len() + i,
-                rel.get(i + 1..).unwrap_or_default(),
-            ),
-            None => (self.path.len(), rel),
-        };
-        let dir = self.open_dir(full.get(..dir_len).unwrap_or_default(), OFlags::PATH)?;
-        Ok((dir, name))
     }
 }
 

@@ -466,7 +466,7 @@ pub async fn restore(
 
 /// Opens the parent directory of `path` beneath the target (through no
 /// symlink); returns it and the final name.
-fn parent_of<'a>(root: &Target, path: &'a [u8]) -> Result<(OwnedFd, &'a [u8]), Error> {
+fn parent_of<'a>(root: &Target, path: &'a [u8]) -> Result<(Arc<OwnedFd>, &'a [u8]), Error> {
     root.parent(path)
         .map_err(|e| io_err(path, "opening its directory beneath the target", e))
 }

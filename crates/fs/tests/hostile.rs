@@ -513,3 +513,68 @@ async fn a_symlink_planted_while_the_restore_runs_is_never_followed() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_nested_thousands_deep_restores_whole() {
+    // Deeper than the directories restore keeps open and than the
+    // ancestors it looks through: every path of it is resolved anew
+    // from the target now and then. A file at every 1,000th level.
+    const DEPTH: usize = 3000;
+    let repo = repo().await;
+    let mut all = Vec::new();
+    for level in 0..DEPTH {
+        all.push(Entry::Dir {
+            name: b"d".to_vec(),
+            meta: meta(FileKind::Dir, 0).to_meta(),
+        });
+        if level % 1000 == 999 {
+            all.push(file(b"f", b"deep", None));
+        }
+    }
+    all.extend((0..DEPTH).map(|_| Entry::EndDir));
+    let stored = repo.store_tree(all.into_iter(), None).await.unwrap();
+    let options = BackupOptions {
+        source_kind: Some(tessera_fs::SOURCE_KIND.into()),
+        ..Default::default()
+    };
+    let snap = repo
+        .commit_snapshot(stored, options)
+        .await
+        .unwrap()
+        .snapshot;
+    let scratch = Scratch::new();
+    let said = restore_into(&repo, std::slice::from_ref(&snap), false, &scratch).await;
+    assert!(said.starts_with("ok"), "{said}");
+    // Walk it back with *at calls (the path is longer than PATH_MAX).
+    let mut dir = rustix::fs::open(
+        &scratch.target(),
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY,
+        rustix::fs::Mode::empty(),
+    )
+    .unwrap();
+    let mut files = 0;
+    for _ in 0..DEPTH {
+        let st = rustix::fs::statat(&dir, "d", rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
+        assert_eq!(
+            st.st_mode & 0o7777,
+            0o777,
+            "directory metadata set at every level"
+        );
+        dir = rustix::fs::openat(
+            &dir,
+            "d",
+            rustix::fs::OFlags::PATH,
+            rustix::fs::Mode::empty(),
+        )
+        .unwrap();
+        if rustix::fs::statat(&dir, "f", rustix::fs::AtFlags::SYMLINK_NOFOLLOW).is_ok() {
+            files += 1;
+        }
+    }
+    assert_eq!(files, DEPTH / 1000);
+    // rm -rf of a path this deep needs *at calls too: leave it to a shell.
+    let _ = std::process::Command::new("rm")
+        .arg("-rf")
+        .arg(scratch.dir.path())
+        .status();
+}
