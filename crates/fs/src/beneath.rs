@@ -114,7 +114,7 @@ impl Target {
             }
             if missing.len() == LOOK_UP {
                 // Far from anything kept: one lookup from the target.
-                let fd = Arc::new(self.from_target(at, through)?);
+                let fd = Arc::new(self.open_from_target(at, through)?);
                 self.keep(at, &fd);
                 break fd;
             }
@@ -171,7 +171,7 @@ impl Target {
 
     /// Opens `full` from the target's descriptor, however long its path
     /// (pieces of under [`PIECE`] bytes, each resolved beneath the last).
-    fn from_target(&self, full: &[u8], flags: OFlags) -> std::io::Result<OwnedFd> {
+    fn open_from_target(&self, full: &[u8], flags: OFlags) -> std::io::Result<OwnedFd> {
         let mut rest = self.rel(full);
         let mut dir: Option<OwnedFd> = None;
         loop {

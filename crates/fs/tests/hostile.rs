@@ -547,7 +547,7 @@ async fn a_tree_nested_thousands_deep_restores_whole() {
     assert!(said.starts_with("ok"), "{said}");
     // Walk it back with *at calls (the path is longer than PATH_MAX).
     let mut dir = rustix::fs::open(
-        &scratch.target(),
+        scratch.target(),
         rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY,
         rustix::fs::Mode::empty(),
     )
