@@ -403,22 +403,7 @@ impl Repository {
     pub async fn interrupt_sessions(&self) -> Result<Vec<SnapshotId>> {
         let open: Vec<SnapshotId> = self.live_sessions()?.iter().copied().collect();
         for sid in &open {
-            let name = sid.to_hex();
-            let tomb = sealed::seal(
-                &self.inner.keyring,
-                ObjectKind::Snapshot,
-                &name,
-                snapshot::TOMBSTONE,
-            );
-            match self
-                .inner
-                .backend
-                .put(ObjectKind::Snapshot, &name, Bytes::from(tomb))
-                .await
-            {
-                Ok(()) | Err(StorageError::AlreadyExists { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
+            self.expire_session(*sid).await?;
             self.delete_marker(*sid).await;
         }
         Ok(open)
@@ -442,6 +427,33 @@ impl Repository {
         let open = self.inner.session.lock().await.take();
         if let Some(sid) = open {
             self.delete_marker(sid).await;
+        }
+    }
+
+    /// Expires a session: a tombstone under its snapshot's name,
+    /// create-only, so it can commit nothing after (FORMAT.md §10). True
+    /// when this call put the tombstone, false when the name was taken
+    /// (the session committed, or was expired already).
+    ///
+    /// # Errors
+    /// Storage errors.
+    pub(crate) async fn expire_session(&self, sid: SnapshotId) -> Result<bool> {
+        let name = sid.to_hex();
+        let tomb = sealed::seal(
+            &self.inner.keyring,
+            ObjectKind::Snapshot,
+            &name,
+            snapshot::TOMBSTONE,
+        );
+        match self
+            .inner
+            .backend
+            .put(ObjectKind::Snapshot, &name, Bytes::from(tomb))
+            .await
+        {
+            Ok(()) => Ok(true),
+            Err(StorageError::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -20,7 +20,6 @@
 
 use std::collections::{HashMap, HashSet};
 
-use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use rayon::prelude::*;
 use serde::Serialize;
@@ -34,7 +33,6 @@ use crate::index::{BlobLocation, Index, IndexPack};
 use crate::pack::PackWriter;
 use crate::repo::{METADATA_CONCURRENCY, Repository, on_rayon};
 use crate::restore::{MAX_GAP, spans};
-use crate::sealed;
 use crate::snapshot;
 use crate::storage::{ObjectInfo, StorageError};
 use crate::tree::NodeKind;
@@ -831,23 +829,9 @@ impl Repository {
                 still.push(sid);
                 continue;
             }
-            let name = sid.to_hex();
-            let tomb = sealed::seal(
-                &self.inner.keyring,
-                ObjectKind::Snapshot,
-                &name,
-                snapshot::TOMBSTONE,
-            );
-            match self
-                .inner
-                .backend
-                .put(ObjectKind::Snapshot, &name, Bytes::from(tomb))
-                .await
-            {
-                // Either way the session can no longer commit anything new.
-                Ok(()) => report.sessions_expired.push(sid.short()),
-                Err(StorageError::AlreadyExists { .. }) => {}
-                Err(e) => return Err(e.into()),
+            // Either way the session can no longer commit anything new.
+            if self.expire_session(sid).await? {
+                report.sessions_expired.push(sid.short());
             }
         }
         Ok(still)

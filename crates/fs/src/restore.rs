@@ -424,13 +424,25 @@ pub async fn restore(
         .into_inner()
         .map_err(|_| Error::Internal("a restore thread panicked".into()))?;
     // Symlinks, then hard links (every first member exists by now).
-    let mut warnings = Vec::new();
-    for item in items.iter().filter(|i| i.kind == FileKind::Symlink) {
-        let no_sizes = HashMap::new();
-        let no_lock = Mutex::new(Vec::new());
-        create(repo, &root, item, &no_sizes, false, is_root, &no_lock)?;
-        warnings.extend(lock(&no_lock).drain(..));
-    }
+    let link_warnings = Mutex::new(Vec::new());
+    items
+        .par_iter()
+        .filter(|i| i.kind == FileKind::Symlink)
+        .try_for_each(|item| {
+            create(
+                repo,
+                &root,
+                item,
+                &blob_sizes,
+                false,
+                is_root,
+                &link_warnings,
+            )
+            .map(|_| ())
+        })?;
+    let mut warnings = link_warnings
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner());
     summary.damaged = remove_damaged(&root, &items, &damaged)?;
     for item in &items {
         if let Some(first) = item.link_to {

@@ -89,6 +89,16 @@ fn file(name: &[u8], data: &'static [u8], hardlink: Option<(u64, u64, u64)>) -> 
     }
 }
 
+/// A path's bytes for a forged entry (entries borrow `'static` names).
+fn leaked(path: &Path) -> &'static [u8] {
+    Box::leak(
+        path.as_os_str()
+            .as_encoded_bytes()
+            .to_vec()
+            .into_boxed_slice(),
+    )
+}
+
 /// Writes a filesystem snapshot of `list` exactly as given.
 async fn forge(repo: &Repository, list: Vec<E>) -> Snapshot {
     let mut all = Vec::new();
@@ -319,20 +329,8 @@ async fn a_symlink_left_by_one_snapshot_is_not_followed_by_the_next() {
         let scratch = Scratch::new();
         let outside = scratch.outside();
         let victim = outside.join("victim.txt");
-        let to_outside: &'static [u8] = Box::leak(
-            outside
-                .as_os_str()
-                .as_encoded_bytes()
-                .to_vec()
-                .into_boxed_slice(),
-        );
-        let to_victim: &'static [u8] = Box::leak(
-            victim
-                .as_os_str()
-                .as_encoded_bytes()
-                .to_vec()
-                .into_boxed_slice(),
-        );
+        let to_outside: &'static [u8] = leaked(&outside);
+        let to_victim: &'static [u8] = leaked(&victim);
         let first = forge(
             &repo,
             vec![
@@ -390,13 +388,7 @@ async fn hard_links_never_reach_outside_or_a_directory() {
     // whose group's first member is a directory; a file linked to a file.
     let scratch = Scratch::new();
     let victim = scratch.outside().join("victim.txt");
-    let to_victim: &'static [u8] = Box::leak(
-        victim
-            .as_os_str()
-            .as_encoded_bytes()
-            .to_vec()
-            .into_boxed_slice(),
-    );
+    let to_victim: &'static [u8] = leaked(&victim);
     let mut link_meta = meta(FileKind::Symlink, 0);
     link_meta.target = Some(to_victim.to_vec());
     link_meta.hardlink = Some((1, 1, 2));
