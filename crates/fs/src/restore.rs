@@ -338,7 +338,11 @@ pub async fn restore(
     let mut needed: HashMap<BlobId, Vec<(usize, u64)>> = HashMap::new();
     let mut slots: HashMap<usize, FileSlot> = HashMap::new();
     let mut damaged: HashMap<usize, String> = HashMap::new();
+    let mut devices_skipped: Vec<usize> = Vec::new();
     for (idx, created) in created {
+        if created.device_skipped {
+            devices_skipped.push(idx);
+        }
         if items[idx].kind != FileKind::File {
             continue;
         }
@@ -472,7 +476,12 @@ pub async fn restore(
         }
     }
     summary.warnings.extend(warnings);
-    sum_up_skipped(&items, is_root, &mut summary.warnings);
+    devices_skipped.sort_unstable();
+    let devices: Vec<&[u8]> = devices_skipped
+        .iter()
+        .filter_map(|i| items.get(*i).map(|item| item.target.as_slice()))
+        .collect();
+    sum_up_skipped(&items, &devices, is_root, &mut summary.warnings);
     Ok(summary)
 }
 
@@ -700,7 +709,8 @@ async fn blob_sizes(repo: &Repository, items: &[Item]) -> Result<HashMap<BlobId,
         .collect())
 }
 
-/// What [`create`] did with a file.
+/// What [`create`] did with an entry.
+#[derive(Default)]
 struct Created {
     /// Blobs (with their content offsets) still to be written.
     missing: Vec<(BlobId, u64)>,
@@ -708,6 +718,8 @@ struct Created {
     deferred: bool,
     /// Why the file cannot be restored (a blob of it is in no index).
     lost: Option<String>,
+    /// A device node left out: creating it needs CAP_MKNOD.
+    device_skipped: bool,
 }
 
 /// Removes the files the restore could not complete, so none is left
@@ -754,9 +766,8 @@ fn create(
             for id in &item.content {
                 let Some(size) = blob_sizes.get(id).copied() else {
                     return Ok(Created {
-                        missing,
-                        deferred: false,
                         lost: Some(format!("blob {id} is in no index segment")),
+                        ..Created::default()
                     });
                 };
                 plan.push((*id, offset, u64::from(size)));
@@ -766,7 +777,7 @@ fn create(
                 return Ok(Created {
                     missing: plan.iter().map(|(id, off, _)| (*id, *off)).collect(),
                     deferred: true,
-                    lost: None,
+                    ..Created::default()
                 });
             }
             missing = prepare_file(repo, root, item, &plan)?;
@@ -791,18 +802,15 @@ fn create(
                 rustix::fs::mknodat(parent, name, file_type, mode, rdev)
             }) {
                 // Without CAP_MKNOD (not root, or root in a container):
-                // left out, counted in one warning.
+                // left out, counted in one warning at the end.
                 Err(Error::Io { source, .. })
                     if device
-                        && (!is_root
-                            || source.raw_os_error()
-                                == Some(rustix::io::Errno::PERM.raw_os_error())) =>
+                        && source.raw_os_error()
+                            == Some(rustix::io::Errno::PERM.raw_os_error()) =>
                 {
-                    lock(warnings).push(format!("{DEVICE_SKIPPED}{}", display(&item.target)));
                     return Ok(Created {
-                        missing,
-                        deferred: false,
-                        lost: None,
+                        device_skipped: true,
+                        ..Created::default()
                     });
                 }
                 r => r?,
@@ -818,30 +826,18 @@ fn create(
     }
     Ok(Created {
         missing,
-        deferred: false,
-        lost: None,
+        ..Created::default()
     })
 }
 
-/// The start of a warning for a device node left out (they are counted
-/// into one warning at the end).
-const DEVICE_SKIPPED: &str = "device node not restored (creating one needs CAP_MKNOD): ";
-
-/// Replaces the per-entry warnings of left-out device nodes by one that
-/// counts them, and says when owners could not be restored (not root).
-fn sum_up_skipped(items: &[Item], is_root: bool, warnings: &mut Vec<String>) {
-    let mut devices: Vec<String> = Vec::new();
-    warnings.retain(|w| match w.strip_prefix(DEVICE_SKIPPED) {
-        Some(path) => {
-            devices.push(path.to_string());
-            false
-        }
-        None => true,
-    });
+/// One warning for all the device nodes left out (`devices`), and one
+/// when owners could not be restored (not root).
+fn sum_up_skipped(items: &[Item], devices: &[&[u8]], is_root: bool, warnings: &mut Vec<String>) {
     if let Some(first) = devices.first() {
         warnings.push(format!(
-            "{} device node(s) not restored: creating one needs root (CAP_MKNOD); the first is {first}",
+            "{} device node(s) not restored: creating one needs root (CAP_MKNOD); the first is {}",
             devices.len(),
+            display(first)
         ));
     }
     if !is_root {
@@ -897,6 +893,8 @@ struct FileSlot {
     /// Writes still to come; the one that brings this to zero sets the
     /// file's metadata.
     remaining: AtomicU32,
+    /// A blob of it was lost: it is removed at the end, not finished.
+    damaged: std::sync::atomic::AtomicBool,
 }
 
 struct SlotState {
@@ -918,6 +916,7 @@ impl FileSlot {
                 created_mode: None,
             }),
             remaining: AtomicU32::new(writes),
+            damaged: Default::default(),
         }
     }
 }
@@ -954,13 +953,22 @@ impl Writer {
                 .entry(*idx)
                 .or_insert_with(|| e.to_string());
             if let Some(slot) = self.slots.get(idx) {
-                if slot.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    if let Some(kept) = lock(&slot.state).fds.take() {
-                        self.open_fds.fetch_sub(kept.count(), Ordering::Relaxed);
-                    }
-                }
+                slot.damaged.store(true, Ordering::Release);
+                self.end_write(slot);
             }
         }
+    }
+
+    /// Counts one write of `slot` done (or lost); true when it was the
+    /// last, whose descriptors are then given back.
+    fn end_write(&self, slot: &FileSlot) -> bool {
+        if slot.remaining.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return false;
+        }
+        if let Some(kept) = lock(&slot.state).fds.take() {
+            self.open_fds.fetch_sub(kept.count(), Ordering::Relaxed);
+        }
+        true
     }
 
     fn deliver(&self, id: BlobId, plain: &[u8]) -> Result<(), Error> {
@@ -974,13 +982,7 @@ impl Writer {
             self.progress
                 .bytes_written
                 .fetch_add(plain.len() as u64, Ordering::Relaxed);
-            if slot.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                if let Some(kept) = lock(&slot.state).fds.take() {
-                    self.open_fds.fetch_sub(kept.count(), Ordering::Relaxed);
-                }
-                if lock(&self.damaged).contains_key(idx) {
-                    continue;
-                }
+            if self.end_write(slot) && !slot.damaged.load(Ordering::Acquire) {
                 let created_mode = lock(&slot.state).created_mode;
                 let done = Done {
                     owner: created_mode.and(self.created_owner)
