@@ -33,9 +33,7 @@ use std::sync::{Arc, Mutex};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
 
-/// Longest piece of a path resolved by one `openat2` (the kernel's limit
-/// is 4,096 bytes; longer paths are resolved piece by piece).
-const PIECE: usize = 3000;
+use crate::paths::{PIECE, first_piece};
 
 /// Directories kept open at most (the set is emptied when full).
 const KEPT_DIRS: usize = 256;
@@ -179,20 +177,13 @@ impl Target {
             if rest.len() < PIECE {
                 return beneath(from, rest, flags);
             }
-            let cut = rest
-                .get(..PIECE)
-                .and_then(|head| head.iter().rposition(|b| *b == b'/'))
-                .filter(|i| *i > 0)
-                .ok_or_else(|| {
-                    std::io::Error::other("a path component is longer than 3000 bytes")
-                })?;
-            let (head, tail) = rest.split_at(cut);
+            let (head, tail) = first_piece(rest)?;
             dir = Some(beneath(
                 from,
                 head,
                 OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             )?);
-            rest = tail.strip_prefix(b"/").unwrap_or(tail);
+            rest = tail;
         }
     }
 }

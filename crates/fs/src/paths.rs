@@ -19,6 +19,25 @@ pub(crate) fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     p
 }
 
+/// Longest piece of a path handed to one open call (the kernel's limit is
+/// 4,096 bytes; longer paths are opened piece by piece).
+pub(crate) const PIECE: usize = 3000;
+
+/// Splits off the first piece of a path of [`PIECE`] bytes or more, at a
+/// `/` (returns the piece and the rest after that `/`).
+///
+/// # Errors
+/// A component longer than [`PIECE`] bytes.
+pub(crate) fn first_piece(path: &[u8]) -> std::io::Result<(&[u8], &[u8])> {
+    let cut = path
+        .get(..PIECE)
+        .and_then(|head| head.iter().rposition(|b| *b == b'/'))
+        .filter(|i| *i > 0)
+        .ok_or_else(|| std::io::Error::other("a path component is longer than 3000 bytes"))?;
+    let (head, tail) = path.split_at(cut);
+    Ok((head, tail.strip_prefix(b"/").unwrap_or(tail)))
+}
+
 /// A path for messages (lossy when not UTF-8).
 pub(crate) fn display(p: &[u8]) -> String {
     String::from_utf8_lossy(p).into_owned()

@@ -90,26 +90,21 @@ pub(crate) struct Walker {
 /// Opens `path` (absolute) however long it is: paths longer than the
 /// kernel's limit are opened one piece at a time with `openat`.
 pub(crate) fn open_long(path: &[u8], flags: OFlags, mode: Mode) -> std::io::Result<OwnedFd> {
-    const PIECE: usize = 3000;
+    use crate::paths::{PIECE, first_piece};
     if path.len() < PIECE {
         return Ok(rustix::fs::open(OsStr::from_bytes(path), flags, mode)?);
     }
     let mut dir: Option<OwnedFd> = None;
     let mut rest = path;
     while rest.len() >= PIECE {
-        let cut = rest
-            .get(..PIECE)
-            .and_then(|head| head.iter().rposition(|b| *b == b'/'))
-            .filter(|i| *i > 0)
-            .ok_or_else(|| std::io::Error::other("a path component is longer than 3000 bytes"))?;
-        let (head, tail) = rest.split_at(cut);
+        let (head, tail) = first_piece(rest)?;
         let flags_dir = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let next = match &dir {
             None => rustix::fs::open(OsStr::from_bytes(head), flags_dir, Mode::empty())?,
             Some(d) => rustix::fs::openat(d, OsStr::from_bytes(head), flags_dir, Mode::empty())?,
         };
         dir = Some(next);
-        rest = tail.strip_prefix(b"/").unwrap_or(tail);
+        rest = tail;
     }
     match &dir {
         None => Ok(rustix::fs::open(OsStr::from_bytes(rest), flags, mode)?),
