@@ -146,7 +146,7 @@ fn lossy(p: &[u8]) -> String {
 
 fn entry_json(e: &TreeEntry) -> serde_json::Value {
     let mut v = serde_json::json!({
-        "path": lossy(&e.path),
+        "path": lossy(e.path),
         "name": e.node.name,
         "size": e.node.size,
     });
@@ -176,8 +176,8 @@ fn time(t: tessera_fs::Time) -> Option<jiff::Timestamp> {
 }
 
 fn long_line(e: &TreeEntry) -> String {
-    let Some(m) = &e.meta else {
-        return lossy(&e.path);
+    let Some(m) = e.meta else {
+        return lossy(e.path);
     };
     let owner = m.user.clone().unwrap_or_else(|| m.uid.to_string());
     let group = m.group.clone().unwrap_or_else(|| m.gid.to_string());
@@ -191,7 +191,7 @@ fn long_line(e: &TreeEntry) -> String {
         group,
         m.size,
         when,
-        lossy(&e.path)
+        lossy(e.path)
     );
     if let Some(t) = &m.target {
         line.push_str(" -> ");
@@ -220,7 +220,7 @@ pub async fn ls(
         } else if long {
             long_line(e)
         } else {
-            lossy(&e.path)
+            lossy(e.path)
         };
         writeln!(out, "{line}").map_err(|e| tessera_fs::Error::Io {
             path: "stdout".into(),
@@ -233,10 +233,11 @@ pub async fn ls(
         None => tessera_fs::walk_tree(&repo, entry.snapshot.tree, b"/", &mut print).await?,
         Some(node) => {
             let p = path.as_os_str().as_bytes().to_vec();
+            let meta = FsMeta::from_meta(&node.meta).ok();
             let e = TreeEntry {
-                path: p.clone(),
-                meta: FsMeta::from_meta(&node.meta).ok(),
-                node: node.clone(),
+                path: &p,
+                meta: meta.as_ref(),
+                node: &node,
                 depth: 0,
             };
             print(&e)?;
@@ -270,15 +271,21 @@ pub async fn find(g: &Global, pattern: &str, only: &[String], json: bool) -> Res
         tessera_fs::walk_tree(&repo, s.snapshot.tree, b"/", |e| {
             let is_dir = matches!(e.node.kind, NodeKind::Dir { .. });
             if matcher
-                .matched(std::ffi::OsStr::from_bytes(&e.path), is_dir)
+                .matched(std::ffi::OsStr::from_bytes(e.path), is_dir)
                 .is_ignore()
             {
-                hits.push(e.clone());
+                hits.push((e.path.to_vec(), e.node.clone(), e.meta.cloned(), e.depth));
             }
             Ok(true)
         })
         .await?;
-        for e in hits {
+        for (path, node, meta, depth) in &hits {
+            let e = TreeEntry {
+                path,
+                node,
+                meta: meta.as_ref(),
+                depth: *depth,
+            };
             found += 1;
             if json {
                 let mut v = entry_json(&e);
@@ -409,7 +416,7 @@ pub async fn restore(g: &Global, a: &RestoreArgs, repo: &Repository) -> Result<O
     }
     if !s.damaged.is_empty() {
         eprintln!(
-            "tessera: {} file(s) could not be restored: the repository lost some of their data (`tessera check --read-data` says where; `tessera repair snapshots` rewrites the snapshots without them)",
+            "tessera: {} file(s) or directories could not be restored: the repository lost some of their data (`tessera check --read-data` says where; `tessera repair snapshots` rewrites the snapshots without them)",
             s.damaged.len()
         );
         return Ok(Some(ExitCode::FAILURE));

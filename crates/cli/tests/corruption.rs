@@ -582,3 +582,46 @@ fn a_restore_goes_on_past_a_damaged_blob_and_repair_leaves_out_what_check_found(
     let again = t.path("again");
     t.ok(&["restore", "latest", "--target", again.to_str().unwrap()]);
 }
+
+#[test]
+fn a_restore_goes_on_past_a_damaged_tree_and_deletes_nothing_below_it() {
+    let t = TestRepo::new(&[]).without_cache();
+    let src = t.path("src");
+    std::fs::create_dir_all(src.join("a/deep")).unwrap();
+    std::fs::create_dir_all(src.join("b")).unwrap();
+    std::fs::write(src.join("a/deep/f"), b"deep file").unwrap();
+    std::fs::write(src.join("a/e"), b"beside deep").unwrap();
+    std::fs::write(src.join("b/g"), b"b file").unwrap();
+    t.ok(&["backup", src.to_str().unwrap()]);
+    // Trees are stored children first: the first one is that of a/deep.
+    let trees = tree_blobs(&t, &t.objects("index")[0]);
+    let deep = trees.iter().min_by_key(|(_, offset, _)| *offset).unwrap();
+    flip_byte(&deep.0, deep.1 + 30);
+
+    let target = t.path("restored");
+    let base = target.join(src.strip_prefix("/").unwrap());
+    std::fs::create_dir_all(base.join("a/deep")).unwrap();
+    std::fs::create_dir_all(base.join("b")).unwrap();
+    std::fs::write(base.join("a/deep/mine"), b"not in the snapshot").unwrap();
+    std::fs::write(base.join("b/extra"), b"").unwrap();
+    let out = t.run(&[
+        "restore",
+        "latest",
+        "--delete",
+        "--target",
+        target.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let shown = format!(
+        "damaged, not restored: {}/: its entries are not restored (tree {}): ",
+        base.join("a/deep").display(),
+        deep.2
+    );
+    assert!(err.contains(&shown), "{err}");
+    assert_eq!(std::fs::read(base.join("a/e")).unwrap(), b"beside deep");
+    assert_eq!(std::fs::read(base.join("b/g")).unwrap(), b"b file");
+    // What the snapshot cannot say it lacks stays; what it does, goes.
+    assert!(base.join("a/deep/mine").exists(), "{err}");
+    assert!(!base.join("b/extra").exists(), "{err}");
+}

@@ -81,6 +81,8 @@ pub(crate) struct Inner {
     /// Trees are stored as given, names unchecked (feature `forge`).
     #[cfg(feature = "forge")]
     pub(crate) forge_trees: std::sync::atomic::AtomicBool,
+    #[cfg(feature = "forge")]
+    pub(crate) forge_copies: std::sync::atomic::AtomicUsize,
 }
 
 /// An open repository. Cheap to clone; all methods take `&self`.
@@ -226,6 +228,8 @@ impl Repository {
                 live_sessions: std::sync::Mutex::new(Default::default()),
                 #[cfg(feature = "forge")]
                 forge_trees: std::sync::atomic::AtomicBool::new(false),
+                #[cfg(feature = "forge")]
+                forge_copies: std::sync::atomic::AtomicUsize::new(1),
             }),
         })
     }
@@ -240,6 +244,18 @@ impl Repository {
         self.inner
             .forge_trees
             .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Makes this handle's forged backups (see [`Repository::forge_trees`])
+    /// name every directory `copies` times in its parent (`NAME`,
+    /// `NAME0001`, ...), all sharing its one tree: a few small trees that expand to
+    /// `copies` to the power of their depth entries, as a compromised host
+    /// could write them.
+    #[cfg(feature = "forge")]
+    pub fn forge_dir_copies(&self, copies: usize) {
+        self.inner
+            .forge_copies
+            .store(copies.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Opens a repository with a password or key file, trying every slot

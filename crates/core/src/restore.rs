@@ -397,13 +397,72 @@ impl Repository {
         self.read_located_trees(located, referrer, prepare).await
     }
 
+    /// [`Repository::read_trees`] going on past damage: a tree that is in
+    /// no index, cannot be read or does not decode is returned in the
+    /// second map with why (as [`Repository::fetch_blobs_past_damage`]
+    /// does for data), and the others are read.
+    ///
+    /// # Errors
+    /// Storage errors that are not damage (see
+    /// [`Repository::fetch_blobs_past_damage`]); `prepare`'s errors.
+    pub async fn read_trees_past_damage<T, F>(
+        &self,
+        ids: &[BlobId],
+        referrer: &str,
+        prepare: F,
+    ) -> Result<(HashMap<BlobId, T>, HashMap<BlobId, String>)>
+    where
+        T: Send + 'static,
+        F: Fn(Tree) -> Result<T> + Send + Sync + 'static,
+    {
+        let mut lost = HashMap::new();
+        let mut located = Vec::with_capacity(ids.len());
+        {
+            let index = self.index().await?.read().map_err(|_| poisoned())?;
+            for id in ids {
+                match index.lookup(id) {
+                    Some(loc) => located.push((*id, loc)),
+                    None => {
+                        let e = Error::BlobNotIndexed {
+                            blob: id.to_hex(),
+                            referrer: referrer.to_string(),
+                        };
+                        lost.insert(*id, e.to_string());
+                    }
+                }
+            }
+        }
+        let lost = Arc::new(Mutex::new(lost));
+        let trees = self
+            .fetch_trees(located, referrer, prepare, Some(lost.clone()))
+            .await?;
+        let lost = Arc::try_unwrap(lost).map_err(|_| poisoned())?;
+        Ok((trees, lost.into_inner().map_err(|_| poisoned())?))
+    }
+
     /// [`Repository::read_trees`] for trees already located (in an index
     /// of the caller's).
     pub(crate) async fn read_located_trees<T, F>(
         &self,
+        located: Vec<(BlobId, BlobLocation)>,
+        referrer: &str,
+        prepare: F,
+    ) -> Result<HashMap<BlobId, T>>
+    where
+        T: Send + 'static,
+        F: Fn(Tree) -> Result<T> + Send + Sync + 'static,
+    {
+        self.fetch_trees(located, referrer, prepare, None).await
+    }
+
+    /// Reads, decodes and prepares located trees; with `lost`, a tree
+    /// that is damaged goes there with why instead of stopping the rest.
+    async fn fetch_trees<T, F>(
+        &self,
         mut located: Vec<(BlobId, BlobLocation)>,
         referrer: &str,
         prepare: F,
+        lost: Option<Arc<Mutex<HashMap<BlobId, String>>>>,
     ) -> Result<HashMap<BlobId, T>>
     where
         T: Send + 'static,
@@ -414,15 +473,34 @@ impl Repository {
         let out = Arc::new(Mutex::new(HashMap::with_capacity(located.len())));
         let sink = out.clone();
         let of = referrer.to_string();
+        let undecodable = lost.clone();
+        let lose: Option<Lost> = lost.map(|lost| -> Lost {
+            Arc::new(move |id, e: &Error| {
+                if let Ok(mut l) = lost.lock() {
+                    l.insert(id, e.to_string());
+                }
+            })
+        });
         self.fetch_located(
             located,
             move |id, plain| -> Result<()> {
-                let tree = Tree::decode(plain, &format!("tree {id} (of {of})"))?;
+                let tree = match Tree::decode(plain, &format!("tree {id} (of {of})")) {
+                    Ok(t) => t,
+                    Err(e) => match &undecodable {
+                        Some(lost) => {
+                            lost.lock()
+                                .map_err(|_| poisoned())?
+                                .insert(id, e.to_string());
+                            return Ok(());
+                        }
+                        None => return Err(e),
+                    },
+                };
                 let prepared = prepare(tree)?;
                 sink.lock().map_err(|_| poisoned())?.insert(id, prepared);
                 Ok(())
             },
-            None,
+            lose,
         )
         .await?;
         let out = Arc::try_unwrap(out).map_err(|_| poisoned())?;

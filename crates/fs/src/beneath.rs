@@ -15,12 +15,14 @@
 //! (before 5.6) get one `openat(O_NOFOLLOW)` per component, which gives the
 //! same guarantee one step at a time.
 //!
-//! Directories opened this way are kept (a few hundred descriptors, by
-//! path), and a path is resolved from its nearest kept ancestor, one
-//! component per step: restoring a tree nested thousands deep then costs
-//! a constant number of lookups per entry, not one per level of its depth
-//! (which made a 20,000-deep tree take minutes). A kept descriptor follows
-//! its directory if something renames it meanwhile; the restore's own
+//! The restore's directories are known by number ([`Dirs`]: each has a
+//! parent and a name), not by path. Directories opened are kept (a few
+//! hundred descriptors), and a directory is opened from its nearest kept
+//! ancestor, one component per step: restoring a tree nested thousands
+//! deep then costs a constant number of lookups per entry, not one per
+//! level of its depth (which made a 20,000-deep tree take minutes), and no
+//! full path is built but for a message. A kept descriptor follows its
+//! directory if something renames it meanwhile; the restore's own
 //! directories are only renamed by someone who may write into the target.
 
 use std::collections::HashMap;
@@ -45,12 +47,34 @@ const LOOK_UP: usize = 64;
 /// Set once `openat2` turned out to be missing (`ENOSYS`).
 static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
 
+/// The directories below a target, by number: each has a parent
+/// directory (`None`: the target itself) and a name (one component).
+pub(crate) trait Dirs: Sync {
+    /// The directory `dir` is in.
+    fn parent(&self, dir: usize) -> Option<usize>;
+    /// Its name in its parent.
+    fn name(&self, dir: usize) -> &[u8];
+
+    /// Its path below the target (for messages, and lookups from the
+    /// target): one component per ancestor.
+    fn rel_path(&self, dir: usize) -> Vec<u8> {
+        let mut names = vec![self.name(dir)];
+        let mut at = self.parent(dir);
+        while let Some(d) = at {
+            names.push(self.name(d));
+            at = self.parent(d);
+        }
+        names.reverse();
+        names.join(&b'/')
+    }
+}
+
 /// A restore's target directory, open, with its path for messages.
 pub(crate) struct Target {
     fd: Arc<OwnedFd>,
     path: Vec<u8>,
-    /// Directories below the target opened already (`O_PATH`), by path.
-    kept: Mutex<HashMap<Vec<u8>, Arc<OwnedFd>>>,
+    /// Directories below the target opened already (`O_PATH`), by number.
+    kept: Mutex<HashMap<usize, Arc<OwnedFd>>>,
 }
 
 impl Target {
@@ -70,107 +94,81 @@ impl Target {
     }
 
     /// The target's path.
-    #[cfg(test)]
     pub(crate) fn path(&self) -> &[u8] {
         &self.path
     }
 
-    /// The part of `full` (a path under the target, as the restore builds
-    /// them with [`crate::paths::join`]) below the target: empty for the
-    /// target itself.
-    pub(crate) fn rel<'a>(&self, full: &'a [u8]) -> &'a [u8] {
-        let below = full.get(self.path.len()..).unwrap_or_default();
-        below.strip_prefix(b"/").unwrap_or(below)
-    }
-
-    /// Opens the directory at `full` (see [`Target::rel`]) with `flags`
-    /// (`O_RDONLY` to list it, say): beneath the target, through no
-    /// symlink, the last component included.
-    pub(crate) fn open_dir(&self, full: &[u8], flags: OFlags) -> std::io::Result<OwnedFd> {
+    /// Opens directory `dir` (`None`: the target) with `flags` (`O_RDONLY`
+    /// to list it, say): beneath the target, through no symlink, the last
+    /// component included.
+    pub(crate) fn open_dir(
+        &self,
+        dirs: &impl Dirs,
+        dir: Option<usize>,
+        flags: OFlags,
+    ) -> std::io::Result<OwnedFd> {
         let flags = flags | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        match self.split(full) {
+        match dir {
             None => Ok(rustix::fs::openat(&*self.fd, ".", flags, Mode::empty())?),
-            Some((parent, name)) => beneath(&*self.dir(parent)?, name, flags),
+            Some(d) => beneath(&*self.dir(dirs, dirs.parent(d))?, dirs.name(d), flags),
         }
     }
 
-    /// The directory at `full` as an `O_PATH` descriptor, for `*at` calls:
-    /// a kept one, or opened one component at a time from the nearest
-    /// kept ancestor (see the module's note).
-    pub(crate) fn dir(&self, full: &[u8]) -> std::io::Result<Arc<OwnedFd>> {
+    /// Directory `dir` (`None`: the target) as an `O_PATH` descriptor, for
+    /// `*at` calls on the entries in it: a kept one, or opened one
+    /// component at a time from the nearest kept ancestor (see the
+    /// module's note).
+    pub(crate) fn dir(
+        &self,
+        dirs: &impl Dirs,
+        dir: Option<usize>,
+    ) -> std::io::Result<Arc<OwnedFd>> {
         let through = OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         // Up to the nearest kept ancestor (or the target), remembering
         // the directories in between, deepest first.
-        let mut missing: Vec<&[u8]> = Vec::new();
-        let mut at = full;
+        let mut missing: Vec<usize> = Vec::new();
+        let mut at = dir;
         let mut base = loop {
-            let Some((parent, _)) = self.split(at) else {
+            let Some(d) = at else {
                 break self.fd.clone();
             };
-            if let Some(fd) = self.kept_dir(at) {
+            if let Some(fd) = self.kept_dir(d) {
                 break fd;
             }
             if missing.len() == LOOK_UP {
                 // Far from anything kept: one lookup from the target.
-                let fd = Arc::new(self.open_from_target(at, through)?);
-                self.keep(at, &fd);
+                let fd = Arc::new(self.open_from_target(&dirs.rel_path(d), through)?);
+                self.keep(d, &fd);
                 break fd;
             }
-            missing.push(at);
-            at = parent;
+            missing.push(d);
+            at = dirs.parent(d);
         };
-        for dir in missing.into_iter().rev() {
-            let name = self.split(dir).map(|(_, n)| n).unwrap_or_default();
-            let fd = Arc::new(beneath(&base, name, through)?);
-            self.keep(dir, &fd);
+        for d in missing.into_iter().rev() {
+            let fd = Arc::new(beneath(&base, dirs.name(d), through)?);
+            self.keep(d, &fd);
             base = fd;
         }
         Ok(base)
     }
 
-    /// The parent directory of `full` (an `O_PATH` descriptor, for `*at`
-    /// calls) and the last component's name. The target itself has no
-    /// parent here: its parent is not the restore's to touch.
-    pub(crate) fn parent<'a>(&self, full: &'a [u8]) -> std::io::Result<(Arc<OwnedFd>, &'a [u8])> {
-        let (parent, name) = self
-            .split(full)
-            .ok_or_else(|| std::io::Error::other("the target itself is not an entry to replace"))?;
-        Ok((self.dir(parent)?, name))
+    fn kept_dir(&self, dir: usize) -> Option<Arc<OwnedFd>> {
+        self.kept.lock().ok()?.get(&dir).cloned()
     }
 
-    /// `full` as (its parent's path, its name); `None` for the target.
-    fn split<'a>(&self, full: &'a [u8]) -> Option<(&'a [u8], &'a [u8])> {
-        let rel = self.rel(full);
-        if rel.is_empty() {
-            return None;
-        }
-        let (dir_len, name) = match rel.iter().rposition(|b| *b == b'/') {
-            Some(i) => (
-                full.len() - rel.len() + i,
-                rel.get(i + 1..).unwrap_or_default(),
-            ),
-            None => (self.path.len(), rel),
-        };
-        Some((full.get(..dir_len).unwrap_or_default(), name))
-    }
-
-    fn kept_dir(&self, full: &[u8]) -> Option<Arc<OwnedFd>> {
-        self.kept.lock().ok()?.get(full).cloned()
-    }
-
-    fn keep(&self, full: &[u8], fd: &Arc<OwnedFd>) {
+    fn keep(&self, dir: usize, fd: &Arc<OwnedFd>) {
         if let Ok(mut kept) = self.kept.lock() {
             if kept.len() >= KEPT_DIRS {
                 kept.clear();
             }
-            kept.insert(full.to_vec(), fd.clone());
+            kept.insert(dir, fd.clone());
         }
     }
 
-    /// Opens `full` from the target's descriptor, however long its path
-    /// (pieces of under [`PIECE`] bytes, each resolved beneath the last).
-    fn open_from_target(&self, full: &[u8], flags: OFlags) -> std::io::Result<OwnedFd> {
-        let mut rest = self.rel(full);
+    /// Opens `rel` (below the target) from the target's descriptor,
+    /// however long (pieces of under [`PIECE`] bytes, each resolved
+    /// beneath the last).
+    fn open_from_target(&self, mut rest: &[u8], flags: OFlags) -> std::io::Result<OwnedFd> {
         let mut dir: Option<OwnedFd> = None;
         loop {
             let from = dir.as_ref().unwrap_or(&self.fd);
@@ -239,6 +237,46 @@ fn step_by_step(dir: &OwnedFd, rel: &[u8], flags: OFlags) -> std::io::Result<Own
 mod tests {
     use super::*;
 
+    /// Directories given by their paths below the target.
+    struct Paths(Vec<Vec<u8>>);
+
+    impl Paths {
+        /// The number of `rel`, adding it and its ancestors as needed.
+        fn of(&mut self, rel: &str) -> usize {
+            let mut at = None;
+            let mut path = Vec::new();
+            for name in rel.split('/') {
+                if !path.is_empty() {
+                    path.push(b'/');
+                }
+                path.extend_from_slice(name.as_bytes());
+                let i = match self.0.iter().position(|p| *p == path) {
+                    Some(i) => i,
+                    None => {
+                        self.0.push(path.clone());
+                        self.0.len() - 1
+                    }
+                };
+                assert_eq!(self.parent(i), at);
+                at = Some(i);
+            }
+            at.unwrap()
+        }
+    }
+
+    impl Dirs for Paths {
+        fn parent(&self, dir: usize) -> Option<usize> {
+            let p = &self.0[dir];
+            let cut = p.iter().rposition(|b| *b == b'/')?;
+            self.0.iter().position(|q| q[..] == p[..cut])
+        }
+        fn name(&self, dir: usize) -> &[u8] {
+            let p = &self.0[dir];
+            let cut = p.iter().rposition(|b| *b == b'/').map_or(0, |i| i + 1);
+            &p[cut..]
+        }
+    }
+
     fn setup() -> (tempfile::TempDir, Target) {
         let scratch = tempfile::tempdir().unwrap();
         let t = scratch.path().join("t");
@@ -250,20 +288,21 @@ mod tests {
         (scratch, target)
     }
 
-    fn full(target: &Target, rel: &str) -> Vec<u8> {
-        crate::paths::join(target.path(), rel.as_bytes())
-    }
-
     #[test]
     fn directories_open_beneath_and_symlinks_on_the_way_are_refused() {
         let (_scratch, target) = setup();
         for strict in [false, true] {
-            let open = |rel: &str| {
-                let p = full(&target, rel);
+            let mut dirs = Paths(Vec::new());
+            let mut open = |rel: &str| {
+                let d = dirs.of(rel);
                 if strict {
-                    step_by_step(&target.fd, target.rel(&p), OFlags::PATH | OFlags::DIRECTORY)
+                    step_by_step(
+                        &target.fd,
+                        &dirs.rel_path(d),
+                        OFlags::PATH | OFlags::DIRECTORY,
+                    )
                 } else {
-                    target.open_dir(&p, OFlags::PATH)
+                    target.open_dir(&dirs, Some(d), OFlags::PATH)
                 }
             };
             assert!(open("a/b").is_ok());
@@ -271,16 +310,15 @@ mod tests {
                 assert!(open(bad).is_err(), "{bad} opened (step by step: {strict})");
             }
         }
-        let link = full(&target, "a/link");
-        let (parent, name) = target.parent(&link).unwrap();
-        assert_eq!(name, b"link");
+        let mut dirs = Paths(Vec::new());
+        let a = dirs.of("a");
+        let parent = target.dir(&dirs, Some(a)).unwrap();
         let st =
             rustix::fs::statat(&parent, "link", rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
         assert_eq!(
             crate::meta::kind_of(st.st_mode),
             crate::meta::FileKind::Symlink
         );
-        assert!(target.parent(target.path()).is_err());
     }
 
     #[test]
@@ -292,22 +330,28 @@ mod tests {
             rel.push('/');
             rel.push_str(&name);
         }
-        let mut dir = target.open_dir(&full(&target, "a"), OFlags::PATH).unwrap();
+        let mut dirs = Paths(Vec::new());
+        let a = dirs.of("a");
+        let mut dir = target.open_dir(&dirs, Some(a), OFlags::PATH).unwrap();
         for _ in 0..30 {
             rustix::fs::mkdirat(&dir, name.as_str(), Mode::from_bits_truncate(0o700)).unwrap();
             dir = rustix::fs::openat(&dir, name.as_str(), OFlags::PATH, Mode::empty()).unwrap();
         }
         assert!(rel.len() > 4096);
-        assert!(
-            target
-                .open_dir(&full(&target, &rel), OFlags::RDONLY)
-                .is_ok()
-        );
+        // Far from any kept directory: opened from the target, piece by piece.
+        let deep = target
+            .open_from_target(rel.as_bytes(), OFlags::RDONLY | OFlags::DIRECTORY)
+            .unwrap();
+        drop(deep);
+        let d = dirs.of(&rel);
+        assert!(target.open_dir(&dirs, Some(d), OFlags::RDONLY).is_ok());
         rustix::fs::symlinkat("/", &dir, "up").unwrap();
         assert!(
             target
-                .open_dir(&full(&target, &(rel + "/up")), OFlags::PATH)
+                .open_from_target((rel.clone() + "/up").as_bytes(), OFlags::PATH)
                 .is_err()
         );
+        let up = dirs.of(&(rel + "/up"));
+        assert!(target.open_dir(&dirs, Some(up), OFlags::PATH).is_err());
     }
 }

@@ -11,15 +11,16 @@ use crate::Error;
 use crate::meta::FsMeta;
 use crate::paths::join;
 
-/// One entry met while walking a snapshot.
-#[derive(Clone, Debug)]
-pub struct TreeEntry {
+/// One entry met while walking a snapshot (borrowed from the walk: copy
+/// what you keep).
+#[derive(Clone, Copy, Debug)]
+pub struct TreeEntry<'a> {
     /// Absolute path in the snapshot (raw bytes).
-    pub path: Vec<u8>,
+    pub path: &'a [u8],
     /// The tree node.
-    pub node: Node,
+    pub node: &'a Node,
     /// Its filesystem metadata, when it parses.
-    pub meta: Option<FsMeta>,
+    pub meta: Option<&'a FsMeta>,
     /// Depth below the walk's start (0 for its direct entries).
     pub depth: usize,
 }
@@ -71,32 +72,73 @@ type Listing = Arc<Vec<(Node, Option<FsMeta>)>>;
 /// Trees fetched per batch, at most.
 const TREE_BATCH: usize = 4096;
 
-/// Reads trees in one batch, parsing metadata on rayon.
+/// Open directories the look-ahead goes through, at most, from the
+/// deepest up: so a fetch costs the same however deep the walk is (a
+/// chain of directories 20,000 deep would otherwise rescan the whole
+/// chain once per level). Trees missed this way are fetched when the walk
+/// comes back up to them.
+const LOOK_AHEAD_DIRS: usize = 64;
+
+/// How a walk treats what it cannot read, and how far it may multiply.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct WalkRules {
+    /// A directory whose tree is damaged or missing is reported to the
+    /// walk's `lost` and left unvisited; the walk goes on (its start tree
+    /// must read).
+    pub past_damage: bool,
+    /// Refuse to meet more than [`EXPANSION`] times as many entries as
+    /// the distinct trees hold (beyond [`EXPANSION_FLOOR`] entries).
+    pub bounded: bool,
+}
+
+/// Entries a bounded walk may always meet.
+pub(crate) const EXPANSION_FLOOR: u64 = 1 << 16;
+
+/// How many times over the entries of the distinct trees a bounded walk
+/// may meet: a tree is stored once however many directories share it (the
+/// same empty directory, copies of one directory with the same times), so
+/// a few small forged trees that each name the next a thousand times would
+/// otherwise expand to billions of entries, and a restore would plan them
+/// all. A real filesystem reaches this only with more than a thousand
+/// identical copies of one large directory.
+pub(crate) const EXPANSION: u64 = 1000;
+
+/// Reads trees in one batch, parsing metadata on rayon. Returns the
+/// listings, and the trees that could not be read (with why) when going
+/// on past damage.
 async fn read_listings(
     repo: &Repository,
     ids: &[BlobId],
-) -> Result<HashMap<BlobId, Listing>, Error> {
-    Ok(repo
-        .read_trees(ids, "snapshot tree", |tree| {
-            Ok(Arc::new(
-                tree.nodes
-                    .into_iter()
-                    .map(|n| {
-                        let meta = FsMeta::from_meta(&n.meta).ok();
-                        (n, meta)
-                    })
-                    .collect(),
-            ))
-        })
-        .await?)
+    past_damage: bool,
+) -> Result<(HashMap<BlobId, Listing>, HashMap<BlobId, String>), Error> {
+    let prepare = |tree: tessera_core::Tree| {
+        Ok(Arc::new(
+            tree.nodes
+                .into_iter()
+                .map(|n| {
+                    let meta = FsMeta::from_meta(&n.meta).ok();
+                    (n, meta)
+                })
+                .collect::<Vec<_>>(),
+        ))
+    };
+    Ok(if past_damage {
+        repo.read_trees_past_damage(ids, "snapshot tree", prepare)
+            .await?
+    } else {
+        (
+            repo.read_trees(ids, "snapshot tree", prepare).await?,
+            HashMap::new(),
+        )
+    })
 }
 
-/// One directory being walked: its path, depth, listing and next index.
+/// One directory being walked: its listing, next index, and the length of
+/// its path in the walk's path buffer.
 struct Open {
-    path: Vec<u8>,
-    depth: usize,
     listing: Listing,
     next: usize,
+    path_len: usize,
 }
 
 /// Listings of trees fetched for a walk.
@@ -109,6 +151,11 @@ struct Fetched {
     /// metadata, for one), up to [`RECENT_NODES`] nodes in all.
     recent: HashMap<BlobId, Listing>,
     recent_nodes: usize,
+    /// Trees that could not be read, and why.
+    lost: HashMap<BlobId, String>,
+    /// Every tree fetched, and the entries of those trees in all.
+    distinct: HashSet<BlobId>,
+    distinct_nodes: u64,
 }
 
 /// Nodes of visited listings kept for directories with the same tree.
@@ -117,6 +164,20 @@ const RECENT_NODES: usize = 65_536;
 impl Fetched {
     fn get(&self, id: &BlobId) -> Option<&Listing> {
         self.ahead.get(id).or_else(|| self.recent.get(id))
+    }
+
+    fn known(&self, id: &BlobId) -> bool {
+        self.get(id).is_some() || self.lost.contains_key(id)
+    }
+
+    fn add(&mut self, (listings, lost): (HashMap<BlobId, Listing>, HashMap<BlobId, String>)) {
+        for (id, listing) in listings {
+            if self.distinct.insert(id) {
+                self.distinct_nodes += listing.len() as u64;
+            }
+            self.ahead.insert(id, listing);
+        }
+        self.lost.extend(lost);
     }
 
     /// The listing of `id` for the walk to enter, when fetched.
@@ -137,15 +198,21 @@ impl Fetched {
 
 /// The trees the walk will need next, in the order it will need them,
 /// among those not fetched yet (at most [`TREE_BATCH`]): `first`, then
-/// the unvisited subdirectories of the open directories, deepest first,
-/// looking through the listings already fetched to their descendants. One
-/// fetch then serves many levels of the walk, not one directory.
+/// the unvisited subdirectories of the deepest [`LOOK_AHEAD_DIRS`] open
+/// directories, deepest first, looking through the listings already
+/// fetched to their descendants. One fetch then serves many levels of the
+/// walk, not one directory.
 fn trees_ahead(first: BlobId, stack: &[Open], fetched: &Fetched) -> Vec<BlobId> {
     let mut batch = vec![first];
     let mut seen = HashSet::from([first]);
     // Listings still to look through, as (listing, next index); the top
     // of this stack is what the walk reaches first.
-    let mut todo: Vec<(&Listing, usize)> = stack.iter().map(|o| (&o.listing, o.next)).collect();
+    let nearest = stack.get(stack.len().saturating_sub(LOOK_AHEAD_DIRS)..);
+    let mut todo: Vec<(&Listing, usize)> = nearest
+        .unwrap_or_default()
+        .iter()
+        .map(|o| (&o.listing, o.next))
+        .collect();
     while let Some((listing, next)) = todo.pop() {
         let Some((node, _)) = listing.get(next) else {
             continue;
@@ -154,7 +221,7 @@ fn trees_ahead(first: BlobId, stack: &[Open], fetched: &Fetched) -> Vec<BlobId> 
         let NodeKind::Dir { subtree } = node.kind else {
             continue;
         };
-        if !seen.insert(subtree) {
+        if !seen.insert(subtree) || fetched.lost.contains_key(&subtree) {
             continue;
         }
         match fetched.get(&subtree) {
@@ -177,7 +244,9 @@ fn trees_ahead(first: BlobId, stack: &[Open], fetched: &Fetched) -> Vec<BlobId> 
 /// Trees are fetched ahead in batches: when the walk needs a tree it does
 /// not hold, it fetches it together with the next trees the walk will
 /// need that are known by then (see `trees_ahead`; a skipped
-/// directory's descendants may have been fetched for nothing).
+/// directory's descendants may have been fetched for nothing). The walk
+/// costs the same per entry however deep the tree: one path buffer grows
+/// and shrinks with it.
 ///
 /// # Errors
 /// Storage or corruption errors; `visit`'s errors.
@@ -185,54 +254,103 @@ pub async fn walk_tree(
     repo: &Repository,
     root: BlobId,
     root_path: &[u8],
-    mut visit: impl FnMut(&TreeEntry) -> Result<bool, Error>,
+    visit: impl FnMut(&TreeEntry) -> Result<bool, Error>,
 ) -> Result<(), Error> {
-    let mut fetched = Fetched {
-        ahead: read_listings(repo, &[root]).await?,
-        ..Fetched::default()
-    };
+    walk(
+        repo,
+        root,
+        root_path,
+        WalkRules::default(),
+        visit,
+        |_, _| {},
+    )
+    .await
+}
+
+/// [`walk_tree`] under `rules`: `lost` hears of each directory (just
+/// visited) whose contents cannot be read, and why.
+pub(crate) async fn walk(
+    repo: &Repository,
+    root: BlobId,
+    root_path: &[u8],
+    rules: WalkRules,
+    mut visit: impl FnMut(&TreeEntry) -> Result<bool, Error>,
+    mut lost: impl FnMut(&TreeEntry, &str),
+) -> Result<(), Error> {
+    let mut fetched = Fetched::default();
+    fetched.add(read_listings(repo, &[root], false).await?);
     let listing = fetched
         .take(&root)
         .ok_or_else(|| Error::Internal("root tree not read".into()))?;
+    let mut path = root_path.to_vec();
     let mut stack = vec![Open {
-        path: root_path.to_vec(),
-        depth: 0,
         listing,
         next: 0,
+        path_len: path.len(),
     }];
+    let mut met = 0u64;
     while let Some(top) = stack.last_mut() {
-        let Some((node, meta)) = top.listing.get(top.next) else {
+        let listing = top.listing.clone();
+        let Some((node, meta)) = listing.get(top.next) else {
             stack.pop();
             continue;
         };
         top.next += 1;
+        path.truncate(top.path_len);
+        if !path.ends_with(b"/") {
+            path.push(b'/');
+        }
+        path.extend_from_slice(node.name_bytes());
+        met += 1;
+        if rules.bounded
+            && met > EXPANSION_FLOOR
+            && met > EXPANSION.saturating_mul(fetched.distinct_nodes)
+        {
+            return Err(too_many(met, &fetched, &path));
+        }
         let entry = TreeEntry {
-            path: join(&top.path, node.name_bytes()),
-            meta: meta.clone(),
-            depth: top.depth,
-            node: node.clone(),
+            path: &path,
+            meta: meta.as_ref(),
+            depth: stack.len() - 1,
+            node,
         };
         if !visit(&entry)? {
             continue;
         }
-        let NodeKind::Dir { subtree } = entry.node.kind else {
+        let NodeKind::Dir { subtree } = node.kind else {
             continue;
         };
-        if fetched.get(&subtree).is_none() {
+        if !fetched.known(&subtree) {
             let batch = trees_ahead(subtree, &stack, &fetched);
-            fetched.ahead.extend(read_listings(repo, &batch).await?);
+            fetched.add(read_listings(repo, &batch, rules.past_damage).await?);
         }
-        let listing = fetched
-            .take(&subtree)
-            .ok_or_else(|| Error::Internal(format!("tree {subtree} not read")))?;
+        let Some(listing) = fetched.take(&subtree) else {
+            match fetched.lost.get(&subtree) {
+                Some(why) => {
+                    lost(&entry, why);
+                    continue;
+                }
+                None => return Err(Error::Internal(format!("tree {subtree} not read"))),
+            }
+        };
         stack.push(Open {
-            path: entry.path,
-            depth: entry.depth + 1,
             listing,
             next: 0,
+            path_len: path.len(),
         });
     }
     Ok(())
+}
+
+/// The error of a bounded walk that met too many entries.
+fn too_many(met: u64, fetched: &Fetched, path: &[u8]) -> Error {
+    Error::Invalid(format!(
+        "the snapshot's trees expand to more than {met} entries from {} distinct ones \
+         (at {}): more than {EXPANSION} copies of the same directories, which only a \
+         forged snapshot has; refused before planning them all",
+        fetched.distinct_nodes,
+        String::from_utf8_lossy(path)
+    ))
 }
 
 /// How an entry differs between two snapshots.

@@ -28,7 +28,7 @@ fn tree(root: &Path) {
 async fn listing(repo: &tessera_core::Repository, snap: &tessera_core::Snapshot) -> Vec<String> {
     let mut out = Vec::new();
     tessera_fs::walk_tree(repo, snap.tree, b"/", |e| {
-        out.push(String::from_utf8_lossy(&e.path).into_owned());
+        out.push(String::from_utf8_lossy(e.path).into_owned());
         Ok(true)
     })
     .await

@@ -204,7 +204,10 @@ async fn restore(repo: &Repository, snap: &Snapshot, scratch: &Scratch, delete: 
         ..Default::default()
     };
     match tessera_fs::restore(repo, snap, Path::new("/"), &scratch.target(), options).await {
-        Ok(summary) => format!("ok, warnings: {:?}", summary.warnings),
+        Ok(summary) if summary.damaged.is_empty() => {
+            format!("ok, warnings: {:?}", summary.warnings)
+        }
+        Ok(summary) => format!("damaged: {}", summary.damaged.join("; ")),
         Err(e) => format!("error: {e}"),
     }
 }
@@ -238,16 +241,16 @@ async fn restore_into(
 }
 
 /// A forged snapshot whose tree breaks the naming rules: restore refuses
-/// it naming the entry, and check reports snapshot, path and entry.
+/// it naming the entry (the whole restore when the root tree is bad, the
+/// bad directory's entries, listed as damaged, when a tree below is), and
+/// check reports snapshot, path and entry.
 async fn refused(list: Vec<E>, entry: &str, at: &str) {
     let repo = repo().await;
     let snap = forge(&repo, list).await;
     let (_, said) = restore_all(&repo, std::slice::from_ref(&snap), false).await;
     let shown = format!("{entry:?}");
-    assert!(
-        said.starts_with("error:") && said.contains(&shown),
-        "{said}"
-    );
+    let refused = said.starts_with("error:") || said.starts_with("damaged:");
+    assert!(refused && said.contains(&shown), "{said}");
     let report = repo.check(false).await.unwrap();
     let id = repo.snapshots().await.unwrap()[0].id.to_hex();
     let error = report.errors.join("\n");
@@ -504,6 +507,40 @@ async fn a_symlink_planted_while_the_restore_runs_is_never_followed() {
             "a file was written through the planted link"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_whose_trees_multiply_is_refused_before_it_is_planned() {
+    // Seven nested directories, each named ten times in its parent and
+    // all sharing one tree: eight small trees that expand to ten million
+    // files.
+    let repo = repo().await;
+    let mut list = vec![E::File(b"f", b"x")];
+    for _ in 0..7 {
+        list = vec![E::Dir(b"d", list)];
+    }
+    repo.forge_dir_copies(10);
+    let snap = forge(&repo, list).await;
+    repo.forge_dir_copies(1);
+    let (scratch, said) = restore_all(&repo, std::slice::from_ref(&snap), false).await;
+    assert!(
+        said.starts_with("error:") && said.contains("expand to more than"),
+        "{said}"
+    );
+    // Refused while planning: nothing was created.
+    assert_eq!(std::fs::read_dir(scratch.target()).unwrap().count(), 0);
+    // Listing it is not refused (it holds nothing per entry): the first
+    // entries come.
+    let mut seen = 0;
+    let stop = tessera_fs::walk_tree(&repo, snap.tree, b"/", |_| {
+        seen += 1;
+        if seen == 100_000 {
+            return Err(tessera_fs::Error::Invalid("enough".into()));
+        }
+        Ok(true)
+    })
+    .await;
+    assert!(stop.is_err() && seen == 100_000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -659,12 +659,24 @@ impl Assembler<'_> {
         }
         let frame = self.frame_pop()?;
         let subtree = self.store_tree(frame.nodes)?;
+        #[cfg(feature = "forge")]
+        let (name, meta) = (frame.name.clone(), frame.meta.clone());
         self.push_node(Node::new(
             &frame.name,
             0,
             NodeKind::Dir { subtree },
             frame.meta,
-        ))
+        ))?;
+        #[cfg(feature = "forge")]
+        if self.packer.inner.forge_trees.load(Ordering::Relaxed) {
+            // Copies named NAME0001, NAME0002, ...: still in byte order.
+            for i in 1..self.packer.inner.forge_copies.load(Ordering::Relaxed) {
+                let copy = [&name[..], format!("{i:04}").as_bytes()].concat();
+                let kind = NodeKind::Dir { subtree };
+                self.push_node(Node::new(&copy, 0, kind, meta.clone()))?;
+            }
+        }
+        Ok(())
     }
 
     fn frame_pop(&mut self) -> Result<Frame> {
