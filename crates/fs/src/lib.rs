@@ -152,6 +152,30 @@ fn normalize(p: &Path) -> Result<PathBuf, Error> {
 
 /// Backs up `paths` into a new snapshot of `repo`.
 ///
+/// Raises this process's soft limit of open files to its hard limit (as
+/// Go programs such as restic get from their runtime). A backup holds one
+/// descriptor per directory level it is inside, plus the directories it
+/// reads ahead, so the common soft limit of 1,024 would make directories
+/// below about a thousand levels unreadable. Call it once at start; it
+/// changes nothing when the limits are equal or cannot be read.
+pub fn raise_open_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    // `None` is unlimited.
+    let below = match (limit.current, limit.maximum) {
+        (Some(current), Some(maximum)) => current < maximum,
+        (Some(_), None) => true,
+        (None, _) => false,
+    };
+    if below {
+        let raised = rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        let _ = setrlimit(Resource::Nofile, raised);
+    }
+}
+
 /// Unreadable or vanished entries are left out and listed in
 /// `warnings`; the snapshot is still written (the CLI exits 3).
 ///
@@ -205,10 +229,12 @@ pub async fn backup(
         names: meta::Names::default(),
         xattr_buf: Vec::new(),
         ahead: ahead::ReadAhead::start(),
+        depth: 0,
     };
     let walk_roots = roots.clone();
     let walk_thread = match std::thread::Builder::new()
         .name("tessera-walk".into())
+        .stack_size(walk::WALK_STACK)
         .spawn(move || walker.run(&walk_roots))
     {
         Ok(t) => t,

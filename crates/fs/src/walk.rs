@@ -85,7 +85,19 @@ pub(crate) struct Walker {
     pub xattr_buf: Vec<u8>,
     /// Reads the next directories ahead (see [`crate::ahead`]).
     pub ahead: ReadAhead,
+    /// Directories open above the entry being walked.
+    pub depth: usize,
 }
+
+/// The walk thread's stack. The walk recurses once per directory level
+/// (under a kilobyte per level): the default 2 MiB overflowed at about
+/// 2,500 levels and aborted the backup. Only the pages a walk touches are
+/// ever committed, so a large reservation costs nothing in a shallow tree.
+pub(crate) const WALK_STACK: usize = 256 << 20;
+
+/// Directory levels walked at most; below that, directories are stored
+/// empty with a warning (well inside [`WALK_STACK`]).
+pub(crate) const MAX_DEPTH: usize = 100_000;
 
 /// Opens `path` (absolute) however long it is: paths longer than the
 /// kernel's limit are opened one piece at a time with `openat`.
@@ -476,8 +488,19 @@ impl Walker {
             meta: meta.to_meta(),
         })?;
         let other_fs = self.excludes.one_file_system && st.st_dev != root_dev;
-        if let (Some(fd), false) = (&fd, other_fs) {
-            self.walk_contents(fd, path, &names, &listing.stats, root_dev)?;
+        if self.depth >= MAX_DEPTH {
+            warn(
+                &self.warnings,
+                format!(
+                    "{}: more than {MAX_DEPTH} directories deep: its entries are not backed up",
+                    display(path)
+                ),
+            );
+        } else if let (Some(fd), false) = (&fd, other_fs) {
+            self.depth += 1;
+            let walked = self.walk_contents(fd, path, &names, &listing.stats, root_dev);
+            self.depth -= 1;
+            walked?;
         }
         self.send(Entry::EndDir)
     }
