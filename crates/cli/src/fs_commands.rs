@@ -13,7 +13,7 @@ use tessera_core::{BackupProgress, NodeKind, Repository};
 use tessera_fs::{DiffKind, Excludes, FsMeta, TreeEntry};
 
 use crate::args::{BackupArgs, Global, RestoreArgs};
-use crate::commands::{cache_file, open, parse_time, show_progress};
+use crate::context::{cache_file, open, parse_time, show_progress};
 use crate::output;
 
 /// Exit code of a backup that completed but left something out (as restic).

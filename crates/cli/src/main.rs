@@ -3,10 +3,13 @@
 
 mod args;
 mod commands;
+mod context;
 mod credentials;
 mod fs_commands;
 mod output;
 mod pg_commands;
+mod repo_commands;
+mod snapshot_commands;
 
 use std::process::ExitCode;
 
@@ -32,7 +35,7 @@ fn main() -> ExitCode {
             (name, code) = signalled() => {
                 // The command stopped where it was; what it had begun
                 // to write is garbage for a later prune.
-                commands::interrupted(name).await;
+                context::interrupted(name).await;
                 Ok(ExitCode::from(code))
             }
         }

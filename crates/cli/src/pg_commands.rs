@@ -19,7 +19,7 @@ use crate::args::{
     ArchiveWalArgs, ForgetArgs, Global, PgBackupArgs, PgCommand, PgConnection, PgDumpArgs,
     PgRestoreArgs, PgRestoreDumpArgs, RestoreWalArgs, TargetActionArg, WalCallArgs,
 };
-use crate::commands::{cache_base, location, open, prune_repo, retention_plans};
+use crate::context::{cache_base, location, open, prune_repo, retention_plans};
 use crate::output;
 
 /// restore-wal's exit status when the repository cannot answer: above 125,

@@ -10,13 +10,13 @@ use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use rustix::fs::{AtFlags, Mode, OFlags};
 use tessera_core::{BlobId, Repository};
 
 use super::meta::set_meta;
-use super::plan::Plan;
+use super::plan::{Plan, parent_of};
 use super::write::read_content;
 use super::{io_err, lock};
 use crate::Error;
@@ -24,26 +24,6 @@ use crate::beneath::Target;
 use crate::meta::FileKind;
 use crate::paths::join;
 use crate::walk::data_extents;
-
-/// The directory item `idx` goes into, open, and its name there.
-pub(super) fn parent_of<'p>(
-    root: &Target,
-    plan: &'p Plan,
-    idx: usize,
-) -> Result<(Arc<OwnedFd>, &'p [u8]), Error> {
-    let item = plan
-        .items
-        .get(idx)
-        .ok_or_else(|| Error::Internal(format!("restore item {idx} unknown")))?;
-    let dir = root.dir(plan, item.parent).map_err(|e| {
-        io_err(
-            &plan.path(Some(idx)),
-            "opening its directory beneath the target",
-            e,
-        )
-    })?;
-    Ok((dir, &item.name))
-}
 
 /// Creates directory `idx`; true when it is new (so empty), false when
 /// one was already there.

@@ -7,9 +7,8 @@ use std::os::unix::ffi::OsStrExt;
 
 use rustix::fs::{AtFlags, Mode, OFlags, Timestamps};
 
-use super::create::parent_of;
 use super::io_err;
-use super::plan::Plan;
+use super::plan::{Plan, parent_of};
 use crate::Error;
 use crate::beneath::Target;
 use crate::meta::{FileKind, FsMeta};

@@ -220,12 +220,27 @@ pub async fn restore(
         is_root,
         warnings: &Mutex::new(Vec::new()),
     };
+    finish(&creating, &damaged, options.delete, &mut summary)?;
+    meta::sum_up_skipped(&plan, &devices_skipped, is_root, &mut summary.warnings);
+    Ok(summary)
+}
+
+/// Step 4: symlinks (after every file is written, so no path this restore
+/// writes to can meet one it made), damaged files removed, hard links,
+/// `--delete`, then directory metadata, deepest first.
+fn finish(
+    creating: &Creating,
+    damaged: &HashMap<usize, String>,
+    delete: bool,
+    summary: &mut RestoreSummary,
+) -> Result<(), Error> {
+    let (target, plan, is_root) = (creating.root, creating.plan, creating.is_root);
     (0..plan.items.len())
         .into_par_iter()
         .filter(|i| plan.items[*i].kind == FileKind::Symlink)
         .try_for_each(|idx| creating.create(idx, false).map(|_| ()))?;
     let mut warnings = std::mem::take(&mut *lock(creating.warnings));
-    summary.damaged = create::remove_damaged(&target, &plan, &damaged)?;
+    summary.damaged = create::remove_damaged(target, plan, damaged)?;
     for (idx, item) in plan.items.iter().enumerate() {
         if let Some(first) = item.link_to {
             if let Some(why) = damaged.get(&first) {
@@ -236,7 +251,7 @@ pub async fn restore(
                 ));
                 continue;
             }
-            create::link_to(&target, &plan, first, idx)?;
+            create::link_to(target, plan, first, idx)?;
         }
     }
     for (dir, why) in &plan.lost_dirs {
@@ -245,30 +260,22 @@ pub async fn restore(
             plan.show(*dir)
         ));
     }
-    if options.delete {
-        summary.deleted = create::delete_extra(&target, &plan)?;
+    if delete {
+        summary.deleted = create::delete_extra(target, plan)?;
     }
     for idx in (0..plan.items.len()).rev() {
         let item = &plan.items[idx];
         if item.kind == FileKind::Dir {
-            meta::set_meta(
-                &target,
-                &plan,
-                Some(idx),
-                &item.meta,
-                is_root,
-                &mut warnings,
-            )?;
+            meta::set_meta(target, plan, Some(idx), &item.meta, is_root, &mut warnings)?;
         }
     }
     if let Some(node) = &plan.start {
         if let (NodeKind::Dir { .. }, Ok(m)) = (&node.kind, FsMeta::from_meta(&node.meta)) {
-            meta::set_meta(&target, &plan, None, &m, is_root, &mut warnings)?;
+            meta::set_meta(target, plan, None, &m, is_root, &mut warnings)?;
         }
     }
     summary.warnings.extend(warnings);
-    meta::sum_up_skipped(&plan, &devices_skipped, is_root, &mut summary.warnings);
-    Ok(summary)
+    Ok(())
 }
 
 /// Creates `target` if needed and opens it: every path below is resolved

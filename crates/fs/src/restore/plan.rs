@@ -9,16 +9,18 @@
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use ignore::Match;
 use ignore::gitignore::Gitignore;
 use tessera_core::{BlobId, Node, NodeKind, Repository, Snapshot};
 
-use super::RestoreOptions;
+use super::{RestoreOptions, io_err};
 use crate::Error;
-use crate::beneath::Dirs;
+use crate::beneath::{Dirs, Target};
 use crate::meta::{FileKind, FsMeta};
 use crate::paths::{display, patterns};
 use crate::snapshot_tree::{TreeEntry, WalkRules, find_node, walk};
@@ -82,6 +84,26 @@ impl Plan {
     pub fn show(&self, at: usize) -> String {
         display(&self.path(Some(at)))
     }
+}
+
+/// The directory item `idx` goes into, open, and its name there.
+pub(super) fn parent_of<'p>(
+    root: &Target,
+    plan: &'p Plan,
+    idx: usize,
+) -> Result<(Arc<OwnedFd>, &'p [u8]), Error> {
+    let item = plan
+        .items
+        .get(idx)
+        .ok_or_else(|| Error::Internal(format!("restore item {idx} unknown")))?;
+    let dir = root.dir(plan, item.parent).map_err(|e| {
+        io_err(
+            &plan.path(Some(idx)),
+            "opening its directory beneath the target",
+            e,
+        )
+    })?;
+    Ok((dir, &item.name))
 }
 
 /// The pattern set, or `None` for no patterns (so "include" means all).

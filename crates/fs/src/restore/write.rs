@@ -13,9 +13,8 @@ use rustix::fs::{Mode, OFlags};
 use tessera_core::BlobId;
 
 use super::RestoreProgress;
-use super::create::parent_of;
 use super::meta::{Done, set_fd_meta};
-use super::plan::{Item, Plan};
+use super::plan::{Item, Plan, parent_of};
 use super::{io_err, lock};
 use crate::Error;
 use crate::beneath::Target;
