@@ -56,6 +56,7 @@ mod prune;
 mod repair;
 mod repo;
 mod restore;
+mod span;
 mod stats;
 
 pub use backup::{

@@ -32,7 +32,7 @@ use crate::id::{BlobId, DataKeyId, IndexId, PackId, SnapshotId};
 use crate::index::{BlobLocation, Index, IndexPack};
 use crate::pack::PackWriter;
 use crate::repo::{METADATA_CONCURRENCY, Repository, on_rayon};
-use crate::restore::{MAX_GAP, spans};
+use crate::span::{MAX_GAP, spans};
 use crate::snapshot;
 use crate::storage::{ObjectInfo, StorageError};
 use crate::tree::NodeKind;

@@ -675,7 +675,7 @@ impl Repository {
                 blob: id.to_hex(),
                 referrer: referrer.to_string(),
             })?;
-        self.fetch_span(crate::restore::ReadSpan::one(id, loc))
+        self.fetch_span(crate::span::ReadSpan::one(id, loc))
             .await?
             .pop()
             .ok_or_else(|| Error::Internal(format!("blob {id} not opened")))
