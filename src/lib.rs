@@ -1,7 +1,10 @@
 //! # tessera
 //!
-//! The facade of the Tessera backup engine: re-exports [`tessera_core`]
-//! (and, as they arrive, the adapters behind cargo features).
+//! The facade of the Tessera backup engine: re-exports [`tessera_core`],
+//! opens storage by location ([`open_storage`]: local paths, `s3://`,
+//! `gs://`, `az://` behind the features `s3`, `gcs`, `azure`), and the
+//! adapters behind features of their own: `fs` (`tessera::fs`, file
+//! trees) and `postgres` (`tessera::postgres`, clusters and their WAL).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -22,3 +25,11 @@ pub use tessera_core::*;
 
 pub mod location;
 pub use location::{Storage, StorageOptions, open_storage};
+
+/// The filesystem adapter (feature `fs`).
+#[cfg(feature = "fs")]
+pub use tessera_fs as fs;
+
+/// The PostgreSQL adapter (feature `postgres`).
+#[cfg(feature = "postgres")]
+pub use tessera_postgres as postgres;

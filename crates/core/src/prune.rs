@@ -32,8 +32,8 @@ use crate::id::{BlobId, DataKeyId, IndexId, PackId, SnapshotId};
 use crate::index::{BlobLocation, Index, IndexPack};
 use crate::pack::PackWriter;
 use crate::repo::{METADATA_CONCURRENCY, Repository, on_rayon};
-use crate::span::{MAX_GAP, spans};
 use crate::snapshot;
+use crate::span::{MAX_GAP, spans};
 use crate::storage::{ObjectInfo, StorageError};
 use crate::tree::NodeKind;
 

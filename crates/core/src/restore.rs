@@ -18,8 +18,8 @@ use crate::format::ObjectKind;
 use crate::id::BlobId;
 use crate::index::BlobLocation;
 use crate::repo::{Inner, Repository, on_rayon, poisoned};
-use crate::span::{MAX_GAP, ReadSpan, interleave_halves, locate, spans};
 use crate::snapshot::Snapshot;
+use crate::span::{MAX_GAP, ReadSpan, interleave_halves, locate, spans};
 use crate::tree::{Node, NodeKind, Tree};
 
 /// Range requests in flight ahead of the writer.
