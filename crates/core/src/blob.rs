@@ -11,29 +11,7 @@ use crate::crypto::{DataKey, Keyring, SEAL_OVERHEAD};
 use crate::error::{Error, Result};
 use crate::id::BlobId;
 
-/// Blob flag: the plaintext was compressed with zstd.
-pub const FLAG_ZSTD: u8 = 0x01;
-
-/// What a blob holds. Data and tree blobs go to separate packs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
-#[repr(u8)]
-pub enum BlobType {
-    /// A chunk of a stream or file.
-    Data = 0,
-    /// A tree (directory listing) blob.
-    Tree = 1,
-}
-
-impl BlobType {
-    /// Decodes the type byte.
-    pub fn from_byte(b: u8) -> Option<Self> {
-        match b {
-            0 => Some(BlobType::Data),
-            1 => Some(BlobType::Tree),
-            _ => None,
-        }
-    }
-}
+pub use crate::format::{BlobType, FLAG_ZSTD};
 
 /// A sealed blob, ready to be appended to a pack.
 pub struct SealedBlob {

@@ -83,6 +83,32 @@ impl ObjectKind {
     }
 }
 
+/// Blob flag: the plaintext was compressed with zstd (FORMAT.md §5).
+/// The other bits are reserved: decoders reject a blob that sets one.
+pub const FLAG_ZSTD: u8 = 0x01;
+
+/// What a blob holds (its type byte). Data and tree blobs go to separate
+/// packs. Never renumber.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[repr(u8)]
+pub enum BlobType {
+    /// A chunk of a stream or file.
+    Data = 0,
+    /// A tree (directory listing) blob.
+    Tree = 1,
+}
+
+impl BlobType {
+    /// Decodes the type byte.
+    pub fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(BlobType::Data),
+            1 => Some(BlobType::Tree),
+            _ => None,
+        }
+    }
+}
+
 /// Writes the 8-byte header for `kind` at the current version.
 pub fn header(kind: ObjectKind) -> [u8; HEADER_LEN] {
     [

@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::blob::{BlobType, FLAG_ZSTD};
+use crate::format::{BlobType, FLAG_ZSTD};
 use crate::error::{Error, Result};
 use crate::format::Reader;
 use crate::id::{BlobId, DataKeyId, IndexId, PackId};

@@ -12,7 +12,8 @@
 
 use bytes::Bytes;
 
-use crate::blob::{BlobType, SealedBlob};
+use crate::blob::SealedBlob;
+use crate::format::{BlobType, FLAG_ZSTD};
 use crate::crypto::{DataKey, Keyring};
 use crate::error::{Error, Result};
 use crate::format::{self, ObjectKind, PREAMBLE_LEN, Reader};
@@ -191,6 +192,12 @@ pub fn decode_header(plain: &[u8], blobs_end: u64, object: &str) -> Result<Vec<P
         let blob_type = BlobType::from_byte(t)
             .ok_or_else(|| Error::corrupt(object, format!("unknown blob type {t}")))?;
         let flags = r.u8()?;
+        if flags & !FLAG_ZSTD != 0 {
+            return Err(Error::corrupt(
+                object,
+                format!("unknown blob flags {flags:#x}"),
+            ));
+        }
         let stored_len = r.u32()?;
         let raw_len = r.u32()?;
         let id = BlobId(r.array()?);
@@ -299,6 +306,25 @@ pub fn open_header_of(
 mod tests {
     use super::*;
     use crate::blob;
+
+    #[test]
+    fn reserved_blob_flags_are_refused_in_a_pack_header() {
+        let ring = Keyring::generate();
+        let data = b"some bytes";
+        let id = ring.blob_id(data);
+        let sealed = blob::seal(ring.write_key(), id, BlobType::Data, data, 3).unwrap();
+        let mut w = PackWriter::new(BlobType::Data, ring.write_key(), 0);
+        let mut entry = w.add(&sealed).unwrap();
+        let end = u64::from(entry.offset) + u64::from(entry.stored_len);
+        assert!(decode_header(&encode_header(std::slice::from_ref(&entry)), end, "p").is_ok());
+        for reserved in [0x02u8, 0x80] {
+            entry.flags = FLAG_ZSTD | reserved;
+            let err = decode_header(&encode_header(std::slice::from_ref(&entry)), end, "p")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("unknown blob flags"), "{err}");
+        }
+    }
 
     #[test]
     fn pack_round_trip_and_every_flipped_byte_detected() {

@@ -43,7 +43,7 @@ const MARK_TREE_BATCH: usize = 4096;
 const DELETE_CONCURRENCY: usize = 16;
 /// A segment smaller than this (stored bytes) is merged with the others
 /// by a sweep: about 16,384 blobs.
-const SMALL_SEGMENT: u64 = 16_384 * 46;
+const SMALL_SEGMENT: u64 = 16_384 * crate::index::SEGMENT_BLOB_LEN as u64;
 /// A sweep merges small segments once there are this many.
 const MERGE_AT: usize = 8;
 /// Blobs per segment a sweep writes.

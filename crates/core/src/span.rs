@@ -36,10 +36,10 @@ impl ReadSpan {
     }
 
     /// What its pack holds.
-    pub(crate) fn class(&self) -> crate::blob::BlobType {
+    pub(crate) fn class(&self) -> crate::format::BlobType {
         self.blobs
             .first()
-            .map_or(crate::blob::BlobType::Data, |(_, l)| l.blob_type)
+            .map_or(crate::format::BlobType::Data, |(_, l)| l.blob_type)
     }
 }
 

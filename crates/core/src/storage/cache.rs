@@ -20,7 +20,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{Backend, ObjectInfo, StorageError};
-use crate::blob::BlobType;
+use crate::format::BlobType;
 use crate::format::ObjectKind;
 
 const HASH_LEN: usize = 32;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{Backend, StorageError};
-use crate::blob::BlobType;
+use crate::format::BlobType;
 use crate::format::ObjectKind;
 
 /// Runs every check against `backend` (which must start empty).

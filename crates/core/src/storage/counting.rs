@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 
 use super::{Backend, ObjectInfo, StorageError};
-use crate::blob::BlobType;
+use crate::format::BlobType;
 use crate::format::ObjectKind;
 
 /// Requests made through a [`CountingBackend`], failed ones included.

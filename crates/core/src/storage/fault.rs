@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{Backend, ObjectInfo, StorageError};
-use crate::blob::BlobType;
+use crate::format::BlobType;
 use crate::format::ObjectKind;
 
 /// Which faults to inject. Parsed from a comma-separated list such as

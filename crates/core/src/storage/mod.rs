@@ -46,7 +46,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::blob::BlobType;
+use crate::format::BlobType;
 use crate::error::Error;
 use crate::format::ObjectKind;
 

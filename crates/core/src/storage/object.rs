@@ -14,7 +14,7 @@ use object_store::{
 };
 
 use super::{Backend, ObjectInfo, StorageError};
-use crate::blob::BlobType;
+use crate::format::BlobType;
 use crate::format::ObjectKind;
 
 /// Packs larger than this go up by multipart upload (remote stores only).
