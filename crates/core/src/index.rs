@@ -9,9 +9,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::format::{BlobType, FLAG_ZSTD};
 use crate::error::{Error, Result};
 use crate::format::Reader;
+use crate::format::{BlobType, FLAG_ZSTD};
 use crate::id::{BlobId, DataKeyId, IndexId, PackId};
 use crate::pack::PackEntry;
 

@@ -13,10 +13,10 @@
 use bytes::Bytes;
 
 use crate::blob::SealedBlob;
-use crate::format::{BlobType, FLAG_ZSTD};
 use crate::crypto::{DataKey, Keyring};
 use crate::error::{Error, Result};
 use crate::format::{self, ObjectKind, PREAMBLE_LEN, Reader};
+use crate::format::{BlobType, FLAG_ZSTD};
 use crate::id::{BlobId, DataKeyId, PackId};
 
 /// Encoded size of one header entry.

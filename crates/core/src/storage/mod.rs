@@ -46,8 +46,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::format::BlobType;
 use crate::error::Error;
+use crate::format::BlobType;
 use crate::format::ObjectKind;
 
 pub use cache::CachedBackend;
