@@ -167,31 +167,7 @@ pub async fn base_backup(
         .lock()
         .map(|l| String::from_utf8_lossy(&l).into_owned())
         .unwrap_or_default();
-    let points = async {
-        let (timeline, start_lsn, start_file) = parse_backup_label(&label)?;
-        // The server writes the stop point into the backup history file,
-        // which it archives before the backup ends.
-        let history = format!(
-            "{start_file}.{:08X}.backup",
-            start_lsn.0 % info.wal_segment_size
-        );
-        wait_for_wal(
-            repo,
-            info.system_id,
-            std::slice::from_ref(&history),
-            options.wal_timeout,
-        )
-        .await?;
-        let text = WalArchive::load(repo)
-            .await?
-            .read(repo, info.system_id, &history)
-            .await?;
-        let stop_lsn = parse_stop_lsn(&String::from_utf8_lossy(&text), &history)?;
-        let needed = segments_between(timeline, start_lsn, stop_lsn, info.wal_segment_size);
-        wait_for_wal(repo, info.system_id, &needed, options.wal_timeout).await?;
-        Ok::<_, Error>((timeline, start_lsn, stop_lsn, needed))
-    }
-    .await;
+    let points = wal_points(repo, &info, &label, options.wal_timeout).await;
     let (timeline, start_lsn, stop_lsn, needed) = match points {
         Ok(p) => p,
         Err(e) => {
@@ -230,6 +206,39 @@ pub async fn base_backup(
 fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
     text.lines()
         .find_map(|l| l.strip_prefix(key)?.strip_prefix(':').map(str::trim))
+}
+
+/// Where the backup starts and stops in the WAL (timeline, start and stop
+/// positions), and the segments a restore of it needs, once all of them
+/// are in the archive (waiting up to `timeout` for each).
+async fn wal_points(
+    repo: &Repository,
+    info: &crate::tools::ServerInfo,
+    label: &str,
+    timeout: Duration,
+) -> Result<(u32, Lsn, Lsn, Vec<String>)> {
+    let (timeline, start_lsn, start_file) = parse_backup_label(label)?;
+    // The server writes the stop point into the backup history file,
+    // which it archives before the backup ends.
+    let history = format!(
+        "{start_file}.{:08X}.backup",
+        start_lsn.0 % info.wal_segment_size
+    );
+    wait_for_wal(
+        repo,
+        info.system_id,
+        std::slice::from_ref(&history),
+        timeout,
+    )
+    .await?;
+    let text = WalArchive::load(repo)
+        .await?
+        .read(repo, info.system_id, &history)
+        .await?;
+    let stop_lsn = parse_stop_lsn(&String::from_utf8_lossy(&text), &history)?;
+    let needed = segments_between(timeline, start_lsn, stop_lsn, info.wal_segment_size);
+    wait_for_wal(repo, info.system_id, &needed, timeout).await?;
+    Ok((timeline, start_lsn, stop_lsn, needed))
 }
 
 /// Start timeline, start LSN and start segment from a `backup_label`:

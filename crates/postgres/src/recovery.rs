@@ -85,29 +85,14 @@ struct PlannedFile {
     content: Vec<BlobId>,
 }
 
-/// Writes the data directory of base backup `entry` into `target` (which
-/// must not exist or be empty). Blobs are read once each, in pack order,
-/// and written in place into every file that holds them.
-///
-/// # Errors
-/// A non-empty target; repository errors; writing files.
-pub async fn restore_data_directory(
+/// Creates the directories, empty files (at their final size) and
+/// symlinks of base backup `entry` under `target`; returns the files to
+/// fill and the directories, each with its metadata to set at the end.
+async fn lay_out(
     repo: &Repository,
     entry: &SnapshotEntry,
     target: &Path,
-) -> Result<RestoreSummary> {
-    if target.exists()
-        && std::fs::read_dir(target)
-            .map_err(|e| Error::io(format!("reading {}", target.display()), e))?
-            .next()
-            .is_some()
-    {
-        return Err(Error::InvalidArgument(format!(
-            "{} is not empty: restore a data directory into a new or empty directory",
-            target.display()
-        )));
-    }
-    mkdir(target, 0o700)?;
+) -> Result<(Vec<PlannedFile>, Vec<(PathBuf, PgFileMeta)>)> {
     let root = repo.read_tree(entry.snapshot.tree, "snapshot root").await?;
     let mut files = Vec::new();
     let mut dirs = Vec::new();
@@ -136,7 +121,12 @@ pub async fn restore_data_directory(
                         pending.push((tree, path));
                     }
                     NodeKind::Stream { content } => {
-                        let file = std::fs::File::create(&path)
+                        // Created new: never through something already
+                        // there (a symlink another part of the backup made).
+                        let file = std::fs::OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .open(&path)
                             .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
                         file.set_len(node.size)
                             .map_err(|e| Error::io(format!("sizing {}", path.display()), e))?;
@@ -161,6 +151,35 @@ pub async fn restore_data_directory(
             }
         }
     }
+    Ok((files, dirs))
+}
+
+/// Writes the data directory of base backup `entry` into `target` (which
+/// must not exist or be empty). Blobs are read once each, in pack order,
+/// and written in place into every file that holds them.
+///
+/// # Errors
+/// A non-empty target; repository errors; writing files.
+pub async fn restore_data_directory(
+    repo: &Repository,
+    entry: &SnapshotEntry,
+    target: &Path,
+) -> Result<RestoreSummary> {
+    if target.exists()
+        && std::fs::read_dir(target)
+            .map_err(|e| Error::io(format!("reading {}", target.display()), e))?
+            .next()
+            .is_some()
+    {
+        return Err(Error::InvalidArgument(format!(
+            "{} is not empty: restore a data directory into a new or empty directory",
+            target.display()
+        )));
+    }
+    std::fs::create_dir_all(target)
+        .map_err(|e| Error::io(format!("creating {}", target.display()), e))?;
+    mkdir(target, 0o700)?;
+    let (files, mut dirs) = lay_out(repo, entry, target).await?;
     // Where each blob goes: one index lookup for every file's chunks.
     let all: Vec<BlobId> = files
         .iter()
@@ -225,9 +244,23 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Creates the directory `path` (its parent exists), or keeps the one
+/// there: a base backup's parts may each hold entries of one directory.
+/// Anything else there (a symlink an earlier part made, pointing
+/// anywhere) is refused: the restore never writes through it.
 fn mkdir(path: &Path, mode: u32) -> Result<()> {
-    std::fs::create_dir_all(path)
-        .map_err(|e| Error::io(format!("creating {}", path.display()), e))?;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(Error::InvalidArgument(format!(
+                "{}: the backup holds it both as a directory and as a symlink or file: refusing to restore through it",
+                path.display()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir(path)
+            .map_err(|e| Error::io(format!("creating {}", path.display()), e))?,
+        Err(e) => return Err(Error::io(format!("checking {}", path.display()), e)),
+    }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| Error::io(format!("setting the mode of {}", path.display()), e))
 }
@@ -483,4 +516,91 @@ pub fn debian_bin(dir: &Path) -> Option<PathBuf> {
     let major = std::fs::read_to_string(dir.join("PG_VERSION")).ok()?;
     let bin = PathBuf::from(format!("/usr/lib/postgresql/{}/bin", major.trim()));
     bin.join("pg_ctl").exists().then_some(bin)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tessera_core::tree::Meta;
+    use tessera_core::{
+        BackupOptions, Content, Credential, Entry, InitOptions, KdfParams, ObjectStoreBackend,
+        Repository,
+    };
+
+    use super::*;
+
+    fn meta(mode: u32, link: Option<&str>) -> Meta {
+        Meta::to_json(&PgFileMeta {
+            mode,
+            uid: 0,
+            gid: 0,
+            mtime: 1,
+            link: link.map(str::to_string),
+        })
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_symlink_in_one_part_is_never_written_through_by_another() {
+        let scratch = tempfile::tempdir().unwrap();
+        let outside = scratch.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let repo = Repository::init(
+            Arc::new(ObjectStoreBackend::memory()),
+            &Credential::password("pw"),
+            InitOptions {
+                kdf: KdfParams::insecure_fast(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        // Part 0 makes `x` a symlink out of the data directory; part 1
+        // then names `x` a directory holding a file.
+        let target_link = outside.to_string_lossy().into_owned();
+        let entries = vec![
+            Entry::Dir {
+                name: b"0".to_vec(),
+                meta: Meta::null(),
+            },
+            Entry::Leaf {
+                name: b"x".to_vec(),
+                meta: meta(0o777, Some(&target_link)),
+            },
+            Entry::EndDir,
+            Entry::Dir {
+                name: b"1".to_vec(),
+                meta: Meta::null(),
+            },
+            Entry::Dir {
+                name: b"x".to_vec(),
+                meta: meta(0o700, None),
+            },
+            Entry::File {
+                name: b"f".to_vec(),
+                meta: meta(0o600, None),
+                content: Content::Read(Box::new(&b"planted"[..])),
+                on_stored: None,
+            },
+            Entry::EndDir,
+            Entry::EndDir,
+        ];
+        let stored = repo.store_tree(entries.into_iter(), None).await.unwrap();
+        let options = BackupOptions {
+            source_kind: Some(crate::KIND_BASE.into()),
+            paths: vec!["/forged".into()],
+            ..Default::default()
+        };
+        let done = repo.commit_snapshot(stored, options).await.unwrap();
+        let entry = repo.find_snapshot(&done.id.to_hex()).await.unwrap();
+        let target = scratch.path().join("data");
+        let err = restore_data_directory(&repo, &entry, &target)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("refusing to restore through it"), "{err}");
+        assert!(err.contains("/data/x"), "{err}");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    }
 }
