@@ -7,7 +7,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use tessera::gc::{GcPlan, OpenSessions, PackList, RoundKind, SessionMarker};
+use tessera::gc::{GcPlan, OpenSessions, PackList, RoundKind};
+use tessera::session::SessionMarker;
 use tessera::{
     BackupOptions, ChunkerParams, Credential, InitOptions, KdfParams, ObjectStoreBackend, PackId,
     PruneOptions, SnapshotId, StreamSource, blocking,

@@ -2,7 +2,8 @@
 //! session markers. Whatever decodes re-encodes to the same bytes.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tessera_core::gc::{GcPlan, OpenSessions, PackList, SessionMarker};
+use tessera_core::gc::{GcPlan, OpenSessions, PackList};
+use tessera_core::session::SessionMarker;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(p) = GcPlan::decode(data, "fuzz") {

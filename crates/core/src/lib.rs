@@ -56,6 +56,7 @@ mod prune;
 mod repair;
 mod repo;
 mod restore;
+pub mod session;
 mod span;
 mod stats;
 

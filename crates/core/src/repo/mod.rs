@@ -3,26 +3,28 @@
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
 
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::config::{self, Compression, CompressionAlgorithm, PackSizes, RepoConfig};
 use crate::crypto::Keyring;
 use crate::error::{Error, Result};
 use crate::format::ObjectKind;
-use crate::id::{BlobId, IndexId, KeySlotId, SnapshotId};
-use crate::index::{Index, IndexSegment};
+use crate::id::{BlobId, KeySlotId, SnapshotId};
+use crate::index::Index;
 use crate::key::{Credential, KdfParams, KeySlot, UnlockOptions};
 use crate::sealed;
-use crate::snapshot::{self, DamagedSnapshot, Snapshot, SnapshotEntry, SnapshotListing};
 use crate::storage::{Backend, StorageError};
 use crate::tree::Tree;
+
+mod index;
+mod keys;
+mod snapshots;
+
+pub use keys::KeyInfo;
 
 /// How many objects are fetched at once when listing snapshots or loading
 /// the index.
 pub(crate) const METADATA_CONCURRENCY: usize = 16;
-/// Times the index segments are listed again when one vanished meanwhile.
-const SEGMENT_RELISTS: u32 = 12;
 
 /// Options for [`Repository::init`].
 #[derive(Clone, Debug)]
@@ -52,17 +54,6 @@ impl Default for InitOptions {
             object_lock: None,
         }
     }
-}
-
-/// A key slot as listed by [`Repository::keys`].
-#[derive(Clone, Debug)]
-pub struct KeyInfo {
-    /// Slot id.
-    pub id: KeySlotId,
-    /// The slot's public fields.
-    pub slot: KeySlot,
-    /// Whether this repository handle was opened with it.
-    pub current: bool,
 }
 
 pub(crate) struct Inner {
@@ -399,267 +390,6 @@ impl Repository {
         &self.inner.config
     }
 
-    /// The in-memory index, loaded from all segments on first use.
-    ///
-    /// # Errors
-    /// Storage errors and corrupt segments (naming the segment).
-    pub(crate) async fn index(&self) -> Result<&RwLock<Index>> {
-        self.inner
-            .index
-            .get_or_try_init(|| async {
-                let mut index = self.load_segments().await?;
-                index.finish_loading();
-                Ok(RwLock::new(index))
-            })
-            .await
-    }
-
-    /// Every index segment's entries in a new index (not yet sorted: call
-    /// `finish_loading`). Segments are added as they arrive and dropped,
-    /// so the decoded segments are never all held at once. A segment that
-    /// vanishes meanwhile was rewritten by a prune: everything is listed
-    /// and loaded again (see [`Repository::index_segments`]).
-    pub(crate) async fn load_segments(&self) -> Result<Index> {
-        let mut attempt = 0;
-        loop {
-            let names = self.inner.backend.list(ObjectKind::Index).await?;
-            let mut index = Index::new();
-            // A segment stores each blob in `SEGMENT_BLOB_LEN` bytes plus
-            // a little per pack: its size bounds its blob count.
-            let stored: u64 = names.iter().map(|o| o.size).sum();
-            index.reserve((stored / crate::index::SEGMENT_BLOB_LEN as u64) as usize);
-            let mut reads = futures::stream::iter(names)
-                .map(|info| async move { self.read_index_segment(&info.name).await })
-                .buffer_unordered(METADATA_CONCURRENCY);
-            let loaded: Result<()> = async {
-                while let Some((id, segment)) = reads.try_next().await? {
-                    index.add_named_segment(id, &segment)?;
-                }
-                Ok(())
-            }
-            .await;
-            match loaded {
-                Ok(()) => return Ok(index),
-                Err(Error::Missing { .. }) if attempt < SEGMENT_RELISTS => {
-                    attempt += 1;
-                    tokio::time::sleep(std::time::Duration::from_millis(20 * u64::from(attempt)))
-                        .await;
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Loads and decodes every index segment.
-    ///
-    /// # Errors
-    /// Storage errors and corrupt segments.
-    ///
-    /// A segment that vanishes between the listing and its read was
-    /// rewritten by a prune, which stored its replacement first: the
-    /// segments are listed and read again (a few times at most).
-    pub async fn index_segments(&self) -> Result<Vec<(IndexId, IndexSegment)>> {
-        let mut attempt = 0;
-        loop {
-            let names = self.inner.backend.list(ObjectKind::Index).await?;
-            let read: Result<Vec<_>> = futures::stream::iter(names)
-                .map(|info| async move { self.read_index_segment(&info.name).await })
-                .buffer_unordered(METADATA_CONCURRENCY)
-                .try_collect()
-                .await;
-            match read {
-                Err(Error::Missing { .. }) if attempt < SEGMENT_RELISTS => {
-                    attempt += 1;
-                    // Let the sweep finish deleting what it replaced.
-                    tokio::time::sleep(std::time::Duration::from_millis(20 * u64::from(attempt)))
-                        .await;
-                }
-                other => return other,
-            }
-        }
-    }
-
-    pub(crate) async fn read_index_segment(&self, name: &str) -> Result<(IndexId, IndexSegment)> {
-        let object = ObjectKind::Index.object_name(name);
-        let id: IndexId = name
-            .parse()
-            .map_err(|_| Error::corrupt(&object, "index segment name is not a 64-digit hex id"))?;
-        let bytes = self.inner.backend.get(ObjectKind::Index, name).await?;
-        let keyring = self.inner.clone();
-        let name = name.to_string();
-        let segment = on_rayon(move || {
-            let plain = sealed::open(&keyring.keyring, ObjectKind::Index, &name, &bytes)?;
-            IndexSegment::decode(&plain, &object)
-        })
-        .await?;
-        Ok((id, segment))
-    }
-
-    /// Number of blobs in the index and the heap bytes it takes.
-    ///
-    /// # Errors
-    /// As for loading the index.
-    pub async fn index_footprint(&self) -> Result<(usize, usize)> {
-        let index = self.index().await?.read().map_err(|_| poisoned())?;
-        Ok((index.len(), index.memory_bytes()))
-    }
-
-    /// Every readable snapshot, oldest first. Snapshot objects that do
-    /// not read are left out: [`Repository::snapshot_listing`] names them.
-    ///
-    /// # Errors
-    /// Storage errors.
-    pub async fn snapshots(&self) -> Result<Vec<SnapshotEntry>> {
-        Ok(self.snapshot_listing().await?.snapshots)
-    }
-
-    /// Every readable snapshot, oldest first, and every snapshot object
-    /// that is damaged, misnamed or of an unknown version (one such object
-    /// must not hide all the others; `forget` removes it by name).
-    ///
-    /// # Errors
-    /// Storage errors other than a damaged object.
-    pub async fn snapshot_listing(&self) -> Result<SnapshotListing> {
-        let names = self.inner.backend.list(ObjectKind::Snapshot).await?;
-        let read: Vec<std::result::Result<SnapshotEntry, DamagedSnapshot>> =
-            futures::stream::iter(names)
-                .map(|info| async move {
-                    let damaged = |problem: String| {
-                        Ok::<_, Error>(Some(Err(DamagedSnapshot {
-                            name: info.name.clone(),
-                            problem,
-                        })))
-                    };
-                    let Ok(id) = info.name.parse::<SnapshotId>() else {
-                        return damaged("its name is not a hex id".into());
-                    };
-                    match self.read_snapshot_object(id).await {
-                        Ok(s) => Ok(s.map(|snapshot| Ok(SnapshotEntry { id, snapshot }))),
-                        // Forgotten since the listing.
-                        Err(Error::Missing { .. }) => Ok(None),
-                        Err(e @ (Error::Corrupt { .. } | Error::UnsupportedVersion { .. })) => {
-                            damaged(e.to_string())
-                        }
-                        Err(e) => Err(e),
-                    }
-                })
-                .buffer_unordered(METADATA_CONCURRENCY)
-                .try_filter_map(|e| async move { Ok(e) })
-                .try_collect()
-                .await?;
-        let mut listing = SnapshotListing::default();
-        for r in read {
-            match r {
-                Ok(entry) => listing.snapshots.push(entry),
-                Err(d) => listing.damaged.push(d),
-            }
-        }
-        listing
-            .snapshots
-            .sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
-        listing.damaged.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(listing)
-    }
-
-    /// Reads one snapshot.
-    ///
-    /// # Errors
-    /// [`Error::Missing`], [`Error::Corrupt`].
-    pub async fn read_snapshot(&self, id: SnapshotId) -> Result<Snapshot> {
-        self.read_snapshot_object(id)
-            .await?
-            .ok_or_else(|| Error::SnapshotNotFound {
-                reference: format!(
-                    "{} (a tombstone: its session was expired by a prune)",
-                    id.short()
-                ),
-            })
-    }
-
-    /// Reads a snapshot object: a snapshot, or `None` for a tombstone.
-    ///
-    /// # Errors
-    /// [`Error::Missing`], [`Error::Corrupt`].
-    pub async fn read_snapshot_object(&self, id: SnapshotId) -> Result<Option<Snapshot>> {
-        let name = id.to_hex();
-        let bytes = self.inner.backend.get(ObjectKind::Snapshot, &name).await?;
-        let plain = sealed::open(&self.inner.keyring, ObjectKind::Snapshot, &name, &bytes)?;
-        if plain == snapshot::TOMBSTONE {
-            return Ok(None);
-        }
-        Snapshot::decode(&plain, &ObjectKind::Snapshot.object_name(&name)).map(Some)
-    }
-
-    /// Removes a snapshot object. Its data stays until a prune finds it
-    /// referenced by no other snapshot. Removing a snapshot that is
-    /// already gone succeeds (two `forget` runs may race).
-    ///
-    /// # Errors
-    /// Storage errors (a backend that refuses deletes, for one).
-    pub async fn forget_snapshot(&self, id: SnapshotId) -> Result<()> {
-        // The session marker of the backup that made it goes first: a
-        // marker left by a writer that could not delete it (create-only
-        // credentials) would otherwise look like an open session once its
-        // snapshot is gone, and hold prune back for a whole lease.
-        match self
-            .inner
-            .backend
-            .delete(ObjectKind::Session, &id.to_hex())
-            .await
-        {
-            Ok(()) | Err(StorageError::NotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
-        match self
-            .inner
-            .backend
-            .delete(ObjectKind::Snapshot, &id.to_hex())
-            .await
-        {
-            Ok(()) | Err(StorageError::NotFound { .. }) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// The id of the snapshot object a full id or unique prefix names,
-    /// without reading it (so a damaged one can still be named).
-    ///
-    /// # Errors
-    /// [`Error::SnapshotNotFound`], [`Error::AmbiguousSnapshot`],
-    /// [`Error::InvalidArgument`].
-    pub async fn resolve_snapshot_id(&self, reference: &str) -> Result<SnapshotId> {
-        // Misnamed objects are skipped here (`snapshots` and `check`
-        // report them).
-        let ids: Vec<SnapshotId> = self
-            .inner
-            .backend
-            .list(ObjectKind::Snapshot)
-            .await?
-            .iter()
-            .filter_map(|info| info.name.parse().ok())
-            .collect();
-        snapshot::match_prefix(&ids, reference)
-    }
-
-    /// Resolves a full id, unique prefix or `latest` (the newest readable
-    /// snapshot).
-    ///
-    /// # Errors
-    /// [`Error::SnapshotNotFound`], [`Error::AmbiguousSnapshot`].
-    pub async fn find_snapshot(&self, reference: &str) -> Result<SnapshotEntry> {
-        if reference == "latest" {
-            let all = self.snapshots().await?;
-            return snapshot::resolve(&all, reference).cloned();
-        }
-        // An id or prefix is matched against the listing: only the snapshot
-        // it names is read and decrypted.
-        let id = self.resolve_snapshot_id(reference).await?;
-        Ok(SnapshotEntry {
-            id,
-            snapshot: self.read_snapshot(id).await?,
-        })
-    }
-
     /// Reads, authenticates, decompresses and verifies one blob.
     ///
     /// # Errors
@@ -688,104 +418,6 @@ impl Repository {
     pub async fn read_tree(&self, id: BlobId, referrer: &str) -> Result<Tree> {
         let plain = self.read_blob(id, referrer).await?;
         Tree::decode(&plain, &format!("tree {id} (of {referrer})"))
-    }
-
-    /// Every key slot.
-    ///
-    /// # Errors
-    /// Storage errors; corrupt slots (named).
-    pub async fn keys(&self) -> Result<Vec<KeyInfo>> {
-        let current = *self.inner.slot.lock().map_err(|_| poisoned())?;
-        let mut out = Vec::new();
-        for info in self.inner.backend.list(ObjectKind::Key).await? {
-            let object = ObjectKind::Key.object_name(&info.name);
-            let id: KeySlotId = info
-                .name
-                .parse()
-                .map_err(|_| Error::corrupt(&object, "key slot name is not a hex id"))?;
-            let bytes = self.inner.backend.get(ObjectKind::Key, &info.name).await?;
-            out.push(KeyInfo {
-                id,
-                slot: KeySlot::decode(&bytes, &object)?,
-                current: id == current,
-            });
-        }
-        out.sort_by(|a, b| a.slot.created.cmp(&b.slot.created).then(a.id.cmp(&b.id)));
-        Ok(out)
-    }
-
-    /// Adds a key slot for `credential`.
-    ///
-    /// # Errors
-    /// Storage errors; invalid KDF parameters.
-    pub async fn add_key(&self, credential: &Credential, kdf: KdfParams) -> Result<KeySlotId> {
-        let id = KeySlotId::random();
-        let object = ObjectKind::Key.object_name(&id.to_hex());
-        let slot = KeySlot::create(&self.inner.keyring, credential, kdf, &object)?;
-        self.inner
-            .backend
-            .put(ObjectKind::Key, &id.to_hex(), Bytes::from(slot.encode()))
-            .await?;
-        Ok(id)
-    }
-
-    /// Removes a key slot given by id or unique prefix. Refuses to remove
-    /// the last slot and the slot this handle was opened with.
-    ///
-    /// # Errors
-    /// [`Error::KeyRefused`] with the reason.
-    pub async fn remove_key(&self, reference: &str) -> Result<KeySlotId> {
-        let keys = self.keys().await?;
-        let matches: Vec<&KeyInfo> = keys
-            .iter()
-            .filter(|k| k.id.to_hex().starts_with(reference))
-            .collect();
-        let target = match matches.as_slice() {
-            [one] if !reference.is_empty() => *one,
-            [] => {
-                return Err(Error::KeyRefused(format!(
-                    "no key slot matches {reference:?}"
-                )));
-            }
-            _ => {
-                return Err(Error::KeyRefused(format!(
-                    "{reference:?} matches {} key slots",
-                    matches.len()
-                )));
-            }
-        };
-        if keys.len() <= 1 {
-            return Err(Error::KeyRefused(
-                "refusing to remove the last key slot: the repository would become unreadable"
-                    .into(),
-            ));
-        }
-        if target.current {
-            return Err(Error::KeyRefused(format!(
-                "refusing to remove key slot {}: it is the one in use; open the repository with another key to remove it",
-                target.id.short()
-            )));
-        }
-        self.inner
-            .backend
-            .delete(ObjectKind::Key, &target.id.to_hex())
-            .await?;
-        Ok(target.id)
-    }
-
-    /// Replaces the slot in use with one for `credential` (the new slot is
-    /// stored before the old one is removed).
-    ///
-    /// # Errors
-    /// Storage errors.
-    pub async fn change_key(&self, credential: &Credential, kdf: KdfParams) -> Result<KeySlotId> {
-        let new = self.add_key(credential, kdf).await?;
-        let old = std::mem::replace(&mut *self.inner.slot.lock().map_err(|_| poisoned())?, new);
-        self.inner
-            .backend
-            .delete(ObjectKind::Key, &old.to_hex())
-            .await?;
-        Ok(new)
     }
 
     /// The decrypted plaintext of an object, for debugging (`tessera cat`).
