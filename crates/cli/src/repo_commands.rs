@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use tessera::open_storage;
 use tessera_core::config::{LockMode, ObjectLock};
 use tessera_core::id::PackId;
-use tessera_core::snapshot::{Snapshot, SnapshotEntry};
+use tessera_core::snapshot::SnapshotEntry;
 use tessera_core::verified::VerifiedLog;
 use tessera_core::{
     CheckOptions, ChunkerParams, Credential, InitOptions, KdfParams, ObjectKind, ReadData,
@@ -110,19 +110,13 @@ pub(crate) async fn copy(g: &Global, a: CopyArgs) -> Result<ExitCode> {
     }
     let all = source.snapshots().await?;
     let chosen = chosen_snapshots(&all, &a.snapshots)?;
-    // Identity of a snapshot across repositories (ids and tree ids differ).
-    let same = |x: &Snapshot, y: &Snapshot| {
-        x.time == y.time
-            && x.hostname == y.hostname
-            && x.username == y.username
-            && x.paths == y.paths
-            && x.tags == y.tags
-            && x.source_kind == y.source_kind
-    };
     let existing = target.snapshots().await?;
     let (mut copied, mut skipped) = (0, 0);
     for entry in chosen {
-        if existing.iter().any(|e| same(&e.snapshot, &entry.snapshot)) {
+        if existing
+            .iter()
+            .any(|e| e.snapshot.same_origin(&entry.snapshot))
+        {
             skipped += 1;
             if !g.quiet {
                 eprintln!("snapshot {} is already in the target", entry.id.short());

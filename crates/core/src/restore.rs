@@ -415,9 +415,41 @@ impl Repository {
         Ok(bytes)
     }
 
-    /// Reads a span and opens its blobs (in parallel), in span order.
+    /// Reads a span and opens its blobs (in parallel), in span order. A
+    /// pack a prune deleted since this handle loaded its index is looked
+    /// up anew, as [`Repository::fetch_blobs`] does.
     pub(crate) async fn fetch_span(&self, span: ReadSpan) -> Result<Vec<Vec<u8>>> {
-        let bytes = self.read_span(&span).await?;
+        match self.read_span(&span).await {
+            Ok(bytes) => self.open_span(span, bytes).await,
+            Err(Error::Missing { object }) => self.fetch_span_moved(span, object).await,
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The blobs of a span whose pack is gone, in span order, from where a
+    /// freshly loaded index says they are now (one read each: a prune
+    /// that races a read is rare).
+    async fn fetch_span_moved(&self, span: ReadSpan, gone: String) -> Result<Vec<Vec<u8>>> {
+        self.reload_index().await?;
+        let ids: Vec<BlobId> = span.blobs.iter().map(|(id, _)| *id).collect();
+        let located = {
+            let index = self.index().await?.read().map_err(|_| poisoned())?;
+            locate(&index, &ids, &gone)?
+        };
+        if located.iter().any(|(_, l)| l.pack == span.pack) {
+            return Err(Error::Missing { object: gone });
+        }
+        let mut out = Vec::with_capacity(located.len());
+        for (id, loc) in located {
+            let one = ReadSpan::one(id, loc);
+            let bytes = self.read_span(&one).await?;
+            out.extend(self.open_span(one, bytes).await?);
+        }
+        Ok(out)
+    }
+
+    /// Opens the blobs of a span read (in parallel), in span order.
+    async fn open_span(&self, span: ReadSpan, bytes: bytes::Bytes) -> Result<Vec<Vec<u8>>> {
         let inner = self.inner.clone();
         on_rayon(move || {
             let blobs = SpanBlobs::new(&inner, &span, &bytes)?;

@@ -81,6 +81,19 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Whether `other` is this snapshot or a copy of it in another
+    /// repository ([`crate::Repository::copy_snapshot`] keeps these
+    /// fields; ids and tree ids differ between repositories): what makes
+    /// copying a set of snapshots again copy only the new ones.
+    pub fn same_origin(&self, other: &Snapshot) -> bool {
+        self.time == other.time
+            && self.hostname == other.hostname
+            && self.username == other.username
+            && self.paths == other.paths
+            && self.tags == other.tags
+            && self.source_kind == other.source_kind
+    }
+
     /// Serializes the snapshot (the sealed object's plaintext).
     pub fn encode(&self) -> Vec<u8> {
         #[allow(clippy::expect_used)]

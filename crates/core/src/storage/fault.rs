@@ -34,6 +34,10 @@ pub struct FaultPlan {
     /// Deletes fail with "access denied", as with credentials that may
     /// only create (object-lock and append-only setups).
     pub deny_delete: bool,
+    /// After this many puts and deletes have landed, the process is as
+    /// good as killed: every later call fails (see
+    /// [`FaultyBackend::crash_after`]).
+    pub crash_after: Option<u64>,
     /// Seed of the fault sequence.
     pub seed: u64,
 }
@@ -71,6 +75,13 @@ impl FromStr for FaultPlan {
                     );
                 }
                 "deny-delete" => plan.deny_delete = true,
+                "crash-after" => {
+                    plan.crash_after = Some(
+                        value
+                            .parse()
+                            .map_err(|_| bad("expected a number of puts and deletes"))?,
+                    );
+                }
                 "seed" => plan.seed = value.parse().map_err(|_| bad("expected a number"))?,
                 _ => return Err(bad("unknown fault")),
             }
@@ -88,6 +99,11 @@ pub struct FaultyBackend {
     plan: FaultPlan,
     rng: Mutex<u64>,
     puts: AtomicU64,
+    /// Puts and deletes still allowed before the crash (`u64::MAX`: none
+    /// is armed).
+    mutations_left: AtomicU64,
+    /// A mutation past the armed crash point was attempted.
+    dead: std::sync::atomic::AtomicBool,
 }
 
 enum Fault {
@@ -102,10 +118,51 @@ impl FaultyBackend {
         let seed = plan.seed ^ 0x9e37_79b9_7f4a_7c15;
         FaultyBackend {
             inner,
-            plan,
             rng: Mutex::new(seed),
             puts: AtomicU64::new(0),
+            mutations_left: AtomicU64::new(plan.crash_after.unwrap_or(u64::MAX)),
+            dead: std::sync::atomic::AtomicBool::new(false),
+            plan,
         }
+    }
+
+    /// Arms a crash: `mutations` more puts and deletes land; the next one
+    /// and every call after it fail as it would for a process that was killed
+    /// (nothing after the crash point reaches the store). For crash
+    /// tests: drop the repository handle and open a new one on the inner
+    /// backend to see what a restarted process finds.
+    pub fn crash_after(&self, mutations: u64) {
+        self.mutations_left.store(mutations, Ordering::SeqCst);
+    }
+
+    /// Whether an armed crash has happened.
+    pub fn crashed(&self) -> bool {
+        self.dead.load(Ordering::SeqCst)
+    }
+
+    fn killed(kind: ObjectKind, name: &str) -> StorageError {
+        StorageError::other(
+            kind.object_name(name),
+            std::io::Error::other("injected crash: the process is gone"),
+        )
+    }
+
+    /// Counts one put or delete against an armed crash: false when it is
+    /// past the crash point (the process is dead from then on).
+    fn mutation_allowed(&self) -> bool {
+        let allowed = !self.crashed()
+            && self
+                .mutations_left
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| match left {
+                    0 => None,
+                    u64::MAX => Some(u64::MAX),
+                    n => Some(n - 1),
+                })
+                .is_ok();
+        if !allowed {
+            self.dead.store(true, Ordering::SeqCst);
+        }
+        allowed
     }
 
     /// A uniform draw in [0, 1) (splitmix64).
@@ -147,6 +204,9 @@ impl FaultyBackend {
         name: &str,
         op: impl Future<Output = Result<T, StorageError>>,
     ) -> Result<T, StorageError> {
+        if self.crashed() {
+            return Err(Self::killed(kind, name));
+        }
         match self.fault().await {
             Fault::Before => Err(Self::transient(kind, name, "connection reset")),
             Fault::After => {
@@ -175,6 +235,9 @@ impl FaultyBackend {
                 kind.object_name(name),
                 std::io::Error::from(std::io::ErrorKind::StorageFull),
             ));
+        }
+        if !self.mutation_allowed() {
+            return Err(Self::killed(kind, name));
         }
         self.call(kind, name, async {
             op.await?;
@@ -221,6 +284,9 @@ impl Backend for FaultyBackend {
                 std::io::Error::from(std::io::ErrorKind::PermissionDenied),
             ));
         }
+        if !self.mutation_allowed() {
+            return Err(Self::killed(kind, name));
+        }
         self.call(kind, name, self.inner.delete(kind, name)).await
     }
 
@@ -254,9 +320,10 @@ mod tests {
 
     #[test]
     fn plans_parse() {
-        let p: FaultPlan = "transient=0.1, torn=0.05,latency=3ms,full-after=7,deny-delete,seed=9"
-            .parse()
-            .unwrap();
+        let p: FaultPlan =
+            "transient=0.1, torn=0.05,latency=3ms,full-after=7,deny-delete,crash-after=4,seed=9"
+                .parse()
+                .unwrap();
         assert_eq!(
             p,
             FaultPlan {
@@ -265,12 +332,37 @@ mod tests {
                 latency: Duration::from_millis(3),
                 full_after_puts: Some(7),
                 deny_delete: true,
+                crash_after: Some(4),
                 seed: 9,
             }
         );
         assert!("transient=2".parse::<FaultPlan>().is_err());
         assert!("bogus".parse::<FaultPlan>().is_err());
         assert!("latency=5".parse::<FaultPlan>().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_crash_lets_the_armed_mutations_land_and_nothing_after() {
+        let inner = Arc::new(super::super::ObjectStoreBackend::memory());
+        let b = FaultyBackend::new(inner.clone(), FaultPlan::default());
+        let put = |n: &'static str| b.put(ObjectKind::Snapshot, n, Bytes::from_static(b"x"));
+        put("a").await.unwrap();
+        b.crash_after(2);
+        put("b").await.unwrap();
+        b.delete(ObjectKind::Snapshot, "a").await.unwrap();
+        assert!(!b.crashed());
+        assert!(put("c").await.is_err());
+        assert!(b.crashed());
+        assert!(b.list(ObjectKind::Snapshot).await.is_err());
+        assert!(b.delete(ObjectKind::Snapshot, "b").await.is_err());
+        let names: Vec<String> = inner
+            .list(ObjectKind::Snapshot)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.name)
+            .collect();
+        assert_eq!(names, ["b"]);
     }
 
     #[test]
