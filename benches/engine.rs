@@ -12,8 +12,8 @@ use criterion::{BatchSize, Criterion, Throughput};
 use rayon::prelude::*;
 use tessera::blob::{self, BlobType};
 use tessera::chunker::{Chunker, ChunkerParams};
-use tessera::crypto::{DataKey, Keyring};
 use tessera::index::{Index, IndexPack, IndexSegment};
+use tessera::keyring::{DataKey, Keyring};
 use tessera::pack::PackEntry;
 use tessera::{
     BackupOptions, BlobId, Credential, InitOptions, KdfParams, ObjectStoreBackend, PackId,

@@ -1,7 +1,7 @@
 //! Key slots (plain JSON with checksum) and the keyring inside them.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tessera_core::crypto::Keyring;
+use tessera_core::keyring::Keyring;
 use tessera_core::{Credential, KeySlot};
 
 fuzz_target!(|data: &[u8]| {

@@ -1,7 +1,7 @@
 //! Pack header plaintext, trailer length and whole-pack header parsing.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use tessera_core::crypto::Keyring;
+use tessera_core::keyring::Keyring;
 use tessera_core::{PackId, pack};
 
 fuzz_target!(|data: &[u8]| {

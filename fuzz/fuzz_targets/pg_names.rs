@@ -16,6 +16,6 @@ fuzz_target!(|data: &[u8]| {
     }
     let _ = parse_backup_label(text);
     let _ = parse_stop_lsn(text, "fuzz");
-    let _ = serde_json::from_str::<tessera_postgres::archive::WalBatchMeta>(text);
+    let _ = serde_json::from_str::<tessera_postgres::wal_archive::WalBatchMeta>(text);
     let _ = serde_json::from_str::<tessera_postgres::base::BaseBackupMeta>(text);
 });

@@ -2,7 +2,7 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use tessera_core::blob::{self, BlobHeader, BlobType};
-use tessera_core::crypto::Keyring;
+use tessera_core::keyring::Keyring;
 use tessera_core::{BlobId, ObjectKind, sealed};
 
 fuzz_target!(|data: &[u8]| {

@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use tessera_core::{BackupOptions, Repository};
-use tessera_postgres::archive::{WalArchive, batch_meta, wal_file_name, write_whole};
 use tessera_postgres::base::{self, BaseBackupOptions};
 use tessera_postgres::daemon::{self, Reply, Request};
 use tessera_postgres::recovery::{self, RecoveryTarget, TargetAction};
 use tessera_postgres::wal::{self, WalName};
-use tessera_postgres::{KIND_BASE, KIND_DUMP, KIND_WAL, PgTools};
+use tessera_postgres::wal_archive::{WalArchive, wal_file_name, write_whole};
+use tessera_postgres::{KIND_BASE, KIND_DUMP, PgTools};
 
 use crate::args::{
     ArchiveWalArgs, ForgetArgs, Global, PgBackupArgs, PgCommand, PgConnection, PgDumpArgs,
@@ -540,16 +540,7 @@ async fn list(g: &Global, json: bool) -> Result<ExitCode> {
     let archive = WalArchive::load(&repo).await?;
     let mut rows = Vec::new();
     for (entry, meta) in &bases {
-        let needed = wal::segments_between(
-            meta.timeline,
-            meta.start_lsn,
-            meta.stop_lsn,
-            meta.wal_segment_size,
-        );
-        let missing = needed
-            .iter()
-            .filter(|n| archive.get(meta.system_id, n).is_none())
-            .count();
+        let missing = tessera_postgres::retention::missing_wal(meta, &archive).len();
         rows.push(serde_json::json!({
             "snapshot": entry.id.to_hex(),
             "time": meta.stop_time.to_string(),
@@ -627,28 +618,10 @@ async fn forget(g: &Global, a: &ForgetArgs) -> Result<ExitCode> {
         .filter(|d| !d.keep)
         .map(|d| d.id)
         .collect();
-    // Base backups the rules did not consider (other hosts, tags) stay too.
-    let kept_meta: Vec<_> = all
-        .iter()
-        .filter(|e| e.snapshot.source_kind == KIND_BASE && !removed.contains(&e.id))
-        .map(base::base_meta)
-        .collect::<Result<_, _>>()?;
-    let batches: Vec<_> = all
-        .iter()
-        .filter(|e| e.snapshot.source_kind == KIND_WAL)
-        .map(|e| Ok((e.id, batch_meta(&e.snapshot.source_meta, e.id)?)))
-        .collect::<Result<_, tessera_postgres::Error>>()?;
-    let wal_gone = tessera_postgres::retention::releasable_wal(
-        &kept_meta.iter().collect::<Vec<_>>(),
-        &batches,
-    );
-    let wal_files: usize = batches
-        .iter()
-        .filter(|(id, _)| wal_gone.contains(id))
-        .map(|(_, b)| b.files.len())
-        .sum();
+    let release = tessera_postgres::retention::forget_plan(&all, &removed)?;
+    let (wal_gone, wal_files) = (&release.batches, release.files);
     if !a.dry_run {
-        for id in removed.iter().chain(&wal_gone) {
+        for id in removed.iter().chain(wal_gone) {
             repo.forget_snapshot(*id)
                 .await
                 .with_context(|| format!("removing snapshot {}", id.short()))?;
@@ -665,7 +638,7 @@ async fn forget(g: &Global, a: &ForgetArgs) -> Result<ExitCode> {
         let verb = if a.dry_run { "would remove" } else { "removed" };
         println!(
             "kept {} base backups, {verb} {}; WAL no kept backup needs: {} batches ({wal_files} files) {}",
-            kept_meta.len(),
+            release.bases_kept,
             removed.len(),
             wal_gone.len(),
             if a.dry_run { "would go" } else { "released" }

@@ -6,10 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use tessera::open_storage;
+use tessera_core::check_record::VerifiedLog;
 use tessera_core::config::{LockMode, ObjectLock};
-use tessera_core::id::PackId;
 use tessera_core::snapshot::SnapshotEntry;
-use tessera_core::verified::VerifiedLog;
 use tessera_core::{
     CheckOptions, ChunkerParams, Credential, InitOptions, KdfParams, ObjectKind, ReadData,
     Repository,
@@ -213,51 +212,27 @@ pub(crate) async fn cat(g: &Global, what: CatWhat, id: Option<&str>) -> Result<E
 
 pub(crate) async fn check(g: &Global, a: CheckArgs) -> Result<ExitCode> {
     let repo = open_uncached(g).await?;
-    let mut read_data = match &a.read_data_subset {
+    let read_data = match &a.read_data_subset {
         Some(subset) => subset.parse()?,
         None if a.read_data || a.max_duration.is_some() => ReadData::All,
         None => ReadData::None,
     };
-    // The record of verified packs: a time-boxed check reads the packs
-    // verified longest ago first.
-    let log = match cache_file(g, &repo.config().id, "check.db") {
-        Some(path) if read_data != ReadData::None => Some(VerifiedLog::open(&path)?),
-        _ => None,
-    };
     let deadline = a
         .max_duration
         .map(|d| std::time::Instant::now() + d.unsigned_abs());
-    let packs: Vec<PackId> = match &log {
-        Some(_) => repo
-            .backend()
-            .list(ObjectKind::Pack)
-            .await?
-            .iter()
-            .filter_map(|o| o.name.parse().ok())
-            .collect(),
-        None => Vec::new(),
-    };
-    if let (Some(log), Some(_)) = (&log, deadline) {
-        read_data = ReadData::Packs(log.stalest_first(&read_data.select(&packs))?);
-    }
     let reads = read_data != ReadData::None;
-    let report = repo
-        .check_with(CheckOptions {
-            read_data,
-            deadline,
-        })
-        .await?;
-    let never = match log {
-        Some(mut log) => {
-            log.record(&report.packs_verified, jiff::Timestamp::now())?;
-            Some(
-                log.last_verified(&packs)?
-                    .iter()
-                    .filter(|t| t.is_none())
-                    .count(),
-            )
+    let options = CheckOptions {
+        read_data,
+        deadline,
+    };
+    // The record of verified packs: a time-boxed check reads the packs
+    // verified longest ago first.
+    let report = match cache_file(g, &repo.config().id, "check.db") {
+        Some(path) if reads => {
+            let mut log = VerifiedLog::open(&path)?;
+            repo.check_with_log(options, &mut log).await?
         }
-        None => None,
+        _ => repo.check_with(options).await?,
     };
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
@@ -295,7 +270,7 @@ pub(crate) async fn check(g: &Global, a: CheckArgs) -> Result<ExitCode> {
                 report.packs_not_reached
             );
         }
-        if let Some(never) = never {
+        if let Some(never) = report.packs_never_verified {
             eprintln!("{never} packs have never been verified from this machine");
         }
     }

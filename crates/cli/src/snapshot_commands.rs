@@ -173,7 +173,7 @@ pub(crate) async fn dump(g: &Global, reference: &str, name: &str) -> Result<Exit
     let entry = repo.find_snapshot(reference).await?;
     let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
     if entry.snapshot.source_kind == tessera_fs::SOURCE_KIND {
-        crate::fs_commands::dump_file(&repo, &entry.snapshot, name, &mut out)
+        tessera_fs::dump_file(&repo, &entry.snapshot, std::path::Path::new(name), &mut out)
             .await
             .with_context(|| format!("dumping {name} from snapshot {}", entry.id.short()))?;
     } else {

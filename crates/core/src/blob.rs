@@ -7,9 +7,9 @@
 
 use std::cell::RefCell;
 
-use crate::crypto::{DataKey, Keyring, SEAL_OVERHEAD};
 use crate::error::{Error, Result};
 use crate::id::BlobId;
+use crate::keyring::{DataKey, Keyring, SEAL_OVERHEAD};
 
 pub use crate::format::{BlobType, FLAG_ZSTD};
 

@@ -8,6 +8,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::blob::{self, BlobHeader};
+use crate::check_record::VerifiedLog;
 use crate::error::{Error, Result};
 use crate::format::{ObjectKind, PREAMBLE_LEN};
 use crate::id::{BlobId, DataKeyId, IndexId, PackId};
@@ -134,6 +135,10 @@ pub struct CheckReport {
     pub packs_verified: Vec<PackId>,
     /// Packs selected for reading that the deadline left unread.
     pub packs_not_reached: usize,
+    /// With a [`VerifiedLog`]: packs stored now that no check recorded in
+    /// it has ever read in full.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packs_never_verified: Option<usize>,
 }
 
 impl CheckReport {
@@ -196,6 +201,42 @@ impl Repository {
             deadline: None,
         })
         .await
+    }
+
+    /// [`Repository::check_with`] that keeps a record of the packs it
+    /// read in full (`log`, a local file): with a deadline it reads the
+    /// packs verified longest ago first, so nightly time-boxed checks
+    /// cover the whole repository in turn; the report counts the packs
+    /// never verified.
+    ///
+    /// # Errors
+    /// As [`Repository::check_with`], and the record's SQLite errors.
+    pub async fn check_with_log(
+        &self,
+        mut options: CheckOptions,
+        log: &mut VerifiedLog,
+    ) -> Result<CheckReport> {
+        let packs: Vec<PackId> = self
+            .inner
+            .backend
+            .list(ObjectKind::Pack)
+            .await?
+            .iter()
+            .filter_map(|o| o.name.parse().ok())
+            .collect();
+        if options.deadline.is_some() {
+            options.read_data =
+                ReadData::Packs(log.stalest_first(&options.read_data.select(&packs))?);
+        }
+        let mut report = self.check_with(options).await?;
+        log.record(&report.packs_verified, jiff::Timestamp::now())?;
+        let never = log
+            .last_verified(&packs)?
+            .iter()
+            .filter(|t| t.is_none())
+            .count();
+        report.packs_never_verified = Some(never);
+        Ok(report)
     }
 
     /// [`Repository::check`] reading the packs `options` selects, within

@@ -10,10 +10,10 @@
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::crypto::{Keyring, wrap_key};
 use crate::error::{Error, Result};
 use crate::format::{self, HEADER_LEN, ObjectKind};
 use crate::id::random_bytes;
+use crate::keyring::{Keyring, wrap_key};
 
 /// Length of the checksum trailer of a key slot.
 const CHECKSUM_LEN: usize = 32;

@@ -32,20 +32,20 @@
 
 pub mod blob;
 pub mod blocking;
+pub mod check_record;
 pub mod chunker;
 pub mod config;
-pub mod crypto;
 pub mod format;
 pub mod id;
 pub mod index;
 pub mod key;
+pub mod keyring;
 pub mod pack;
 pub mod retention;
 pub mod sealed;
 pub mod snapshot;
 pub mod storage;
 pub mod tree;
-pub mod verified;
 
 mod backup;
 mod check;

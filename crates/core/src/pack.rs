@@ -13,16 +13,16 @@
 use bytes::Bytes;
 
 use crate::blob::SealedBlob;
-use crate::crypto::{DataKey, Keyring};
 use crate::error::{Error, Result};
 use crate::format::{self, ObjectKind, PREAMBLE_LEN, Reader};
 use crate::format::{BlobType, FLAG_ZSTD};
 use crate::id::{BlobId, DataKeyId, PackId};
+use crate::keyring::{DataKey, Keyring};
 
 /// Encoded size of one header entry.
 pub const HEADER_ENTRY_LEN: usize = 1 + 1 + 4 + 4 + 32;
 /// Bytes after the last blob besides the entries: count, seal, length field.
-pub const HEADER_FIXED_LEN: usize = 4 + crate::crypto::SEAL_OVERHEAD + 4;
+pub const HEADER_FIXED_LEN: usize = 4 + crate::keyring::SEAL_OVERHEAD + 4;
 
 /// One blob in a pack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -201,7 +201,7 @@ pub fn decode_header(plain: &[u8], blobs_end: u64, object: &str) -> Result<Vec<P
         let stored_len = r.u32()?;
         let raw_len = r.u32()?;
         let id = BlobId(r.array()?);
-        if u64::from(stored_len) < crate::crypto::SEAL_OVERHEAD as u64 {
+        if u64::from(stored_len) < crate::keyring::SEAL_OVERHEAD as u64 {
             return Err(Error::corrupt(
                 object,
                 format!("blob {id} is shorter than its seal"),
@@ -239,7 +239,7 @@ pub fn trailer_len(last4: &[u8], pack_len: u64, object: &str) -> Result<u64> {
         .map_err(|_| Error::corrupt(object, "truncated: no header length"))?;
     let sealed = u64::from(u32::from_le_bytes(n));
     let trailer = sealed + 4;
-    if trailer + PREAMBLE_LEN as u64 > pack_len || sealed < crate::crypto::SEAL_OVERHEAD as u64 + 4
+    if trailer + PREAMBLE_LEN as u64 > pack_len || sealed < crate::keyring::SEAL_OVERHEAD as u64 + 4
     {
         return Err(Error::corrupt(
             object,

@@ -12,11 +12,11 @@ use futures::{StreamExt, TryStreamExt};
 use rayon::prelude::*;
 
 use crate::blob::{self, BlobHeader};
-use crate::crypto::DataKey;
 use crate::error::{Error, Result};
 use crate::format::ObjectKind;
 use crate::id::BlobId;
 use crate::index::BlobLocation;
+use crate::keyring::DataKey;
 use crate::repo::{Inner, Repository, on_rayon, poisoned};
 use crate::snapshot::Snapshot;
 use crate::span::{MAX_GAP, ReadSpan, interleave_halves, locate, spans};

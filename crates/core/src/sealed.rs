@@ -5,9 +5,9 @@
 //! object cannot be renamed or passed off as another kind.
 #![deny(clippy::indexing_slicing, clippy::unwrap_used)]
 
-use crate::crypto::Keyring;
 use crate::error::{Error, Result};
 use crate::format::{self, ObjectKind, PREAMBLE_LEN};
+use crate::keyring::Keyring;
 
 fn aad(preamble: &[u8], object: &str) -> Vec<u8> {
     let mut aad = preamble.to_vec();
@@ -19,7 +19,8 @@ fn aad(preamble: &[u8], object: &str) -> Vec<u8> {
 pub fn seal(keyring: &Keyring, kind: ObjectKind, name: &str, plaintext: &[u8]) -> Vec<u8> {
     let key = keyring.write_key();
     let pre = format::preamble(kind, key.id());
-    let mut out = Vec::with_capacity(PREAMBLE_LEN + plaintext.len() + crate::crypto::SEAL_OVERHEAD);
+    let mut out =
+        Vec::with_capacity(PREAMBLE_LEN + plaintext.len() + crate::keyring::SEAL_OVERHEAD);
     out.extend_from_slice(&pre);
     key.seal_into(&aad(&pre, &kind.object_name(name)), plaintext, &mut out);
     out

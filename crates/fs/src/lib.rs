@@ -29,15 +29,17 @@ use std::sync::Arc;
 
 mod ahead;
 mod beneath;
-pub mod cache;
 mod direct;
+mod dump;
+pub mod files_cache;
 pub mod meta;
 mod paths;
 mod restore;
 mod snapshot_tree;
 mod walk;
 
-pub use cache::FilesCache;
+pub use dump::dump_file;
+pub use files_cache::FilesCache;
 pub use meta::{FileKind, FsMeta, Time, Xattr};
 pub use paths::patterns;
 pub use restore::{RestoreOptions, RestoreProgress, RestoreSummary, restore};
@@ -220,9 +222,10 @@ pub async fn backup(
         excludes: options.excludes.clone(),
         matcher,
         cache,
-        cache_tx: writer
-            .as_ref()
-            .map_or_else(cache::CacheSender::none, cache::CacheWriter::sender),
+        cache_tx: writer.as_ref().map_or_else(
+            files_cache::CacheSender::none,
+            files_cache::CacheWriter::sender,
+        ),
         known: repo.known_blobs().await?,
         stats: stats.clone(),
         warnings: warnings.clone(),

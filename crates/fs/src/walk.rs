@@ -20,7 +20,7 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 use tessera_core::{Content, Entry, KnownBlobs, Meta};
 
 use crate::ahead::{Listing, ReadAhead, key};
-use crate::cache::{CacheSender, CachedFile, FilesCache};
+use crate::files_cache::{CacheSender, CachedFile, FilesCache};
 use crate::meta::{FileKind, FsMeta, Names, Time, read_xattrs};
 use crate::paths::{display, join, proc_path};
 

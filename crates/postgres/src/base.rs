@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tessera_core::{BackupOptions, BackupProgress, BackupSummary, Repository};
 
-use crate::archive::WalArchive;
 use crate::tar_source::TarEntries;
 use crate::wal::{Lsn, segments_between};
+use crate::wal_archive::WalArchive;
 use crate::{Error, KIND_BASE, PgTools, Result, cluster_path};
 
 pub use crate::tar_source::PgFileMeta;

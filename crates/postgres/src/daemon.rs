@@ -29,7 +29,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Mutex;
 
-use crate::archive::{MAX_BATCH, PushOutcome, WalArchive, read_archived, write_whole};
+use crate::wal_archive::{MAX_BATCH, PushOutcome, WalArchive, read_archived, write_whole};
 use crate::{Error, Result};
 
 /// Segments a restore reads ahead.

@@ -28,7 +28,6 @@
 //! assert_eq!(WalName::parse(&name).unwrap().kind, WalKind::Segment);
 //! ```
 
-pub mod archive;
 pub mod base;
 pub mod daemon;
 pub mod dump;
@@ -37,6 +36,7 @@ pub mod retention;
 mod tar_source;
 mod tools;
 pub mod wal;
+pub mod wal_archive;
 
 pub use tools::PgTools;
 
@@ -135,8 +135,8 @@ pub fn cluster_path(system: u64) -> String {
 
 #[cfg(test)]
 mod golden {
-    use crate::archive::{WalBatchMeta, WalFileMeta};
     use crate::base::{BaseBackupMeta, PgFileMeta};
+    use crate::wal_archive::{WalBatchMeta, WalFileMeta};
 
     /// FORMAT.md §11: the exact JSON of each layout, v1. Never edit the
     /// expected text; add fields at the end.

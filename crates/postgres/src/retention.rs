@@ -5,13 +5,72 @@
 //! history files are kept always (they are tiny and recovery needs them to
 //! follow timelines).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use tessera_core::SnapshotId;
+use tessera_core::{SnapshotEntry, SnapshotId};
 
-use crate::archive::WalBatchMeta;
-use crate::base::BaseBackupMeta;
+use crate::base::{BaseBackupMeta, base_meta};
 use crate::wal::{WalKind, WalName};
+use crate::wal_archive::{WalArchive, WalBatchMeta, batch_meta};
+use crate::{KIND_BASE, KIND_WAL, Result};
+
+/// What forgetting some base backups releases.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WalRelease {
+    /// Base backups that stay (those the rules kept and those they did not
+    /// consider: other hosts, tags).
+    pub bases_kept: usize,
+    /// WAL batches no kept base backup needs: forget them with the bases.
+    pub batches: Vec<SnapshotId>,
+    /// WAL files in those batches.
+    pub files: usize,
+}
+
+/// The WAL-aware forget plan (hazard H33): given every snapshot of the
+/// repository and the base backups a policy removes, the WAL batches that
+/// go with them. A WAL batch goes only when no base backup that stays
+/// needs any file in it.
+///
+/// # Errors
+/// A base backup or WAL batch whose metadata does not decode (named).
+pub fn forget_plan(all: &[SnapshotEntry], removed: &HashSet<SnapshotId>) -> Result<WalRelease> {
+    let kept: Vec<BaseBackupMeta> = all
+        .iter()
+        .filter(|e| e.snapshot.source_kind == KIND_BASE && !removed.contains(&e.id))
+        .map(base_meta)
+        .collect::<Result<_>>()?;
+    let batches: Vec<(SnapshotId, WalBatchMeta)> = all
+        .iter()
+        .filter(|e| e.snapshot.source_kind == KIND_WAL)
+        .map(|e| Ok((e.id, batch_meta(&e.snapshot.source_meta, e.id)?)))
+        .collect::<Result<_>>()?;
+    let gone = releasable_wal(&kept.iter().collect::<Vec<_>>(), &batches);
+    let files = batches
+        .iter()
+        .filter(|(id, _)| gone.contains(id))
+        .map(|(_, b)| b.files.len())
+        .sum();
+    Ok(WalRelease {
+        bases_kept: kept.len(),
+        batches: gone,
+        files,
+    })
+}
+
+/// The WAL segments a base backup needs to be restored (from its start to
+/// its stop position) that the archive does not hold: none means it is
+/// restorable.
+pub fn missing_wal(base: &BaseBackupMeta, archive: &WalArchive) -> Vec<String> {
+    crate::wal::segments_between(
+        base.timeline,
+        base.start_lsn,
+        base.stop_lsn,
+        base.wal_segment_size,
+    )
+    .into_iter()
+    .filter(|n| archive.get(base.system_id, n).is_none())
+    .collect()
+}
 
 /// The WAL batches no kept base backup needs.
 ///
@@ -54,7 +113,7 @@ pub fn releasable_wal(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::archive::WalFileMeta;
+    use crate::wal_archive::WalFileMeta;
 
     fn base(system: u64, start: &str) -> BaseBackupMeta {
         BaseBackupMeta {

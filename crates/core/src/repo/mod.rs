@@ -6,12 +6,12 @@ use bytes::Bytes;
 
 use crate::chunker::{Chunker, ChunkerParams};
 use crate::config::{self, Compression, CompressionAlgorithm, PackSizes, RepoConfig};
-use crate::crypto::Keyring;
 use crate::error::{Error, Result};
 use crate::format::ObjectKind;
 use crate::id::{BlobId, KeySlotId, SnapshotId};
 use crate::index::Index;
 use crate::key::{Credential, KdfParams, KeySlot, UnlockOptions};
+use crate::keyring::Keyring;
 use crate::sealed;
 use crate::storage::{Backend, StorageError};
 use crate::tree::Tree;

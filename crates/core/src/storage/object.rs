@@ -30,19 +30,6 @@ const MULTIPART_CONCURRENCY: usize = 4;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StorageClass(pub String);
 
-impl StorageClass {
-    /// Whether objects of this class must be restored (thawed) by a
-    /// separate request before they can be read: S3 `GLACIER` and
-    /// `DEEP_ARCHIVE`, Azure `Archive`. `GLACIER_IR` and GCS's classes
-    /// read like hot ones.
-    pub fn needs_thaw(&self) -> bool {
-        matches!(
-            self.0.to_ascii_uppercase().as_str(),
-            "GLACIER" | "DEEP_ARCHIVE" | "ARCHIVE"
-        )
-    }
-}
-
 impl std::fmt::Display for StorageClass {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)

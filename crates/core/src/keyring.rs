@@ -178,19 +178,6 @@ impl Keyring {
         self.data_keys.iter().find(|k| k.id == id)
     }
 
-    /// Position of a data key in the keyring (compact reference for the index).
-    pub fn data_key_index(&self, id: DataKeyId) -> Option<u16> {
-        self.data_keys
-            .iter()
-            .position(|k| k.id == id)
-            .and_then(|p| u16::try_from(p).ok())
-    }
-
-    /// The data key at a position returned by [`Keyring::data_key_index`].
-    pub fn data_key_at(&self, index: u16) -> Option<&DataKey> {
-        self.data_keys.get(usize::from(index))
-    }
-
     /// Serializes the keyring (secret material: only ever stored sealed).
     pub fn to_json(&self) -> Zeroizing<Vec<u8>> {
         let json = KeyringJson {
