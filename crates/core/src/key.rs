@@ -257,8 +257,8 @@ impl KeySlot {
             kind: credential.kind(),
             kdf,
             created: jiff::Timestamp::now(),
-            hostname: crate::snapshot::hostname(),
-            username: crate::snapshot::username(),
+            hostname: crate::host::hostname(),
+            username: crate::host::username(),
             wrapped: hex::encode(wrapped),
         })
     }

@@ -31,8 +31,8 @@ pub struct SessionMarker {
 impl SessionMarker {
     fn here() -> Self {
         SessionMarker {
-            hostname: snapshot::hostname(),
-            username: snapshot::username(),
+            hostname: crate::host::hostname(),
+            username: crate::host::username(),
             program: format!("tessera {}", env!("CARGO_PKG_VERSION")),
             started: jiff::Timestamp::now(),
         }

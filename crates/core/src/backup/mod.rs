@@ -34,7 +34,7 @@ use crate::index::IndexPack;
 use crate::pack::FinishedPack;
 use crate::repo::{Inner, Repository, poisoned};
 use crate::sealed;
-use crate::snapshot::{self, SNAPSHOT_VERSION, Snapshot, SnapshotStats};
+use crate::snapshot::{SNAPSHOT_VERSION, Snapshot, SnapshotStats};
 use crate::storage::StorageError;
 use crate::tree::Meta;
 
@@ -293,8 +293,8 @@ impl Repository {
         let snapshot = Snapshot {
             version: SNAPSHOT_VERSION,
             time: options.time.unwrap_or_else(jiff::Timestamp::now),
-            hostname: options.hostname.unwrap_or_else(snapshot::hostname),
-            username: options.username.unwrap_or_else(snapshot::username),
+            hostname: options.hostname.unwrap_or_else(crate::host::hostname),
+            username: options.username.unwrap_or_else(crate::host::username),
             tags: options.tags,
             paths: options.paths,
             source_kind: options.source_kind.unwrap_or_else(|| "stream".into()),
