@@ -62,7 +62,7 @@ mod span;
 mod stats;
 
 pub use backup::{
-    BackupOptions, BackupProgress, BackupSummary, Content, Entry, KnownBlobs, OnStored, StoredTree,
+    BackupOptions, BackupProgress, BackupSummary, Block, Content, Entry, KnownBlobs, OnStored, StoredTree,
     StreamSource, validate_stream_name,
 };
 pub use check::{CheckOptions, CheckReport, ReadData};

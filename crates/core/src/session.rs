@@ -79,6 +79,19 @@ impl Repository {
         Ok(sid)
     }
 
+    /// The id of this handle's write session, begun now if there is none:
+    /// the name the snapshot of the next [`Repository::store_tree`] takes
+    /// when [`Repository::commit_snapshot`] succeeds (an adapter can name
+    /// things after the snapshot before it exists, e.g. a VM's dirty
+    /// bitmap). A caller that stores nothing after all calls
+    /// [`Repository::abandon_session`].
+    ///
+    /// # Errors
+    /// Storage errors creating the marker or loading the index.
+    pub async fn session_id(&self) -> Result<SnapshotId> {
+        self.ensure_session().await
+    }
+
     /// Creates the marker of a new session.
     pub(crate) async fn create_marker(&self) -> Result<SnapshotId> {
         let sid = SnapshotId::random();

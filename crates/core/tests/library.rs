@@ -169,3 +169,67 @@ async fn copy_keeps_the_snapshot_and_is_recognised_the_second_time() {
     let other = source.read_snapshot(other).await.unwrap();
     assert!(!other.same_origin(&entry.snapshot));
 }
+
+/// Blocks taken from an earlier snapshot as stored blobs, mixed with new
+/// ones (a VM disk backed up with changed-block tracking): the new
+/// snapshot reads back whole, the session id named beforehand is the
+/// snapshot's, and only the new block was stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_mix_stored_blobs_with_new_bytes_under_a_known_session_id() {
+    use tessera_core::{Block, Content, Entry, Meta, NodeKind};
+    let (_store, repo) = repo().await;
+    let blocks: Vec<Vec<u8>> = (0..6).map(|i| data(4096, i)).collect();
+    let first = {
+        let entries = vec![Entry::File {
+            name: b"disk".to_vec(),
+            meta: Meta::null(),
+            content: Content::Blocks(Box::new(
+                blocks.clone().into_iter().map(|b| Ok(Block::Data(b))),
+            )),
+            on_stored: None,
+        }];
+        let tree = repo.store_tree(entries.into_iter(), None).await.unwrap();
+        repo.commit_snapshot(tree, BackupOptions::default())
+            .await
+            .unwrap()
+    };
+    let root = repo.read_tree(first.snapshot.tree, "test").await.unwrap();
+    let NodeKind::Stream { content } = &root.get(b"disk").unwrap().kind else {
+        panic!("not a stream");
+    };
+    assert_eq!(content.len(), 6);
+    let old = content.clone();
+
+    let sid = repo.session_id().await.unwrap();
+    let changed = data(4096, 99);
+    let mut expected = Vec::new();
+    let mut second_blocks = Vec::new();
+    for (i, id) in old.iter().enumerate() {
+        if i == 3 {
+            expected.extend_from_slice(&changed);
+            second_blocks.push(Ok(Block::Data(changed.clone())));
+        } else {
+            expected.extend_from_slice(&blocks[i]);
+            second_blocks.push(Ok(Block::Stored { id: *id, size: 4096 }));
+        }
+    }
+    second_blocks.push(Ok(Block::Meta(Meta::to_json(&"read").unwrap())));
+    let entries = vec![Entry::File {
+        name: b"disk".to_vec(),
+        meta: Meta::null(),
+        content: Content::Blocks(Box::new(second_blocks.into_iter())),
+        on_stored: None,
+    }];
+    let tree = repo.store_tree(entries.into_iter(), None).await.unwrap();
+    let second = repo
+        .commit_snapshot(tree, BackupOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(second.id, sid, "the session id names the snapshot");
+    assert_eq!(second.snapshot.stats.new_chunks, 1);
+    assert_eq!(second.snapshot.stats.total_chunks, 6);
+    assert_eq!(second.snapshot.stats.total_bytes, 6 * 4096);
+    assert_eq!(restored(&repo, second.id, "disk").await, expected);
+    let root = repo.read_tree(second.snapshot.tree, "test").await.unwrap();
+    assert_eq!(root.get(b"disk").unwrap().meta.as_str(), "\"read\"");
+}

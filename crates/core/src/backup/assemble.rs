@@ -211,6 +211,22 @@ impl<'a> Assembler<'a> {
                         file.size += size;
                     }
                 }
+                Piece::Known { id, size } => {
+                    let file = self
+                        .open_file
+                        .as_mut()
+                        .ok_or_else(|| Error::Internal("a block outside a file".into()))?;
+                    file.content.push(id);
+                    file.size += u64::from(size);
+                    self.packer.stats.total_chunks += 1;
+                    self.packer.stats.total_bytes += u64::from(size);
+                }
+                Piece::Meta(meta) => {
+                    self.open_file
+                        .as_mut()
+                        .ok_or_else(|| Error::Internal("metadata outside a file".into()))?
+                        .meta = meta;
+                }
                 Piece::End => {
                     let f = self
                         .open_file

@@ -44,7 +44,7 @@ mod reader;
 use assemble::Assembler;
 
 use reader::{Batch, Batcher, Piece};
-pub use reader::{Content, Entry, OnStored};
+pub use reader::{Block, Content, Entry, OnStored};
 
 /// Packs uploaded at once.
 const UPLOAD_CONCURRENCY: usize = 3;

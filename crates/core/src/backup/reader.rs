@@ -26,6 +26,13 @@ pub enum Content {
     /// stored as one blob, whatever this repository's chunker would cut.
     /// An error leaves the file out, as a failed read does.
     Chunks(Box<dyn Iterator<Item = std::io::Result<Vec<u8>>> + Send>),
+    /// Cut into blocks by the caller, some of them already stored (a disk
+    /// image read with changed-block tracking: clean blocks keep the blob
+    /// of the previous snapshot, dirty ones are read). Each
+    /// [`Block::Data`] is stored as one blob; the caller checks that the
+    /// repository holds each [`Block::Stored`] (see [`crate::KnownBlobs`]).
+    /// An error leaves the file out, as a failed read does.
+    Blocks(Box<dyn Iterator<Item = std::io::Result<Block>> + Send>),
     /// Already stored: the chunk ids and their total size (e.g. from a
     /// files cache). The caller checks that the repository holds them.
     Stored {
@@ -34,6 +41,23 @@ pub enum Content {
         /// Total bytes.
         size: u64,
     },
+}
+
+/// One block of [`Content::Blocks`].
+pub enum Block {
+    /// Bytes to store as one blob (deduplicated like any chunk).
+    Data(Vec<u8>),
+    /// A blob the repository holds, taken as is.
+    Stored {
+        /// Its id.
+        id: BlobId,
+        /// Its plaintext size.
+        size: u32,
+    },
+    /// Replaces the node's metadata: for what is known only once the
+    /// content has been read (which blocks were holes, say). The last one
+    /// before the end counts.
+    Meta(Meta),
 }
 
 /// Called with a file's chunk ids and size once they are packed (on the
@@ -96,6 +120,10 @@ pub(crate) enum Piece {
     },
     /// The next `n` chunks of the batch belong to the open file.
     Chunks(usize),
+    /// A stored blob belongs to the open file next.
+    Known { id: BlobId, size: u32 },
+    /// New metadata for the open file.
+    Meta(Meta),
     /// The open file is complete.
     End,
     /// The open file could not be read: leave it out, with a warning.
@@ -174,7 +202,15 @@ impl<F: FnMut(Batch) -> bool> Batcher<F> {
                             meta,
                             on_stored,
                         });
-                        self.take_chunks(chunks);
+                        self.take_blocks(Box::new(chunks.map(|c| c.map(Block::Data))));
+                    }
+                    Content::Blocks(blocks) => {
+                        self.pieces.push(Piece::Start {
+                            name,
+                            meta,
+                            on_stored,
+                        });
+                        self.take_blocks(blocks);
                     }
                 },
             }
@@ -228,16 +264,40 @@ impl<F: FnMut(Batch) -> bool> Batcher<F> {
         }
     }
 
-    /// Adds a file's ready-cut chunks to the batch, emitting full batches
+    /// Adds a file's ready-cut blocks to the batch, emitting full batches
     /// as it goes.
-    fn take_chunks(&mut self, chunks: Box<dyn Iterator<Item = std::io::Result<Vec<u8>>> + Send>) {
+    fn take_blocks(&mut self, blocks: Box<dyn Iterator<Item = std::io::Result<Block>> + Send>) {
         let mut pending = 0;
-        for chunk in chunks {
+        for block in blocks {
             if self.stopped {
                 return;
             }
-            let chunk = match chunk {
-                Ok(c) => c,
+            let chunk = match block {
+                Ok(Block::Data(c)) => c,
+                Ok(Block::Stored { id, size }) => {
+                    if pending > 0 {
+                        self.pieces.push(Piece::Chunks(pending));
+                        pending = 0;
+                    }
+                    self.pieces.push(Piece::Known { id, size });
+                    if self.pieces.len() >= PIECES_PER_BATCH {
+                        let all = self.data.len();
+                        self.flush(all);
+                    }
+                    continue;
+                }
+                Ok(Block::Meta(meta)) => {
+                    if pending > 0 {
+                        self.pieces.push(Piece::Chunks(pending));
+                        pending = 0;
+                    }
+                    self.pieces.push(Piece::Meta(meta));
+                    if self.pieces.len() >= PIECES_PER_BATCH {
+                        let all = self.data.len();
+                        self.flush(all);
+                    }
+                    continue;
+                }
                 Err(e) => {
                     if pending > 0 {
                         self.pieces.push(Piece::Chunks(pending));

@@ -1,0 +1,696 @@
+//! Backing a VM's disks up: plan which chunks to read (allocation, dirty
+//! bitmap, the previous snapshot), read them over NBD with several
+//! requests in flight (or from a plain file), and store each disk as one
+//! sparse node of fixed-size chunks.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tessera_core::{BackupSummary, Block, Content, Entry, KnownBlobs, Meta, Repository};
+
+use crate::bitmap::{self, Base};
+use crate::image::{self, QemuNbd};
+use crate::meta::{DiskInfo, DiskMeta, VmMeta, dir_meta, file_meta, VM_META_VERSION};
+use crate::nbd::client::Duplex;
+use crate::nbd::{CONTEXT_ALLOCATION, NbdClient, ReadPipeline, STATE_DIRTY, STATE_ZERO};
+use crate::restore::DiskMap;
+use crate::{Error, KIND, Result};
+
+/// One disk to back up: its name in the snapshot and where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskSpec {
+    /// Name (a file name: the node under `disks/`).
+    pub name: String,
+    /// An image file (raw or qcow2) or a block device.
+    pub path: PathBuf,
+}
+
+impl std::str::FromStr for DiskSpec {
+    type Err = Error;
+    /// `NAME=PATH`.
+    fn from_str(s: &str) -> Result<Self> {
+        let (name, path) = s
+            .split_once('=')
+            .filter(|(n, p)| !n.is_empty() && !p.is_empty())
+            .ok_or_else(|| Error::InvalidArgument(format!("--disk {s:?}: expected NAME=IMAGE")))?;
+        Ok(DiskSpec {
+            name: name.into(),
+            path: path.into(),
+        })
+    }
+}
+
+/// Options of a VM backup.
+#[derive(Clone, Debug)]
+pub struct BackupOptions {
+    /// The VM's name.
+    pub vm: String,
+    /// Chunk size (a power of two, 64 KiB to 4 MiB).
+    pub chunk_size: u32,
+    /// A configuration file to store beside the disks (libvirt XML, a
+    /// Proxmox `qemu-server` conf, ...).
+    pub config: Option<PathBuf>,
+    /// Read the files or devices themselves, without QEMU (raw only; no
+    /// dirty bitmaps).
+    pub direct: bool,
+    /// Read every allocated chunk even where a dirty bitmap could tell.
+    pub full: bool,
+    /// Read requests in flight per disk.
+    pub window: usize,
+    /// How long an NBD server may stay silent.
+    pub timeout: Duration,
+    /// Tags of the snapshot.
+    pub tags: Vec<String>,
+    /// Host name (default: this machine's).
+    pub hostname: Option<String>,
+}
+
+impl Default for BackupOptions {
+    fn default() -> Self {
+        BackupOptions {
+            vm: String::new(),
+            chunk_size: 256 << 10,
+            config: None,
+            direct: false,
+            full: false,
+            window: 8,
+            timeout: Duration::from_secs(60),
+            tags: Vec::new(),
+            hostname: None,
+        }
+    }
+}
+
+/// What a backup did with one disk.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DiskReport {
+    /// The disk's name.
+    pub name: String,
+    /// Format read.
+    pub format: String,
+    /// Virtual size.
+    pub size: u64,
+    /// Chunk size.
+    pub chunk_size: u32,
+    /// `full` or `bitmap`.
+    pub mode: String,
+    /// Why a full read where a bitmap was hoped for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Bytes read from the source.
+    pub bytes_read: u64,
+    /// Read requests made.
+    pub reads: u64,
+    /// Chunks read.
+    pub chunks_read: u64,
+    /// Chunks taken from the previous snapshot unread.
+    pub chunks_reused: u64,
+    /// Chunks stored as holes (reported zero, or read as zeros).
+    pub chunks_zero: u64,
+    /// The dirty bitmap now tracking writes since this snapshot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bitmap: Option<String>,
+}
+
+/// The outcome of a VM backup.
+#[derive(Clone, Debug)]
+pub struct VmBackup {
+    /// The snapshot.
+    pub summary: BackupSummary,
+    /// Per disk, in order.
+    pub disks: Vec<DiskReport>,
+    /// Things that went wrong after the snapshot was committed (a bitmap
+    /// that could not be added: the next backup reads in full).
+    pub warnings: Vec<String>,
+}
+
+/// What to do with one chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Plan {
+    Hole,
+    Read,
+    Reuse,
+}
+
+/// Backs up the disks of one VM (stopped: its image files) into one
+/// snapshot of kind [`KIND`].
+///
+/// # Errors
+/// A disk that cannot be opened or read (naming disk and offset), bad
+/// options, storage errors. Nothing is committed then, and every dirty
+/// bitmap is left as it was.
+pub async fn backup(repo: &Repository, disks: Vec<DiskSpec>, options: BackupOptions) -> Result<VmBackup> {
+    check_names(&options.vm, &disks)?;
+    let repo_id = repo.config().id.clone();
+    let known = repo.known_blobs().await?;
+    let result = async {
+        let mut sources = Vec::new();
+        for d in &disks {
+            sources.push(open_disk(repo, d, &options, &repo_id, &known).await?);
+        }
+        let config = match &options.config {
+            Some(p) => Some(read_config(p)?),
+            None => None,
+        };
+        Ok::<_, Error>((sources, config))
+    }
+    .await;
+    let (sources, config) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            repo.abandon_session().await;
+            return Err(e);
+        }
+    };
+    let now = jiff::Timestamp::now();
+    let time = (now.as_second(), now.subsec_nanosecond() as u32);
+    let failed: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
+    let mut reports = Vec::new();
+    let mut entries: Vec<Entry> = vec![Entry::Dir {
+        name: b"disks".to_vec(),
+        meta: dir_meta(time),
+    }];
+    let mut infos = Vec::new();
+    let mut images = Vec::new();
+    for s in sources {
+        let report = Arc::new(Mutex::new(s.report.clone()));
+        infos.push((s.report.name.clone(), s.path.display().to_string()));
+        images.push((s.path.clone(), s.report.format.clone(), s.bitmaps_to_drop.clone()));
+        reports.push(report.clone());
+        entries.push(Entry::File {
+            name: s.report.name.clone().into_bytes(),
+            meta: Meta::null(),
+            content: Content::Blocks(Box::new(DiskBlocks::new(s, time, report, failed.clone()))),
+            on_stored: None,
+        });
+    }
+    entries.push(Entry::EndDir);
+    let config_name = config.as_ref().map(|(n, _)| n.clone());
+    if let Some((name, bytes)) = config {
+        entries.push(Entry::Dir {
+            name: b"config".to_vec(),
+            meta: dir_meta(time),
+        });
+        entries.push(Entry::File {
+            name: name.into_bytes(),
+            meta: file_meta(time, bytes.len() as u64),
+            content: Content::Read(Box::new(std::io::Cursor::new(bytes))),
+            on_stored: None,
+        });
+        entries.push(Entry::EndDir);
+    }
+    let tree = repo.store_tree(entries.into_iter(), None).await?;
+    if let Some(e) = failed.lock().ok().and_then(|mut f| f.take()) {
+        repo.abandon_tree(tree).await;
+        return Err(e);
+    }
+    let disks: Vec<DiskReport> = reports
+        .iter()
+        .map(|r| r.lock().map(|r| r.clone()).unwrap_or_default())
+        .collect();
+    let meta = VmMeta {
+        version: VM_META_VERSION,
+        name: options.vm.clone(),
+        disks: disks
+            .iter()
+            .zip(&infos)
+            .map(|(r, (_, source))| DiskInfo {
+                name: r.name.clone(),
+                source: source.clone(),
+                format: r.format.clone(),
+                size: r.size,
+                chunk_size: r.chunk_size,
+                mode: r.mode.clone(),
+                bitmap: None,
+                bytes_read: r.bytes_read,
+            })
+            .collect(),
+        config: config_name,
+        live: false,
+        frozen: None,
+    };
+    let commit = tessera_core::BackupOptions {
+        time: Some(now),
+        hostname: options.hostname.clone(),
+        tags: options.tags.clone(),
+        paths: vec![options.vm.clone()],
+        source_kind: Some(KIND.into()),
+        source_meta: serde_json::to_value(&meta).map_err(|e| Error::InvalidArgument(format!("VM metadata: {e}")))?,
+        ..Default::default()
+    };
+    let summary = repo.commit_snapshot(tree, commit).await?;
+    let mut disks = disks;
+    let mut warnings = Vec::new();
+    if !options.direct {
+        for (report, (path, format, drop)) in disks.iter_mut().zip(images) {
+            if format != "qcow2" {
+                continue;
+            }
+            match bitmap::advance(&path, &repo_id, summary.id, &drop) {
+                Ok(name) => report.bitmap = Some(name),
+                Err(e) => warnings.push(format!(
+                    "disk {}: no dirty bitmap for the next backup (it will read the whole disk): {e}",
+                    report.name
+                )),
+            }
+        }
+    }
+    Ok(VmBackup { summary, disks, warnings })
+}
+
+fn check_names(vm: &str, disks: &[DiskSpec]) -> Result<()> {
+    if vm.is_empty() {
+        return Err(Error::InvalidArgument("a VM backup needs a name (--name)".into()));
+    }
+    if disks.is_empty() {
+        return Err(Error::InvalidArgument("a VM backup needs at least one --disk NAME=IMAGE".into()));
+    }
+    for d in disks {
+        tessera_core::validate_stream_name(&d.name)
+            .map_err(|e| Error::InvalidArgument(format!("disk name {:?}: {e}", d.name)))?;
+    }
+    tessera_core::tree::ensure_unique_names(disks.iter().map(|d| d.name.as_bytes()))
+        .map_err(|e| Error::InvalidArgument(format!("disk names: {e}")))?;
+    Ok(())
+}
+
+fn read_config(path: &Path) -> Result<(String, Vec<u8>)> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| Error::InvalidArgument(format!("--config {}: not a file name", path.display())))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    Ok((name, bytes))
+}
+
+/// How a disk's chunks are read.
+enum Reader {
+    Nbd {
+        pipeline: ReadPipeline<Duplex, ReadRanges>,
+        // Stops qemu-nbd when the disk is done (after the pipeline).
+        _server: QemuNbd,
+    },
+    File(File),
+}
+
+/// An opened disk with its plan.
+struct Source {
+    path: PathBuf,
+    report: DiskReport,
+    plan: Arc<Vec<Plan>>,
+    base: Option<Arc<DiskMap>>,
+    reader: Reader,
+    bitmaps_to_drop: Vec<String>,
+}
+
+async fn open_disk(
+    repo: &Repository,
+    disk: &DiskSpec,
+    options: &BackupOptions,
+    repo_id: &str,
+    known: &KnownBlobs,
+) -> Result<Source> {
+    let cs = options.chunk_size;
+    let name = &disk.name;
+    let in_disk = |e: Error| Error::InvalidArgument(format!("disk {name} ({}): {e}", disk.path.display()));
+    let mut report = DiskReport {
+        name: name.clone(),
+        chunk_size: cs,
+        mode: "full".into(),
+        ..Default::default()
+    };
+    if options.direct {
+        let file = File::open(&disk.path).map_err(|e| Error::io(format!("disk {name}: opening {}", disk.path.display()), e))?;
+        let size = std::io::Seek::seek(&mut &file, std::io::SeekFrom::End(0))
+            .map_err(|e| Error::io(format!("disk {name}: sizing {}", disk.path.display()), e))?;
+        let data = data_ranges(&file, size).map_err(|e| Error::io(format!("disk {name}: mapping {}", disk.path.display()), e))?;
+        report.format = "raw".into();
+        report.size = size;
+        let plan = plan_from_allocation(size, cs, data.iter().map(|&(o, l)| (o, l, 0)), 0);
+        return Ok(Source {
+            path: disk.path.clone(),
+            report,
+            plan: Arc::new(plan),
+            base: None,
+            reader: Reader::File(file),
+            bitmaps_to_drop: Vec::new(),
+        });
+    }
+    let info = image::info(&disk.path).map_err(in_disk)?;
+    report.format = info.format.clone();
+    report.size = info.size;
+    let choice = bitmap::choose(repo, &info, repo_id, &options.vm, name, cs, options.full).await?;
+    let (base, reason) = match choice.base {
+        Base::Use { bitmap, map } => (Some((bitmap, map)), None),
+        Base::None(why) => (None, Some(why)),
+    };
+    report.reason = reason;
+    let server = QemuNbd::start(&disk.path, &info.format, base.as_ref().map(|(b, _)| b.as_str())).map_err(in_disk)?;
+    let dirty_context = base.as_ref().map(|(b, _)| format!("qemu:dirty-bitmap:{b}"));
+    let mut contexts = vec![CONTEXT_ALLOCATION];
+    if let Some(c) = &dirty_context {
+        contexts.push(c);
+    }
+    let mut client = NbdClient::connect(server.socket(), "", &contexts, options.timeout).map_err(in_disk)?;
+    if client.size() != info.size {
+        return Err(in_disk(Error::Nbd(format!("qemu-nbd exports {} bytes, qemu-img said {}", client.size(), info.size))));
+    }
+    let size = info.size;
+    let allocation = if client.has_context(CONTEXT_ALLOCATION) {
+        client.block_status(0, size, CONTEXT_ALLOCATION).map_err(in_disk)?
+    } else {
+        Vec::new()
+    };
+    let mut plan = plan_from_allocation(size, cs, allocation.iter().map(|e| (e.offset, e.length, e.flags)), STATE_ZERO);
+    let mut base_map = None;
+    if let (Some((_, map)), Some(context)) = (base, &dirty_context) {
+        let dirty = client.block_status(0, size, context).map_err(in_disk)?;
+        let mut is_dirty = vec![false; plan.len()];
+        for e in dirty.iter().filter(|e| e.flags & STATE_DIRTY != 0) {
+            let first = e.offset / u64::from(cs);
+            let last = (e.offset + e.length).div_ceil(u64::from(cs));
+            for d in is_dirty.iter_mut().take(last as usize).skip(first as usize) {
+                *d = true;
+            }
+        }
+        for (i, p) in plan.iter_mut().enumerate() {
+            if *p != Plan::Read || is_dirty.get(i).copied().unwrap_or(true) {
+                continue;
+            }
+            // Clean: the previous snapshot's chunk, unless the repository
+            // lost it (a prune condemned its pack): then read it again.
+            match map.blob_at(i as u64) {
+                None => *p = Plan::Hole,
+                Some(id) if known.contains_all(&[id]) => *p = Plan::Reuse,
+                Some(_) => {}
+            }
+        }
+        report.mode = "bitmap".into();
+        base_map = Some(Arc::new(map));
+    }
+    let plan = Arc::new(plan);
+    let ranges = ReadRanges {
+        plan: plan.clone(),
+        next: 0,
+        chunk_size: cs,
+        size,
+    };
+    Ok(Source {
+        path: disk.path.clone(),
+        report,
+        plan,
+        base: base_map,
+        reader: Reader::Nbd {
+            pipeline: ReadPipeline::new(client, ranges, options.window),
+            _server: server,
+        },
+        bitmaps_to_drop: choice.ours,
+    })
+}
+
+/// The plan from allocation extents: a chunk wholly covered by extents
+/// whose flags contain `zero_flag` (holes the source reports) is a hole;
+/// when `zero_flag` is 0 the extents are data ranges, and a chunk none of
+/// them touches is a hole. Every other chunk is read.
+fn plan_from_allocation(size: u64, cs: u32, extents: impl Iterator<Item = (u64, u64, u32)>, zero_flag: u32) -> Vec<Plan> {
+    let cs = u64::from(cs);
+    let n = size.div_ceil(cs) as usize;
+    if zero_flag == 0 {
+        let mut plan = vec![Plan::Hole; n];
+        for (off, len, _) in extents {
+            let last = (off.saturating_add(len)).div_ceil(cs) as usize;
+            for p in plan.iter_mut().take(last).skip((off / cs) as usize) {
+                *p = Plan::Read;
+            }
+        }
+        return plan;
+    }
+    // Bytes of each chunk the source reports as zero.
+    let mut zero = vec![0u64; n];
+    for (off, len, flags) in extents {
+        if flags & zero_flag == 0 {
+            continue;
+        }
+        let end = off.saturating_add(len).min(size);
+        let mut at = off;
+        while at < end {
+            let i = (at / cs) as usize;
+            let stop = ((at / cs + 1) * cs).min(end);
+            if let Some(z) = zero.get_mut(i) {
+                *z += stop - at;
+            }
+            at = stop;
+        }
+    }
+    zero.iter()
+        .enumerate()
+        .map(|(i, &z)| {
+            let len = (size - i as u64 * cs).min(cs);
+            if z >= len { Plan::Hole } else { Plan::Read }
+        })
+        .collect()
+}
+
+/// Data ranges of a file (SEEK_DATA / SEEK_HOLE; a device or a
+/// filesystem without them: all of it).
+fn data_ranges(file: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
+    use rustix::fs::{SeekFrom, seek};
+    let mut out = Vec::new();
+    let mut pos = 0u64;
+    while pos < size {
+        let start = match seek(file, SeekFrom::Data(pos)) {
+            Ok(s) => s,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => return Ok(vec![(0, size)]),
+            Err(e) => return Err(e.into()),
+        };
+        let end = match seek(file, SeekFrom::Hole(start)) {
+            Ok(e) => e.min(size),
+            Err(_) => size,
+        };
+        if end > start {
+            out.push((start, end - start));
+        }
+        pos = end.max(start + 1);
+    }
+    Ok(out)
+}
+
+/// The (offset, length) of every chunk the plan reads, in order.
+struct ReadRanges {
+    plan: Arc<Vec<Plan>>,
+    next: usize,
+    chunk_size: u32,
+    size: u64,
+}
+
+impl Iterator for ReadRanges {
+    type Item = (u64, u32);
+    fn next(&mut self) -> Option<(u64, u32)> {
+        while let Some(p) = self.plan.get(self.next) {
+            let i = self.next as u64;
+            self.next += 1;
+            if *p == Plan::Read {
+                let off = i * u64::from(self.chunk_size);
+                return Some((off, (self.size - off).min(u64::from(self.chunk_size)) as u32));
+            }
+        }
+        None
+    }
+}
+
+/// A disk's blocks, in order, for [`Content::Blocks`]; its final
+/// metadata (the extents found) last.
+struct DiskBlocks {
+    name: String,
+    plan: Arc<Vec<Plan>>,
+    base: Option<Arc<DiskMap>>,
+    reader: Option<Reader>,
+    chunk_size: u32,
+    size: u64,
+    next: usize,
+    extents: Vec<(u64, u64)>,
+    meta: DiskMeta,
+    report: Arc<Mutex<DiskReport>>,
+    failed: Arc<Mutex<Option<Error>>>,
+    done: bool,
+}
+
+impl DiskBlocks {
+    fn new(s: Source, time: (i64, u32), report: Arc<Mutex<DiskReport>>, failed: Arc<Mutex<Option<Error>>>) -> Self {
+        let meta = DiskMeta {
+            kind: "file".into(),
+            mode: 0o600,
+            uid: 0,
+            gid: 0,
+            mtime: time,
+            atime: time,
+            size: s.report.size,
+            extents: Vec::new(),
+            chunk_size: s.report.chunk_size,
+            format: s.report.format.clone(),
+        };
+        DiskBlocks {
+            name: s.report.name.clone(),
+            plan: s.plan,
+            base: s.base,
+            reader: Some(s.reader),
+            chunk_size: s.report.chunk_size,
+            size: s.report.size,
+            next: 0,
+            extents: Vec::new(),
+            meta,
+            report,
+            failed,
+            done: false,
+        }
+    }
+
+    fn add_extent(&mut self, off: u64, len: u64) {
+        match self.extents.last_mut() {
+            Some(last) if last.0 + last.1 == off => last.1 += len,
+            _ => self.extents.push((off, len)),
+        }
+    }
+
+    fn fail(&mut self, e: Error) -> std::io::Error {
+        let msg = format!("disk {}: {e}", self.name);
+        if let Ok(mut f) = self.failed.lock() {
+            f.get_or_insert(Error::Nbd(msg.clone()));
+        }
+        self.reader = None;
+        self.done = true;
+        std::io::Error::other(msg)
+    }
+
+    fn read(&mut self, off: u64, len: u32) -> Result<(Vec<u8>, bool)> {
+        match self.reader.as_mut() {
+            Some(Reader::Nbd { pipeline, .. }) => {
+                let chunk = pipeline
+                    .next_read()
+                    .ok_or_else(|| Error::Nbd("the read pipeline ended early".into()))??;
+                if chunk.offset != off {
+                    return Err(Error::Nbd(format!("read {} arrived for {off}", chunk.offset)));
+                }
+                Ok((chunk.data, chunk.hole))
+            }
+            Some(Reader::File(f)) => {
+                let mut buf = vec![0u8; len as usize];
+                f.read_exact_at(&mut buf, off)
+                    .map_err(|e| Error::Nbd(format!("reading {len} bytes at offset {off}: {e}")))?;
+                Ok((buf, false))
+            }
+            None => Err(Error::Nbd("the disk is closed".into())),
+        }
+    }
+
+    fn tally(&self, f: impl FnOnce(&mut DiskReport)) {
+        if let Ok(mut r) = self.report.lock() {
+            f(&mut r);
+        }
+    }
+}
+
+impl Iterator for DiskBlocks {
+    type Item = std::io::Result<Block>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        let cs = u64::from(self.chunk_size);
+        while let Some(&p) = self.plan.get(self.next) {
+            let i = self.next as u64;
+            self.next += 1;
+            let off = i * cs;
+            let len = (self.size - off).min(cs) as u32;
+            match p {
+                Plan::Hole => self.tally(|r| r.chunks_zero += 1),
+                Plan::Reuse => {
+                    let Some(id) = self.base.as_ref().and_then(|b| b.blob_at(i)) else {
+                        return Some(Err(self.fail(Error::Nbd(format!("no previous chunk at offset {off}")))));
+                    };
+                    self.add_extent(off, u64::from(len));
+                    self.tally(|r| r.chunks_reused += 1);
+                    return Some(Ok(Block::Stored { id, size: len }));
+                }
+                Plan::Read => {
+                    let (data, hole) = match self.read(off, len) {
+                        Ok(r) => r,
+                        Err(e) => return Some(Err(self.fail(e))),
+                    };
+                    self.tally(|r| {
+                        r.chunks_read += 1;
+                        r.bytes_read += u64::from(len);
+                        r.reads += 1;
+                    });
+                    if hole || is_zero(&data) {
+                        self.tally(|r| r.chunks_zero += 1);
+                        continue;
+                    }
+                    self.add_extent(off, u64::from(len));
+                    return Some(Ok(Block::Data(data)));
+                }
+            }
+        }
+        // The end: close the source, then the node's real metadata.
+        self.reader = None;
+        self.done = true;
+        let mut meta = self.meta.clone();
+        meta.extents = std::mem::take(&mut self.extents);
+        Some(Ok(Block::Meta(meta.to_meta())))
+    }
+}
+
+/// Whether a buffer holds only zeros (vectorizes: no early exit inside a
+/// block).
+pub(crate) fn is_zero(data: &[u8]) -> bool {
+    let mut blocks = data.chunks_exact(256);
+    blocks.all(|b| b.iter().fold(0u8, |a, &x| a | x) == 0) && blocks.remainder().iter().all(|&x| x == 0)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_chunks_are_found() {
+        assert!(is_zero(&[0; 1000]));
+        let mut v = vec![0u8; 1000];
+        v[999] = 1;
+        assert!(!is_zero(&v));
+        v[999] = 0;
+        v[3] = 1;
+        assert!(!is_zero(&v));
+    }
+
+    #[test]
+    fn allocation_plans_holes_only_for_wholly_zero_chunks() {
+        let cs = 65536u32;
+        let c = u64::from(cs);
+        // 4 chunks: zero extent covers chunk 1 wholly and half of chunk 2.
+        let ext = [(0, c, 0), (c, c + c / 2, STATE_ZERO), (2 * c + c / 2, c + c / 2, 0)];
+        let plan = plan_from_allocation(4 * c, cs, ext.into_iter(), STATE_ZERO);
+        assert_eq!(plan, vec![Plan::Read, Plan::Hole, Plan::Read, Plan::Read]);
+        // Two zero extents of different flags cover chunk 0 together; the
+        // short last chunk is wholly zero.
+        let ext = [(0, c / 2, STATE_ZERO | 1), (c / 2, c / 2, STATE_ZERO), (c, c, 0), (2 * c, 100, STATE_ZERO)];
+        let plan = plan_from_allocation(2 * c + 100, cs, ext.into_iter(), STATE_ZERO);
+        assert_eq!(plan, vec![Plan::Hole, Plan::Read, Plan::Hole]);
+        // Data ranges (direct files): untouched chunks are holes.
+        let plan = plan_from_allocation(4 * c, cs, [(c + 10, 5, 0)].into_iter(), 0);
+        assert_eq!(plan, vec![Plan::Hole, Plan::Read, Plan::Hole, Plan::Hole]);
+    }
+
+    #[test]
+    fn disk_specs_parse() {
+        let d: DiskSpec = "sda=/var/lib/vm/a.qcow2".parse().unwrap();
+        assert_eq!(d.name, "sda");
+        assert!("sda".parse::<DiskSpec>().is_err());
+        assert!("=x".parse::<DiskSpec>().is_err());
+    }
+}

@@ -1,0 +1,1 @@
+//! Integration tests of the VM adapter against real QEMU tools.
