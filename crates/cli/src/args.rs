@@ -154,7 +154,9 @@ pub enum Command {
 #[derive(Subcommand, Debug)]
 pub enum VmCommand {
     /// Back up the disks of a stopped VM (raw or qcow2 images, detected)
-    #[command(after_help = "Examples:\n  tessera vm backup --name web --disk sda=/var/lib/libvirt/images/web.qcow2\n  tessera vm backup --name db --disk root=/dev/vg0/db --direct --chunk-size 1M\n\nA qcow2 image gets a persistent dirty bitmap per repository; the next backup reads only the chunks written since. Exit status: 0 done, 1 failed (nothing committed), 2 usage.")]
+    #[command(
+        after_help = "Examples:\n  tessera vm backup --name web --disk sda=/var/lib/libvirt/images/web.qcow2\n  tessera vm backup --name db --disk root=/dev/vg0/db --direct --chunk-size 1M\n\nA qcow2 image gets a persistent dirty bitmap per repository; the next backup reads only the chunks written since. Exit status: 0 done, 1 failed (nothing committed), 2 usage."
+    )]
     Backup(VmBackupArgs),
     /// Restore one disk of a VM snapshot to a file or block device
     Restore(VmRestoreArgs),

@@ -59,7 +59,11 @@ async fn backup(g: &Global, a: VmBackupArgs) -> Result<ExitCode> {
         println!("{json}");
     } else if !g.quiet {
         for d in &done.disks {
-            let why = d.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default();
+            let why = d
+                .reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default();
             println!(
                 "disk {}: {} {}, {} read{why}: {} chunks read, {} reused, {} holes",
                 d.name,
@@ -100,7 +104,8 @@ async fn find_vm_snapshot(repo: &Repository, reference: &str) -> Result<Snapshot
     } else {
         repo.find_snapshot(reference).await?
     };
-    tessera_vm::restore::vm_meta(&entry.snapshot).with_context(|| format!("snapshot {}", entry.id.short()))?;
+    tessera_vm::restore::vm_meta(&entry.snapshot)
+        .with_context(|| format!("snapshot {}", entry.id.short()))?;
     Ok(entry)
 }
 
@@ -170,7 +175,15 @@ async fn list(g: &Global, json: bool) -> Result<ExitCode> {
             let disks: Vec<String> = meta
                 .disks
                 .iter()
-                .map(|d| format!("{} ({} {}, {})", d.name, d.format, output::bytes(d.size), d.mode))
+                .map(|d| {
+                    format!(
+                        "{} ({} {}, {})",
+                        d.name,
+                        d.format,
+                        output::bytes(d.size),
+                        d.mode
+                    )
+                })
                 .collect();
             println!(
                 "{}  {}  {}  {}  {} new",
@@ -188,11 +201,19 @@ async fn list(g: &Global, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn export_of(g: &Global, snapshot: &str, disk: &str) -> Result<(SnapshotEntry, Arc<DiskExport>)> {
+async fn export_of(
+    g: &Global,
+    snapshot: &str,
+    disk: &str,
+) -> Result<(SnapshotEntry, Arc<DiskExport>)> {
     let repo = open(g).await?;
     let entry = find_vm_snapshot(&repo, snapshot).await?;
     let map = tessera_vm::restore::disk_map(&repo, &entry.snapshot, disk).await?;
-    let export = Arc::new(DiskExport::new(repo, map, tokio::runtime::Handle::current()));
+    let export = Arc::new(DiskExport::new(
+        repo,
+        map,
+        tokio::runtime::Handle::current(),
+    ));
     Ok((entry, export))
 }
 

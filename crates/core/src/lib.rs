@@ -62,8 +62,8 @@ mod span;
 mod stats;
 
 pub use backup::{
-    BackupOptions, BackupProgress, BackupSummary, Block, Content, Entry, KnownBlobs, OnStored, StoredTree,
-    StreamSource, validate_stream_name,
+    BackupOptions, BackupProgress, BackupSummary, Block, Content, Entry, KnownBlobs, OnStored,
+    StoredTree, StreamSource, validate_stream_name,
 };
 pub use check::{CheckOptions, CheckReport, ReadData};
 pub use chunker::ChunkerParams;

@@ -210,7 +210,10 @@ async fn blocks_mix_stored_blobs_with_new_bytes_under_a_known_session_id() {
             second_blocks.push(Ok(Block::Data(changed.clone())));
         } else {
             expected.extend_from_slice(&blocks[i]);
-            second_blocks.push(Ok(Block::Stored { id: *id, size: 4096 }));
+            second_blocks.push(Ok(Block::Stored {
+                id: *id,
+                size: 4096,
+            }));
         }
     }
     second_blocks.push(Ok(Block::Meta(Meta::to_json(&"read").unwrap())));

@@ -13,7 +13,7 @@ use tessera_core::{BackupSummary, Block, Content, Entry, KnownBlobs, Meta, Repos
 
 use crate::bitmap::{self, Base};
 use crate::image::{self, QemuNbd};
-use crate::meta::{DiskInfo, DiskMeta, VmMeta, dir_meta, file_meta, VM_META_VERSION};
+use crate::meta::{DiskInfo, DiskMeta, VM_META_VERSION, VmMeta, dir_meta, file_meta};
 use crate::nbd::client::Duplex;
 use crate::nbd::{CONTEXT_ALLOCATION, NbdClient, ReadPipeline, STATE_DIRTY, STATE_ZERO};
 use crate::restore::DiskMap;
@@ -142,7 +142,11 @@ enum Plan {
 /// A disk that cannot be opened or read (naming disk and offset), bad
 /// options, storage errors. Nothing is committed then, and every dirty
 /// bitmap is left as it was.
-pub async fn backup(repo: &Repository, disks: Vec<DiskSpec>, options: BackupOptions) -> Result<VmBackup> {
+pub async fn backup(
+    repo: &Repository,
+    disks: Vec<DiskSpec>,
+    options: BackupOptions,
+) -> Result<VmBackup> {
     check_names(&options.vm, &disks)?;
     let repo_id = repo.config().id.clone();
     let known = repo.known_blobs().await?;
@@ -178,7 +182,11 @@ pub async fn backup(repo: &Repository, disks: Vec<DiskSpec>, options: BackupOpti
     for s in sources {
         let report = Arc::new(Mutex::new(s.report.clone()));
         infos.push((s.report.name.clone(), s.path.display().to_string()));
-        images.push((s.path.clone(), s.report.format.clone(), s.bitmaps_to_drop.clone()));
+        images.push((
+            s.path.clone(),
+            s.report.format.clone(),
+            s.bitmaps_to_drop.clone(),
+        ));
         reports.push(report.clone());
         entries.push(Entry::File {
             name: s.report.name.clone().into_bytes(),
@@ -238,7 +246,8 @@ pub async fn backup(repo: &Repository, disks: Vec<DiskSpec>, options: BackupOpti
         tags: options.tags.clone(),
         paths: vec![options.vm.clone()],
         source_kind: Some(KIND.into()),
-        source_meta: serde_json::to_value(&meta).map_err(|e| Error::InvalidArgument(format!("VM metadata: {e}")))?,
+        source_meta: serde_json::to_value(&meta)
+            .map_err(|e| Error::InvalidArgument(format!("VM metadata: {e}")))?,
         ..Default::default()
     };
     let summary = repo.commit_snapshot(tree, commit).await?;
@@ -258,15 +267,23 @@ pub async fn backup(repo: &Repository, disks: Vec<DiskSpec>, options: BackupOpti
             }
         }
     }
-    Ok(VmBackup { summary, disks, warnings })
+    Ok(VmBackup {
+        summary,
+        disks,
+        warnings,
+    })
 }
 
 fn check_names(vm: &str, disks: &[DiskSpec]) -> Result<()> {
     if vm.is_empty() {
-        return Err(Error::InvalidArgument("a VM backup needs a name (--name)".into()));
+        return Err(Error::InvalidArgument(
+            "a VM backup needs a name (--name)".into(),
+        ));
     }
     if disks.is_empty() {
-        return Err(Error::InvalidArgument("a VM backup needs at least one --disk NAME=IMAGE".into()));
+        return Err(Error::InvalidArgument(
+            "a VM backup needs at least one --disk NAME=IMAGE".into(),
+        ));
     }
     for d in disks {
         tessera_core::validate_stream_name(&d.name)
@@ -281,8 +298,11 @@ fn read_config(path: &Path) -> Result<(String, Vec<u8>)> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .ok_or_else(|| Error::InvalidArgument(format!("--config {}: not a file name", path.display())))?;
-    let bytes = std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!("--config {}: not a file name", path.display()))
+        })?;
+    let bytes =
+        std::fs::read(path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
     Ok((name, bytes))
 }
 
@@ -291,7 +311,7 @@ enum Reader {
     Nbd {
         pipeline: ReadPipeline<Duplex, ReadRanges>,
         // Stops qemu-nbd when the disk is done (after the pipeline).
-        _server: QemuNbd,
+        _server: Option<QemuNbd>,
     },
     File(File),
 }
@@ -315,7 +335,8 @@ async fn open_disk(
 ) -> Result<Source> {
     let cs = options.chunk_size;
     let name = &disk.name;
-    let in_disk = |e: Error| Error::InvalidArgument(format!("disk {name} ({}): {e}", disk.path.display()));
+    let in_disk =
+        |e: Error| Error::InvalidArgument(format!("disk {name} ({}): {e}", disk.path.display()));
     let mut report = DiskReport {
         name: name.clone(),
         chunk_size: cs,
@@ -323,10 +344,12 @@ async fn open_disk(
         ..Default::default()
     };
     if options.direct {
-        let file = File::open(&disk.path).map_err(|e| Error::io(format!("disk {name}: opening {}", disk.path.display()), e))?;
+        let file = File::open(&disk.path)
+            .map_err(|e| Error::io(format!("disk {name}: opening {}", disk.path.display()), e))?;
         let size = std::io::Seek::seek(&mut &file, std::io::SeekFrom::End(0))
             .map_err(|e| Error::io(format!("disk {name}: sizing {}", disk.path.display()), e))?;
-        let data = data_ranges(&file, size).map_err(|e| Error::io(format!("disk {name}: mapping {}", disk.path.display()), e))?;
+        let data = data_ranges(&file, size)
+            .map_err(|e| Error::io(format!("disk {name}: mapping {}", disk.path.display()), e))?;
         report.format = "raw".into();
         report.size = size;
         let plan = plan_from_allocation(size, cs, data.iter().map(|&(o, l)| (o, l, 0)), 0);
@@ -339,6 +362,47 @@ async fn open_disk(
             bitmaps_to_drop: Vec::new(),
         });
     }
+    if let Some((export, socket)) = nbd_url(&disk.path) {
+        // An NBD export someone else serves (qemu-storage-daemon, nbdkit,
+        // a running QEMU's NBD server): read as it presents itself.
+        let mut client =
+            NbdClient::connect(&socket, &export, &[CONTEXT_ALLOCATION], options.timeout)
+                .map_err(in_disk)?;
+        let size = client.size();
+        let allocation = if client.has_context(CONTEXT_ALLOCATION) {
+            client
+                .block_status(0, size, CONTEXT_ALLOCATION)
+                .map_err(in_disk)?
+        } else {
+            Vec::new()
+        };
+        report.format = "raw".into();
+        report.size = size;
+        report.reason = Some("an NBD export is read in full".into());
+        let plan = Arc::new(plan_from_allocation(
+            size,
+            cs,
+            allocation.iter().map(|e| (e.offset, e.length, e.flags)),
+            STATE_ZERO,
+        ));
+        let ranges = ReadRanges {
+            plan: plan.clone(),
+            next: 0,
+            chunk_size: cs,
+            size,
+        };
+        return Ok(Source {
+            path: disk.path.clone(),
+            report,
+            plan,
+            base: None,
+            reader: Reader::Nbd {
+                pipeline: ReadPipeline::new(client, ranges, options.window),
+                _server: None,
+            },
+            bitmaps_to_drop: Vec::new(),
+        });
+    }
     let info = image::info(&disk.path).map_err(in_disk)?;
     report.format = info.format.clone();
     report.size = info.size;
@@ -348,23 +412,40 @@ async fn open_disk(
         Base::None(why) => (None, Some(why)),
     };
     report.reason = reason;
-    let server = QemuNbd::start(&disk.path, &info.format, base.as_ref().map(|(b, _)| b.as_str())).map_err(in_disk)?;
+    let server = QemuNbd::start(
+        &disk.path,
+        &info.format,
+        base.as_ref().map(|(b, _)| b.as_str()),
+    )
+    .map_err(in_disk)?;
     let dirty_context = base.as_ref().map(|(b, _)| format!("qemu:dirty-bitmap:{b}"));
     let mut contexts = vec![CONTEXT_ALLOCATION];
     if let Some(c) = &dirty_context {
         contexts.push(c);
     }
-    let mut client = NbdClient::connect(server.socket(), "", &contexts, options.timeout).map_err(in_disk)?;
+    let mut client =
+        NbdClient::connect(server.socket(), "", &contexts, options.timeout).map_err(in_disk)?;
     if client.size() != info.size {
-        return Err(in_disk(Error::Nbd(format!("qemu-nbd exports {} bytes, qemu-img said {}", client.size(), info.size))));
+        return Err(in_disk(Error::Nbd(format!(
+            "qemu-nbd exports {} bytes, qemu-img said {}",
+            client.size(),
+            info.size
+        ))));
     }
     let size = info.size;
     let allocation = if client.has_context(CONTEXT_ALLOCATION) {
-        client.block_status(0, size, CONTEXT_ALLOCATION).map_err(in_disk)?
+        client
+            .block_status(0, size, CONTEXT_ALLOCATION)
+            .map_err(in_disk)?
     } else {
         Vec::new()
     };
-    let mut plan = plan_from_allocation(size, cs, allocation.iter().map(|e| (e.offset, e.length, e.flags)), STATE_ZERO);
+    let mut plan = plan_from_allocation(
+        size,
+        cs,
+        allocation.iter().map(|e| (e.offset, e.length, e.flags)),
+        STATE_ZERO,
+    );
     let mut base_map = None;
     if let (Some((_, map)), Some(context)) = (base, &dirty_context) {
         let dirty = client.block_status(0, size, context).map_err(in_disk)?;
@@ -405,7 +486,7 @@ async fn open_disk(
         base: base_map,
         reader: Reader::Nbd {
             pipeline: ReadPipeline::new(client, ranges, options.window),
-            _server: server,
+            _server: Some(server),
         },
         bitmaps_to_drop: choice.ours,
     })
@@ -415,7 +496,12 @@ async fn open_disk(
 /// whose flags contain `zero_flag` (holes the source reports) is a hole;
 /// when `zero_flag` is 0 the extents are data ranges, and a chunk none of
 /// them touches is a hole. Every other chunk is read.
-fn plan_from_allocation(size: u64, cs: u32, extents: impl Iterator<Item = (u64, u64, u32)>, zero_flag: u32) -> Vec<Plan> {
+fn plan_from_allocation(
+    size: u64,
+    cs: u32,
+    extents: impl Iterator<Item = (u64, u64, u32)>,
+    zero_flag: u32,
+) -> Vec<Plan> {
     let cs = u64::from(cs);
     let n = size.div_ceil(cs) as usize;
     if zero_flag == 0 {
@@ -454,6 +540,15 @@ fn plan_from_allocation(size: u64, cs: u32, extents: impl Iterator<Item = (u64, 
         .collect()
 }
 
+/// The export and socket of an `nbd+unix:///EXPORT?socket=PATH` URL.
+pub fn nbd_url(path: &Path) -> Option<(String, PathBuf)> {
+    let rest = path.to_str()?.strip_prefix("nbd+unix://")?;
+    let rest = rest.strip_prefix('/').unwrap_or(rest);
+    let (export, query) = rest.split_once('?')?;
+    let socket = query.split('&').find_map(|kv| kv.strip_prefix("socket="))?;
+    Some((export.to_string(), PathBuf::from(socket)))
+}
+
 /// Data ranges of a file (SEEK_DATA / SEEK_HOLE; a device or a
 /// filesystem without them: all of it).
 fn data_ranges(file: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
@@ -464,7 +559,9 @@ fn data_ranges(file: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
         let start = match seek(file, SeekFrom::Data(pos)) {
             Ok(s) => s,
             Err(rustix::io::Errno::NXIO) => break,
-            Err(rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => return Ok(vec![(0, size)]),
+            Err(rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => {
+                return Ok(vec![(0, size)]);
+            }
             Err(e) => return Err(e.into()),
         };
         let end = match seek(file, SeekFrom::Hole(start)) {
@@ -495,7 +592,10 @@ impl Iterator for ReadRanges {
             self.next += 1;
             if *p == Plan::Read {
                 let off = i * u64::from(self.chunk_size);
-                return Some((off, (self.size - off).min(u64::from(self.chunk_size)) as u32));
+                return Some((
+                    off,
+                    (self.size - off).min(u64::from(self.chunk_size)) as u32,
+                ));
             }
         }
         None
@@ -520,7 +620,12 @@ struct DiskBlocks {
 }
 
 impl DiskBlocks {
-    fn new(s: Source, time: (i64, u32), report: Arc<Mutex<DiskReport>>, failed: Arc<Mutex<Option<Error>>>) -> Self {
+    fn new(
+        s: Source,
+        time: (i64, u32),
+        report: Arc<Mutex<DiskReport>>,
+        failed: Arc<Mutex<Option<Error>>>,
+    ) -> Self {
         let meta = DiskMeta {
             kind: "file".into(),
             mode: 0o600,
@@ -573,7 +678,10 @@ impl DiskBlocks {
                     .next_read()
                     .ok_or_else(|| Error::Nbd("the read pipeline ended early".into()))??;
                 if chunk.offset != off {
-                    return Err(Error::Nbd(format!("read {} arrived for {off}", chunk.offset)));
+                    return Err(Error::Nbd(format!(
+                        "read {} arrived for {off}",
+                        chunk.offset
+                    )));
                 }
                 Ok((chunk.data, chunk.hole))
             }
@@ -611,7 +719,9 @@ impl Iterator for DiskBlocks {
                 Plan::Hole => self.tally(|r| r.chunks_zero += 1),
                 Plan::Reuse => {
                     let Some(id) = self.base.as_ref().and_then(|b| b.blob_at(i)) else {
-                        return Some(Err(self.fail(Error::Nbd(format!("no previous chunk at offset {off}")))));
+                        return Some(Err(
+                            self.fail(Error::Nbd(format!("no previous chunk at offset {off}")))
+                        ));
                     };
                     self.add_extent(off, u64::from(len));
                     self.tally(|r| r.chunks_reused += 1);
@@ -649,7 +759,8 @@ impl Iterator for DiskBlocks {
 /// block).
 pub(crate) fn is_zero(data: &[u8]) -> bool {
     let mut blocks = data.chunks_exact(256);
-    blocks.all(|b| b.iter().fold(0u8, |a, &x| a | x) == 0) && blocks.remainder().iter().all(|&x| x == 0)
+    blocks.all(|b| b.iter().fold(0u8, |a, &x| a | x) == 0)
+        && blocks.remainder().iter().all(|&x| x == 0)
 }
 
 #[cfg(test)]
@@ -673,12 +784,21 @@ mod tests {
         let cs = 65536u32;
         let c = u64::from(cs);
         // 4 chunks: zero extent covers chunk 1 wholly and half of chunk 2.
-        let ext = [(0, c, 0), (c, c + c / 2, STATE_ZERO), (2 * c + c / 2, c + c / 2, 0)];
+        let ext = [
+            (0, c, 0),
+            (c, c + c / 2, STATE_ZERO),
+            (2 * c + c / 2, c + c / 2, 0),
+        ];
         let plan = plan_from_allocation(4 * c, cs, ext.into_iter(), STATE_ZERO);
         assert_eq!(plan, vec![Plan::Read, Plan::Hole, Plan::Read, Plan::Read]);
         // Two zero extents of different flags cover chunk 0 together; the
         // short last chunk is wholly zero.
-        let ext = [(0, c / 2, STATE_ZERO | 1), (c / 2, c / 2, STATE_ZERO), (c, c, 0), (2 * c, 100, STATE_ZERO)];
+        let ext = [
+            (0, c / 2, STATE_ZERO | 1),
+            (c / 2, c / 2, STATE_ZERO),
+            (c, c, 0),
+            (2 * c, 100, STATE_ZERO),
+        ];
         let plan = plan_from_allocation(2 * c + 100, cs, ext.into_iter(), STATE_ZERO);
         assert_eq!(plan, vec![Plan::Hole, Plan::Read, Plan::Hole]);
         // Data ranges (direct files): untouched chunks are holes.
@@ -692,5 +812,17 @@ mod tests {
         assert_eq!(d.name, "sda");
         assert!("sda".parse::<DiskSpec>().is_err());
         assert!("=x".parse::<DiskSpec>().is_err());
+        let d: DiskSpec = "sdb=nbd+unix:///backup?socket=/run/q/nbd.sock"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            nbd_url(&d.path),
+            Some(("backup".into(), "/run/q/nbd.sock".into()))
+        );
+        assert_eq!(
+            nbd_url(Path::new("nbd+unix:///?socket=/s")),
+            Some(("".into(), "/s".into()))
+        );
+        assert_eq!(nbd_url(Path::new("/var/x.qcow2")), None);
     }
 }

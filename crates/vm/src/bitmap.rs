@@ -11,9 +11,9 @@ use std::path::Path;
 
 use tessera_core::{Repository, SnapshotId};
 
+use crate::Result;
 use crate::image::{self, ImageInfo};
 use crate::restore::{DiskMap, disk_map, vm_meta};
-use crate::Result;
 
 /// The start of this repository's bitmap names.
 pub fn prefix(repo_id: &str) -> String {
@@ -62,9 +62,18 @@ pub async fn choose(
     full: bool,
 ) -> Result<Choice> {
     let pre = prefix(repo_id);
-    let ours: Vec<&image::BitmapInfo> = info.bitmaps.iter().filter(|b| b.name.starts_with(&pre)).collect();
+    let ours: Vec<&image::BitmapInfo> = info
+        .bitmaps
+        .iter()
+        .filter(|b| b.name.starts_with(&pre))
+        .collect();
     let names: Vec<String> = ours.iter().map(|b| b.name.clone()).collect();
-    let none = |why: String| Ok(Choice { base: Base::None(why), ours: names.clone() });
+    let none = |why: String| {
+        Ok(Choice {
+            base: Base::None(why),
+            ours: names.clone(),
+        })
+    };
     if info.format != "qcow2" {
         return none(format!("a {} image has no dirty bitmaps", info.format));
     }
@@ -72,35 +81,71 @@ pub async fn choose(
         return none("a full read was asked for".into());
     }
     // The newest consistent one, if several survived a failure.
-    let Some(b) = ours.iter().rev().find(|b| !b.inconsistent()).or(ours.last()) else {
+    let Some(b) = ours
+        .iter()
+        .rev()
+        .find(|b| !b.inconsistent())
+        .or(ours.last())
+    else {
         return none("no dirty bitmap of this repository on the image yet".into());
     };
     if b.inconsistent() {
-        return none(format!("dirty bitmap {} is inconsistent (QEMU stopped without saving it)", b.name));
+        return none(format!(
+            "dirty bitmap {} is inconsistent (QEMU stopped without saving it)",
+            b.name
+        ));
     }
-    let Some(sid) = b.name.strip_prefix(&pre).and_then(|s| s.parse::<SnapshotId>().ok()) else {
-        return none(format!("dirty bitmap {} is not named after a snapshot", b.name));
+    let Some(sid) = b
+        .name
+        .strip_prefix(&pre)
+        .and_then(|s| s.parse::<SnapshotId>().ok())
+    else {
+        return none(format!(
+            "dirty bitmap {} is not named after a snapshot",
+            b.name
+        ));
     };
     let snapshot = match repo.read_snapshot_object(sid).await {
         Ok(Some(s)) => s,
         Ok(None) | Err(tessera_core::Error::Missing { .. }) => {
-            return none(format!("snapshot {} of dirty bitmap {} was forgotten", sid.short(), b.name));
+            return none(format!(
+                "snapshot {} of dirty bitmap {} was forgotten",
+                sid.short(),
+                b.name
+            ));
         }
         Err(e) => return Err(e.into()),
     };
     match vm_meta(&snapshot) {
         Ok(m) if m.name == vm && m.disks.iter().any(|d| d.name == disk) => {}
-        _ => return none(format!("snapshot {} is not a backup of disk {disk} of VM {vm}", sid.short())),
+        _ => {
+            return none(format!(
+                "snapshot {} is not a backup of disk {disk} of VM {vm}",
+                sid.short()
+            ));
+        }
     }
     let map = disk_map(repo, &snapshot, disk).await?;
     if map.size != info.size {
-        return none(format!("the disk was resized ({} bytes in snapshot {}, {} now)", map.size, sid.short(), info.size));
+        return none(format!(
+            "the disk was resized ({} bytes in snapshot {}, {} now)",
+            map.size,
+            sid.short(),
+            info.size
+        ));
     }
     if map.chunk_size != chunk_size {
-        return none(format!("snapshot {} used chunks of {} bytes, not {chunk_size}", sid.short(), map.chunk_size));
+        return none(format!(
+            "snapshot {} used chunks of {} bytes, not {chunk_size}",
+            sid.short(),
+            map.chunk_size
+        ));
     }
     Ok(Choice {
-        base: Base::Use { bitmap: b.name.clone(), map },
+        base: Base::Use {
+            bitmap: b.name.clone(),
+            map,
+        },
         ours: names,
     })
 }

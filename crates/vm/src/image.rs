@@ -26,7 +26,9 @@ impl BitmapInfo {
     /// Whether QEMU did not store it cleanly (it was in use when the
     /// process died): its content cannot be trusted.
     pub fn inconsistent(&self) -> bool {
-        self.flags.iter().any(|f| f == "in-use" || f == "inconsistent")
+        self.flags
+            .iter()
+            .any(|f| f == "in-use" || f == "inconsistent")
     }
 }
 
@@ -67,7 +69,9 @@ struct SpecificData {
 /// # Errors
 /// [`Error::Tool`] when qemu-img is missing or fails.
 pub fn info(image: &Path) -> Result<ImageInfo> {
-    let out = run(Command::new("qemu-img").args(["info", "-U", "--output=json"]).arg(image))?;
+    let out = run(Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(image))?;
     let parsed: InfoJson = serde_json::from_slice(&out).map_err(|e| Error::Tool {
         program: "qemu-img info".into(),
         detail: format!("{}: unexpected output: {e}", image.display()),
@@ -88,7 +92,11 @@ pub fn info(image: &Path) -> Result<ImageInfo> {
 /// # Errors
 /// [`Error::Tool`].
 pub fn add_bitmap(image: &Path, name: &str) -> Result<()> {
-    run(Command::new("qemu-img").args(["bitmap", "--add", "-f", "qcow2"]).arg(image).arg(name)).map(|_| ())
+    run(Command::new("qemu-img")
+        .args(["bitmap", "--add", "-f", "qcow2"])
+        .arg(image)
+        .arg(name))
+    .map(|_| ())
 }
 
 /// Removes a persistent dirty bitmap.
@@ -96,12 +104,19 @@ pub fn add_bitmap(image: &Path, name: &str) -> Result<()> {
 /// # Errors
 /// [`Error::Tool`].
 pub fn remove_bitmap(image: &Path, name: &str) -> Result<()> {
-    run(Command::new("qemu-img").args(["bitmap", "--remove", "-f", "qcow2"]).arg(image).arg(name)).map(|_| ())
+    run(Command::new("qemu-img")
+        .args(["bitmap", "--remove", "-f", "qcow2"])
+        .arg(image)
+        .arg(name))
+    .map(|_| ())
 }
 
 fn run(cmd: &mut Command) -> Result<Vec<u8>> {
     let program = cmd.get_program().to_string_lossy().into_owned();
-    let args: Vec<String> = cmd.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+    let args: Vec<String> = cmd
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     let out = cmd.stdin(Stdio::null()).output().map_err(|e| Error::Tool {
         program: program.clone(),
         detail: if e.kind() == std::io::ErrorKind::NotFound {
@@ -112,8 +127,15 @@ fn run(cmd: &mut Command) -> Result<Vec<u8>> {
     })?;
     if !out.status.success() {
         return Err(Error::Tool {
-            program: format!("{program} {}", args.first().map(String::as_str).unwrap_or_default()),
-            detail: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+            program: format!(
+                "{program} {}",
+                args.first().map(String::as_str).unwrap_or_default()
+            ),
+            detail: format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
         });
     }
     Ok(out.stdout)
@@ -135,16 +157,29 @@ impl QemuNbd {
     /// [`Error::Tool`]: qemu-nbd is missing, the image is locked by a
     /// running QEMU, or it exits.
     pub fn start(image: &Path, format: &str, bitmap: Option<&str>) -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("tessera-nbd-{}-{}", std::process::id(), unique()));
-        std::fs::create_dir(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        let dir =
+            std::env::temp_dir().join(format!("tessera-nbd-{}-{}", std::process::id(), unique()));
+        std::fs::create_dir(&dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let socket = dir.join("nbd.sock");
         let mut cmd = Command::new("qemu-nbd");
-        cmd.args(["-r", "--persistent", "--shared=4", "--cache=none", "--aio=threads", "-f", format])
-            .arg(format!("--socket={}", socket.display()));
+        cmd.args([
+            "-r",
+            "--persistent",
+            "--shared=4",
+            "--cache=none",
+            "--aio=threads",
+            "-f",
+            format,
+        ])
+        .arg(format!("--socket={}", socket.display()));
         if let Some(b) = bitmap {
             cmd.args(["-B", b]);
         }
-        cmd.arg(image).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.arg(image)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let child = cmd.spawn().map_err(|e| Error::Tool {
             program: "qemu-nbd".into(),
             detail: if e.kind() == std::io::ErrorKind::NotFound {

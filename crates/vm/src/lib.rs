@@ -93,11 +93,19 @@ pub fn parse_chunk_size(text: &str) -> Result<u32> {
         Some((i, _)) => t.split_at(i),
         None => (t, ""),
     };
-    let factor: u64 = match unit.to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+    let factor: u64 = match unit
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
         "" => 1,
         "K" => 1 << 10,
         "M" => 1 << 20,
-        _ => return Err(Error::InvalidArgument(format!("chunk size {text:?}: unknown unit {unit:?} (use K or M)"))),
+        _ => {
+            return Err(Error::InvalidArgument(format!(
+                "chunk size {text:?}: unknown unit {unit:?} (use K or M)"
+            )));
+        }
     };
     let n: u64 = digits
         .parse()

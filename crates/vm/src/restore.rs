@@ -54,9 +54,18 @@ impl DiskMap {
         let mut end = 0u64;
         let mut data = 0u64;
         for &(off, len) in &meta.extents {
-            let stop = off.checked_add(len).ok_or_else(|| bad("an extent past 2^64".into()))?;
-            if off < end || off % cs != 0 || len == 0 || stop > meta.size || (stop % cs != 0 && stop != meta.size) {
-                return Err(bad(format!("extent [{off}, {len}] is out of order, unaligned or outside the disk")));
+            let stop = off
+                .checked_add(len)
+                .ok_or_else(|| bad("an extent past 2^64".into()))?;
+            if off < end
+                || off % cs != 0
+                || len == 0
+                || stop > meta.size
+                || (stop % cs != 0 && stop != meta.size)
+            {
+                return Err(bad(format!(
+                    "extent [{off}, {len}] is out of order, unaligned or outside the disk"
+                )));
             }
             first.push(chunks);
             chunks += len.div_ceil(cs) as usize;
@@ -89,12 +98,17 @@ impl DiskMap {
     pub fn blob_at(&self, i: u64) -> Option<BlobId> {
         let cs = u64::from(self.chunk_size);
         let at = i.checked_mul(cs)?;
-        let e = self.extents.partition_point(|&(off, _)| off <= at).checked_sub(1)?;
+        let e = self
+            .extents
+            .partition_point(|&(off, _)| off <= at)
+            .checked_sub(1)?;
         let &(off, len) = self.extents.get(e)?;
         if at >= off + len {
             return None;
         }
-        self.content.get(self.first.get(e)? + ((at - off) / cs) as usize).copied()
+        self.content
+            .get(self.first.get(e)? + ((at - off) / cs) as usize)
+            .copied()
     }
 
     /// Length of chunk `i` (the last one may be short).
@@ -106,9 +120,14 @@ impl DiskMap {
     /// Every data chunk: (offset, blob).
     pub fn data_chunks(&self) -> impl Iterator<Item = (u64, BlobId)> + '_ {
         let cs = u64::from(self.chunk_size);
-        self.extents.iter().zip(&self.first).flat_map(move |(&(off, len), &first)| {
-            (0..len.div_ceil(cs)).filter_map(move |k| Some((off + k * cs, *self.content.get(first + k as usize)?)))
-        })
+        self.extents
+            .iter()
+            .zip(&self.first)
+            .flat_map(move |(&(off, len), &first)| {
+                (0..len.div_ceil(cs)).filter_map(move |k| {
+                    Some((off + k * cs, *self.content.get(first + k as usize)?))
+                })
+            })
     }
 }
 
@@ -124,8 +143,12 @@ pub fn vm_meta(snapshot: &Snapshot) -> Result<VmMeta> {
             snapshot.source_kind
         )));
     }
-    serde_json::from_value(snapshot.source_meta.clone())
-        .map_err(|e| Error::Repository(tessera_core::Error::corrupt("snapshot", format!("VM metadata does not parse: {e}"))))
+    serde_json::from_value(snapshot.source_meta.clone()).map_err(|e| {
+        Error::Repository(tessera_core::Error::corrupt(
+            "snapshot",
+            format!("VM metadata does not parse: {e}"),
+        ))
+    })
 }
 
 /// The chunk map of disk `name` of a VM snapshot.
@@ -137,11 +160,19 @@ pub async fn disk_map(repo: &Repository, snapshot: &Snapshot, name: &str) -> Res
     let root = repo.read_tree(snapshot.tree, "snapshot").await?;
     let disks = match root.get(b"disks").map(|n| &n.kind) {
         Some(NodeKind::Dir { subtree }) => repo.read_tree(*subtree, "disks/").await?,
-        _ => return Err(Error::Repository(tessera_core::Error::corrupt("snapshot tree", "no disks/ directory"))),
+        _ => {
+            return Err(Error::Repository(tessera_core::Error::corrupt(
+                "snapshot tree",
+                "no disks/ directory",
+            )));
+        }
     };
     let node = disks.get(name.as_bytes()).ok_or_else(|| {
         let names: Vec<&str> = meta.disks.iter().map(|d| d.name.as_str()).collect();
-        Error::InvalidArgument(format!("the snapshot has no disk {name:?} (it has: {})", names.join(", ")))
+        Error::InvalidArgument(format!(
+            "the snapshot has no disk {name:?} (it has: {})",
+            names.join(", ")
+        ))
     })?;
     DiskMap::from_node(node, &format!("disks/{name}"))
 }
@@ -166,7 +197,9 @@ pub struct RestoreReport {
 /// Reading the repository (a damaged blob names its chunk's offset), a
 /// device smaller than the disk, writing the target.
 pub async fn restore_raw(repo: &Repository, map: &DiskMap, target: &Path) -> Result<RestoreReport> {
-    let device = std::fs::metadata(target).map(|m| m.file_type().is_block_device()).unwrap_or(false);
+    let device = std::fs::metadata(target)
+        .map(|m| m.file_type().is_block_device())
+        .unwrap_or(false);
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create(!device)
@@ -175,13 +208,18 @@ pub async fn restore_raw(repo: &Repository, map: &DiskMap, target: &Path) -> Res
         .map_err(|e| Error::io(format!("opening {}", target.display()), e))?;
     let what = target.display().to_string();
     if device {
-        let len = std::io::Seek::seek(&mut &file, std::io::SeekFrom::End(0)).map_err(|e| Error::io(format!("sizing {what}"), e))?;
+        let len = std::io::Seek::seek(&mut &file, std::io::SeekFrom::End(0))
+            .map_err(|e| Error::io(format!("sizing {what}"), e))?;
         if len < map.size {
-            return Err(Error::InvalidArgument(format!("{what} holds {len} bytes, the disk {}", map.size)));
+            return Err(Error::InvalidArgument(format!(
+                "{what} holds {len} bytes, the disk {}",
+                map.size
+            )));
         }
         zero_holes(&file, map, &what)?;
     } else {
-        file.set_len(map.size).map_err(|e| Error::io(format!("sizing {what}"), e))?;
+        file.set_len(map.size)
+            .map_err(|e| Error::io(format!("sizing {what}"), e))?;
     }
     let mut at: std::collections::HashMap<BlobId, Vec<u64>> = std::collections::HashMap::new();
     for (off, id) in map.data_chunks() {
@@ -195,14 +233,23 @@ pub async fn restore_raw(repo: &Repository, map: &DiskMap, target: &Path) -> Res
     let cs = u64::from(map.chunk_size);
     let size = map.size;
     let deliver = {
-        let (at, file, written, chunks, what) = (at.clone(), file.clone(), written.clone(), chunks.clone(), what.clone());
+        let (at, file, written, chunks, what) = (
+            at.clone(),
+            file.clone(),
+            written.clone(),
+            chunks.clone(),
+            what.clone(),
+        );
         move |id: BlobId, plain: &[u8]| -> Result<()> {
             for &off in at.get(&id).map(Vec::as_slice).unwrap_or_default() {
                 let want = (size - off).min(cs);
                 if plain.len() as u64 != want {
                     return Err(Error::Repository(tessera_core::Error::corrupt(
                         &format!("blob {}", id.short()),
-                        format!("the chunk at offset {off} holds {} bytes, not {want}", plain.len()),
+                        format!(
+                            "the chunk at offset {off} holds {} bytes, not {want}",
+                            plain.len()
+                        ),
                     )));
                 }
                 file.write_all_at(plain, off)
@@ -213,8 +260,10 @@ pub async fn restore_raw(repo: &Repository, map: &DiskMap, target: &Path) -> Res
             Ok(())
         }
     };
-    repo.fetch_blobs(ids, &format!("disk restored to {what}"), deliver).await?;
-    file.sync_all().map_err(|e| Error::io(format!("syncing {what}"), e))?;
+    repo.fetch_blobs(ids, &format!("disk restored to {what}"), deliver)
+        .await?;
+    file.sync_all()
+        .map_err(|e| Error::io(format!("syncing {what}"), e))?;
     let bytes_written = written.load(Ordering::Relaxed);
     Ok(RestoreReport {
         bytes_written,
@@ -258,7 +307,12 @@ mod tests {
         };
         let content = (0..blobs).map(|i| BlobId([i as u8; 32])).collect();
         let data = extents.iter().map(|e| e.1).sum();
-        Node::new(b"d", data, NodeKind::Stream { content }, Meta::to_json(&meta).unwrap())
+        Node::new(
+            b"d",
+            data,
+            NodeKind::Stream { content },
+            Meta::to_json(&meta).unwrap(),
+        )
     }
 
     #[test]
@@ -268,8 +322,25 @@ mod tests {
         let n = node(vec![(0, 2 * cs), (5 * cs, cs), (10 * cs, 100)], size, 4);
         let m = DiskMap::from_node(&n, "d").unwrap();
         assert_eq!(m.chunks(), 11);
-        let got: Vec<Option<u8>> = (0..11).map(|i| m.blob_at(i).map(|b| b.as_bytes()[0])).collect();
-        assert_eq!(got, vec![Some(0), Some(1), None, None, None, Some(2), None, None, None, None, Some(3)]);
+        let got: Vec<Option<u8>> = (0..11)
+            .map(|i| m.blob_at(i).map(|b| b.as_bytes()[0]))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                Some(0),
+                Some(1),
+                None,
+                None,
+                None,
+                Some(2),
+                None,
+                None,
+                None,
+                None,
+                Some(3)
+            ]
+        );
         assert_eq!(m.chunk_len(10), 100);
         let offs: Vec<u64> = m.data_chunks().map(|c| c.0).collect();
         assert_eq!(offs, vec![0, cs, 5 * cs, 10 * cs]);
@@ -279,12 +350,12 @@ mod tests {
     fn forged_maps_are_refused() {
         let cs = 65536;
         for (extents, size, blobs) in [
-            (vec![(0, cs)], cs, 2),                   // too many blobs
-            (vec![(cs, cs), (0, cs)], 4 * cs, 2),     // out of order
-            (vec![(100, cs)], 4 * cs, 1),             // unaligned
-            (vec![(0, 5 * cs)], 4 * cs, 5),           // past the end
-            (vec![(0, cs + 1)], 4 * cs, 2),           // ends inside a chunk
-            (vec![(0, cs), (0, cs)], 4 * cs, 2),      // overlapping
+            (vec![(0, cs)], cs, 2),               // too many blobs
+            (vec![(cs, cs), (0, cs)], 4 * cs, 2), // out of order
+            (vec![(100, cs)], 4 * cs, 1),         // unaligned
+            (vec![(0, 5 * cs)], 4 * cs, 5),       // past the end
+            (vec![(0, cs + 1)], 4 * cs, 2),       // ends inside a chunk
+            (vec![(0, cs), (0, cs)], 4 * cs, 2),  // overlapping
         ] {
             let e = DiskMap::from_node(&node(extents.clone(), size, blobs), "disks/x").unwrap_err();
             assert!(e.to_string().contains("disks/x"), "{extents:?}: {e}");

@@ -49,7 +49,10 @@ impl DiskExport {
         let off = i * u64::from(self.map.chunk_size);
         let bytes = self
             .runtime
-            .block_on(self.repo.read_blob(id, &format!("the disk chunk at offset {off}")))
+            .block_on(
+                self.repo
+                    .read_blob(id, &format!("the disk chunk at offset {off}")),
+            )
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         if bytes.len() != self.map.chunk_len(i) as usize {
             return Err(std::io::Error::other(format!(
@@ -108,7 +111,11 @@ impl Export for DiskExport {
         while at < end {
             let i = at / cs;
             let stop = ((i + 1) * cs).min(end);
-            let flags = if self.map.blob_at(i).is_some() { 0 } else { STATE_HOLE | STATE_ZERO };
+            let flags = if self.map.blob_at(i).is_some() {
+                0
+            } else {
+                STATE_HOLE | STATE_ZERO
+            };
             match out.last_mut() {
                 Some(last) if last.1 == flags => last.0 += stop - at,
                 _ => out.push((stop - at, flags)),
@@ -127,14 +134,28 @@ impl Export for DiskExport {
 ///
 /// # Errors
 /// Binding the socket.
-pub fn serve(socket: &Path, name: &str, export: Arc<DiskExport>, until_last_client: bool, ready: impl FnOnce()) -> Result<()> {
-    let until = if until_last_client { Until::LastClientGone } else { Until::Stopped };
+pub fn serve(
+    socket: &Path,
+    name: &str,
+    export: Arc<DiskExport>,
+    until_last_client: bool,
+    ready: impl FnOnce(),
+) -> Result<()> {
+    let until = if until_last_client {
+        Until::LastClientGone
+    } else {
+        Until::Stopped
+    };
     serve_unix(socket, name, export, until, ready)
 }
 
 /// A private socket path for a temporary export.
 pub fn temp_socket() -> Result<(PathBuf, PathBuf)> {
-    let dir = std::env::temp_dir().join(format!("tessera-serve-{}-{}", std::process::id(), crate::image::unique()));
+    let dir = std::env::temp_dir().join(format!(
+        "tessera-serve-{}-{}",
+        std::process::id(),
+        crate::image::unique()
+    ));
     std::fs::create_dir(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     Ok((dir.join("nbd.sock"), dir))
 }
@@ -144,9 +165,18 @@ pub fn temp_socket() -> Result<(PathBuf, PathBuf)> {
 ///
 /// # Errors
 /// qemu-img failing (its message), reading the repository.
-pub async fn restore_converted(repo: &Repository, map: DiskMap, target: &Path, format: &str) -> Result<()> {
+pub async fn restore_converted(
+    repo: &Repository,
+    map: DiskMap,
+    target: &Path,
+    format: &str,
+) -> Result<()> {
     let (socket, dir) = temp_socket()?;
-    let export = Arc::new(DiskExport::new(repo.clone(), map, tokio::runtime::Handle::current()));
+    let export = Arc::new(DiskExport::new(
+        repo.clone(),
+        map,
+        tokio::runtime::Handle::current(),
+    ));
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let sock = socket.clone();
     std::thread::spawn(move || {
@@ -182,7 +212,11 @@ pub async fn restore_converted(repo: &Repository, map: DiskMap, target: &Path, f
     if !out.status.success() {
         return Err(Error::Tool {
             program: "qemu-img convert".into(),
-            detail: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+            detail: format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
         });
     }
     Ok(())
@@ -208,7 +242,11 @@ pub fn create_overlay(overlay: &Path, socket: &Path, name: &str) -> Result<()> {
     if !out.status.success() {
         return Err(Error::Tool {
             program: "qemu-img create".into(),
-            detail: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+            detail: format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
         });
     }
     Ok(())

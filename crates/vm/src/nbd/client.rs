@@ -65,9 +65,15 @@ impl NbdClient<Duplex> {
     ///
     /// # Errors
     /// [`Error::Nbd`] naming the socket and what failed.
-    pub fn connect(socket: &Path, name: &str, contexts: &[&str], timeout: Duration) -> Result<Self> {
+    pub fn connect(
+        socket: &Path,
+        name: &str,
+        contexts: &[&str],
+        timeout: Duration,
+    ) -> Result<Self> {
         let at = |e: Error| Error::Nbd(format!("NBD export {name:?} on {}: {e}", socket.display()));
-        let stream = UnixStream::connect(socket).map_err(|e| at(Error::Nbd(format!("connecting: {e}"))))?;
+        let stream =
+            UnixStream::connect(socket).map_err(|e| at(Error::Nbd(format!("connecting: {e}"))))?;
         stream
             .set_read_timeout(Some(timeout))
             .and_then(|()| stream.set_write_timeout(Some(timeout)))
@@ -93,11 +99,15 @@ impl<S: Read + Write> NbdClient<S> {
         let mut hello = [0u8; 18];
         read_exact(&mut stream, &mut hello, "its greeting")?;
         if u64_at(&hello, 0)? != NBDMAGIC || u64_at(&hello, 8)? != IHAVEOPT {
-            return Err(Error::Nbd("this is not an NBD server (wrong greeting)".into()));
+            return Err(Error::Nbd(
+                "this is not an NBD server (wrong greeting)".into(),
+            ));
         }
         let server_flags = u16_at(&hello, 16)?;
         if server_flags & FLAG_FIXED_NEWSTYLE == 0 {
-            return Err(Error::Nbd("the NBD server does not speak fixed newstyle".into()));
+            return Err(Error::Nbd(
+                "the NBD server does not speak fixed newstyle".into(),
+            ));
         }
         let client_flags = u32::from(FLAG_FIXED_NEWSTYLE | (server_flags & FLAG_NO_ZEROES));
         write_all(&mut stream, &client_flags.to_be_bytes(), "the client flags")?;
@@ -172,11 +182,16 @@ impl<S: Read + Write> NbdClient<S> {
                 REP_ACK => return Ok(()),
                 REP_META_CONTEXT => {
                     let id = u32_at(&data, 0)?;
-                    let context = String::from_utf8_lossy(data.get(4..).unwrap_or_default()).into_owned();
+                    let context =
+                        String::from_utf8_lossy(data.get(4..).unwrap_or_default()).into_owned();
                     self.contexts.push((id, context));
                 }
                 k if k & (1 << 31) != 0 => return Ok(()), // no contexts: asked for later, by name
-                k => return Err(protocol(format!("option reply type {k} to SET_META_CONTEXT"))),
+                k => {
+                    return Err(protocol(format!(
+                        "option reply type {k} to SET_META_CONTEXT"
+                    )));
+                }
             }
         }
     }
@@ -204,7 +219,9 @@ impl<S: Read + Write> NbdClient<S> {
                         REP_ERR_UNSUP => "NBD_OPT_GO not supported",
                         _ => "refused",
                     };
-                    return Err(Error::Nbd(format!("the NBD server refused the export: {code}: {why}")));
+                    return Err(Error::Nbd(format!(
+                        "the NBD server refused the export: {code}: {why}"
+                    )));
                 }
                 k => return Err(protocol(format!("option reply type {k} to GO"))),
             }
@@ -232,7 +249,9 @@ impl<S: Read + Write> NbdClient<S> {
 
     fn send_request(&mut self, kind: u16, flags: u16, offset: u64, len: u32) -> Result<u64> {
         if self.out_of_step {
-            return Err(Error::Nbd("the NBD connection has replies pending from an abandoned read".into()));
+            return Err(Error::Nbd(
+                "the NBD connection has replies pending from an abandoned read".into(),
+            ));
         }
         let cookie = self.next_cookie;
         self.next_cookie += 1;
@@ -298,11 +317,17 @@ impl<S: Read + Write> NbdClient<S> {
             .iter()
             .find(|(_, c)| c == context)
             .map(|(id, _)| *id)
-            .ok_or_else(|| Error::Nbd(format!("the NBD server does not offer the metadata context {context:?}")))?;
+            .ok_or_else(|| {
+                Error::Nbd(format!(
+                    "the NBD server does not offer the metadata context {context:?}"
+                ))
+            })?;
         let end = offset
             .checked_add(length)
             .filter(|e| *e <= self.size)
-            .ok_or_else(|| Error::InvalidArgument("block status beyond the end of the export".into()))?;
+            .ok_or_else(|| {
+                Error::InvalidArgument("block status beyond the end of the export".into())
+            })?;
         let mut out: Vec<Extent> = Vec::new();
         let mut pos = offset;
         while pos < end {
@@ -317,14 +342,21 @@ impl<S: Read + Write> NbdClient<S> {
                             errno_name(error)
                         )));
                     }
-                    Header::Structured { flags, kind, cookie: c, len } if c == cookie => {
+                    Header::Structured {
+                        flags,
+                        kind,
+                        cookie: c,
+                        len,
+                    } if c == cookie => {
                         let data = self.payload(len)?;
                         match kind {
                             REPLY_TYPE_BLOCK_STATUS => {
                                 if u32_at(&data, 0)? == id {
                                     let descs = data.get(4..).unwrap_or_default();
                                     if descs.len() % 8 != 0 {
-                                        return Err(protocol("block status descriptors of odd length"));
+                                        return Err(protocol(
+                                            "block status descriptors of odd length",
+                                        ));
                                     }
                                     for d in descs.chunks_exact(8) {
                                         let len = u64::from(u32_at(d, 0)?);
@@ -334,7 +366,14 @@ impl<S: Read + Write> NbdClient<S> {
                                         if len == 0 {
                                             continue;
                                         }
-                                        push_extent(&mut out, Extent { offset: at, length: len, flags });
+                                        push_extent(
+                                            &mut out,
+                                            Extent {
+                                                offset: at,
+                                                length: len,
+                                                flags,
+                                            },
+                                        );
                                         got += len;
                                     }
                                 }
@@ -346,7 +385,11 @@ impl<S: Read + Write> NbdClient<S> {
                                     error_chunk(&data)
                                 )));
                             }
-                            k => return Err(protocol(format!("reply chunk type {k} to block status"))),
+                            k => {
+                                return Err(protocol(format!(
+                                    "reply chunk type {k} to block status"
+                                )));
+                            }
                         }
                         if flags & REPLY_FLAG_DONE != 0 {
                             break;
@@ -356,7 +399,9 @@ impl<S: Read + Write> NbdClient<S> {
                 }
             }
             if got == 0 {
-                return Err(protocol(format!("block status at offset {pos} described nothing")));
+                return Err(protocol(format!(
+                    "block status at offset {pos} described nothing"
+                )));
             }
             pos += got;
         }
@@ -383,7 +428,10 @@ fn push_extent(out: &mut Vec<Extent>, e: Extent) {
 fn error_chunk(data: &[u8]) -> String {
     let errno = u32_at(data, 0).unwrap_or(EIO);
     let len = usize::from(u16_at(data, 4).unwrap_or(0));
-    let msg = data.get(6..6 + len).map(String::from_utf8_lossy).unwrap_or_default();
+    let msg = data
+        .get(6..6 + len)
+        .map(String::from_utf8_lossy)
+        .unwrap_or_default();
     if msg.is_empty() {
         errno_name(errno)
     } else {
@@ -392,8 +440,16 @@ fn error_chunk(data: &[u8]) -> String {
 }
 
 enum Header {
-    Simple { error: u32, cookie: u64 },
-    Structured { flags: u16, kind: u16, cookie: u64, len: u32 },
+    Simple {
+        error: u32,
+        cookie: u64,
+    },
+    Structured {
+        flags: u16,
+        kind: u16,
+        cookie: u64,
+        len: u32,
+    },
 }
 
 /// One completed read.
@@ -444,8 +500,14 @@ impl<S: Read + Write, I: Iterator<Item = (u64, u32)>> ReadPipeline<S, I> {
     /// the protocol or did not answer in time.
     pub fn next_read(&mut self) -> Option<Result<ReadChunk>> {
         while self.order.len() < self.window {
-            let Some((offset, len)) = self.ranges.next() else { break };
-            if len > MAX_PAYLOAD || offset.checked_add(u64::from(len)).is_none_or(|e| e > self.client.size) {
+            let Some((offset, len)) = self.ranges.next() else {
+                break;
+            };
+            if len > MAX_PAYLOAD
+                || offset
+                    .checked_add(u64::from(len))
+                    .is_none_or(|e| e > self.client.size)
+            {
                 return Some(Err(Error::InvalidArgument(format!(
                     "a read of {len} bytes at offset {offset} is outside the export"
                 ))));
@@ -506,12 +568,19 @@ impl<S: Read + Write, I: Iterator<Item = (u64, u32)>> ReadPipeline<S, I> {
                     p.error = Some(read_failed(p.offset, p.data.len(), &errno_name(error)));
                     return Ok(());
                 }
-                let Pending { data, data_bytes, .. } = p;
+                let Pending {
+                    data, data_bytes, ..
+                } = p;
                 read_exact(&mut self.client.stream, data, "read data")?;
                 *data_bytes = data.len() as u64;
                 return Ok(());
             }
-            Header::Structured { flags, kind, cookie, len } => (cookie, flags, kind, len),
+            Header::Structured {
+                flags,
+                kind,
+                cookie,
+                len,
+            } => (cookie, flags, kind, len),
         };
         let p = self
             .pending
@@ -522,7 +591,10 @@ impl<S: Read + Write, I: Iterator<Item = (u64, u32)>> ReadPipeline<S, I> {
                 let mut at = [0u8; 8];
                 read_exact(&mut self.client.stream, &mut at, "read data")?;
                 let at = u64::from_be_bytes(at);
-                let n = u64::from(len.checked_sub(8).ok_or_else(|| protocol("short data chunk"))?);
+                let n = u64::from(
+                    len.checked_sub(8)
+                        .ok_or_else(|| protocol("short data chunk"))?,
+                );
                 let start = at
                     .checked_sub(p.offset)
                     .filter(|s| s + n <= p.data.len() as u64)
@@ -566,7 +638,9 @@ impl<S: Read + Write, I: Iterator<Item = (u64, u32)>> ReadPipeline<S, I> {
 }
 
 fn read_failed(offset: u64, len: usize, why: &str) -> Error {
-    Error::Nbd(format!("the NBD read of {len} bytes at offset {offset} failed: {why}"))
+    Error::Nbd(format!(
+        "the NBD read of {len} bytes at offset {offset} failed: {why}"
+    ))
 }
 
 impl<S, I> ReadPipeline<S, I> {

@@ -167,7 +167,9 @@ pub(crate) fn protocol(what: impl std::fmt::Display) -> Error {
 
 pub(crate) fn read_exact<R: Read>(r: &mut R, buf: &mut [u8], what: &str) -> Result<()> {
     r.read_exact(buf).map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => Error::Nbd(format!("the NBD server closed the connection while sending {what}")),
+        std::io::ErrorKind::UnexpectedEof => Error::Nbd(format!(
+            "the NBD server closed the connection while sending {what}"
+        )),
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
             Error::Nbd(format!("the NBD server did not answer in time ({what})"))
         }
@@ -249,7 +251,10 @@ pub mod fuzzing {
                 Ok(false)
             }
             fn allocation(&self, offset: u64, len: u64) -> Vec<(u64, u32)> {
-                vec![(len.min((1 << 20) - offset.min(1 << 20)), super::STATE_HOLE | super::STATE_ZERO)]
+                vec![(
+                    len.min((1 << 20) - offset.min(1 << 20)),
+                    super::STATE_HOLE | super::STATE_ZERO,
+                )]
             }
         }
         let stream = Scripted(Cursor::new(bytes.to_vec()));

@@ -50,7 +50,8 @@ pub fn serve_unix(
     until: Until,
     ready: impl FnOnce(),
 ) -> Result<()> {
-    let listener = UnixListener::bind(socket).map_err(|e| Error::io(format!("listening on {}", socket.display()), e))?;
+    let listener = UnixListener::bind(socket)
+        .map_err(|e| Error::io(format!("listening on {}", socket.display()), e))?;
     listener
         .set_nonblocking(true)
         .map_err(|e| Error::io(format!("listening on {}", socket.display()), e))?;
@@ -83,7 +84,9 @@ pub fn serve_unix(
 }
 
 fn connection(stream: UnixStream, name: &str, export: &dyn Export) -> Result<()> {
-    let reader = stream.try_clone().map_err(|e| Error::io("cloning a socket", e))?;
+    let reader = stream
+        .try_clone()
+        .map_err(|e| Error::io("cloning a socket", e))?;
     struct Duplex(BufReader<UnixStream>, BufWriter<UnixStream>);
     impl Read for Duplex {
         fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
@@ -99,7 +102,10 @@ fn connection(stream: UnixStream, name: &str, export: &dyn Export) -> Result<()>
         }
     }
     session(
-        Duplex(BufReader::new(reader), BufWriter::with_capacity(1 << 20, stream)),
+        Duplex(
+            BufReader::new(reader),
+            BufWriter::with_capacity(1 << 20, stream),
+        ),
         name,
         export,
     )
@@ -230,7 +236,13 @@ fn go_name(data: &[u8]) -> Option<&[u8]> {
     (data.len() == 4 + len + 2 + 2 * n).then_some(name)
 }
 
-fn meta_context<S: Read + Write>(s: &mut S, option: u32, data: &[u8], name: &str, state: &mut Negotiated) -> Result<()> {
+fn meta_context<S: Read + Write>(
+    s: &mut S,
+    option: u32,
+    data: &[u8],
+    name: &str,
+    state: &mut Negotiated,
+) -> Result<()> {
     let parsed = (|| {
         let len = u32_at(data, 0).ok()? as usize;
         let asked = data.get(4..4usize.checked_add(len)?)?;
@@ -279,7 +291,8 @@ fn option_reply<S: Write>(s: &mut S, option: u32, kind: u32, data: &[u8]) -> Res
 }
 
 fn flush<S: Write>(s: &mut S) -> Result<()> {
-    s.flush().map_err(|e| Error::Nbd(format!("writing to the NBD client: {e}")))
+    s.flush()
+        .map_err(|e| Error::Nbd(format!("writing to the NBD client: {e}")))
 }
 
 fn transmission<S: Read + Write>(s: &mut S, export: &dyn Export, state: &Negotiated) -> Result<()> {
@@ -301,10 +314,14 @@ fn transmission<S: Read + Write>(s: &mut S, export: &dyn Export, state: &Negotia
         let cookie = u64_at(&req, 8)?;
         let offset = u64_at(&req, 16)?;
         let len = u32_at(&req, 24)?;
-        let in_range = offset.checked_add(u64::from(len)).is_some_and(|e| e <= size);
+        let in_range = offset
+            .checked_add(u64::from(len))
+            .is_some_and(|e| e <= size);
         match kind {
             CMD_DISC => return Ok(()),
-            CMD_READ if !in_range || len > MAX_PAYLOAD => error_reply(s, state, cookie, EINVAL, "read outside the export")?,
+            CMD_READ if !in_range || len > MAX_PAYLOAD => {
+                error_reply(s, state, cookie, EINVAL, "read outside the export")?
+            }
             CMD_READ => {
                 buf.resize(len as usize, 0);
                 match export.read(offset, &mut buf) {
@@ -314,7 +331,14 @@ fn transmission<S: Read + Write>(s: &mut S, export: &dyn Export, state: &Negotia
                             p.extend_from_slice(&len.to_be_bytes());
                             chunk(s, REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_HOLE, cookie, &p, &[])?;
                         } else {
-                            chunk(s, REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, cookie, &offset.to_be_bytes(), &buf)?;
+                            chunk(
+                                s,
+                                REPLY_FLAG_DONE,
+                                REPLY_TYPE_OFFSET_DATA,
+                                cookie,
+                                &offset.to_be_bytes(),
+                                &buf,
+                            )?;
                         }
                     }
                     Ok(_) => {
@@ -324,8 +348,12 @@ fn transmission<S: Read + Write>(s: &mut S, export: &dyn Export, state: &Negotia
                     Err(e) => error_reply(s, state, cookie, EIO, &e.to_string())?,
                 }
             }
-            CMD_BLOCK_STATUS if !state.allocation => error_reply(s, state, cookie, EINVAL, "no metadata context negotiated")?,
-            CMD_BLOCK_STATUS if !in_range || len == 0 => error_reply(s, state, cookie, EINVAL, "block status outside the export")?,
+            CMD_BLOCK_STATUS if !state.allocation => {
+                error_reply(s, state, cookie, EINVAL, "no metadata context negotiated")?
+            }
+            CMD_BLOCK_STATUS if !in_range || len == 0 => {
+                error_reply(s, state, cookie, EINVAL, "block status outside the export")?
+            }
             CMD_BLOCK_STATUS => {
                 let mut p = ALLOCATION_ID.to_be_bytes().to_vec();
                 let mut covered = 0u64;
@@ -350,11 +378,16 @@ fn transmission<S: Read + Write>(s: &mut S, export: &dyn Export, state: &Negotia
             CMD_FLUSH | CMD_CACHE => simple_or_done(s, state, cookie)?,
             CMD_WRITE => {
                 // The payload follows the request: skip it, then refuse.
-                std::io::copy(&mut Read::by_ref(s).take(u64::from(len)), &mut std::io::sink())
-                    .map_err(|e| Error::Nbd(format!("reading write data: {e}")))?;
+                std::io::copy(
+                    &mut Read::by_ref(s).take(u64::from(len)),
+                    &mut std::io::sink(),
+                )
+                .map_err(|e| Error::Nbd(format!("reading write data: {e}")))?;
                 error_reply(s, state, cookie, EPERM, "read-only export")?;
             }
-            CMD_TRIM | CMD_WRITE_ZEROES => error_reply(s, state, cookie, EPERM, "read-only export")?,
+            CMD_TRIM | CMD_WRITE_ZEROES => {
+                error_reply(s, state, cookie, EPERM, "read-only export")?
+            }
             _ => error_reply(s, state, cookie, EINVAL, "unknown command")?,
         }
         flush(s)?;
@@ -377,18 +410,34 @@ fn simple_or_done<S: Write>(s: &mut S, state: &Negotiated, cookie: u64) -> Resul
     }
 }
 
-fn error_reply<S: Write>(s: &mut S, state: &Negotiated, cookie: u64, errno: u32, msg: &str) -> Result<()> {
+fn error_reply<S: Write>(
+    s: &mut S,
+    state: &Negotiated,
+    cookie: u64,
+    errno: u32,
+    msg: &str,
+) -> Result<()> {
     if !state.structured {
         return simple(s, errno, cookie);
     }
-    let msg = msg.as_bytes().get(..4096.min(msg.len())).unwrap_or_default();
+    let msg = msg
+        .as_bytes()
+        .get(..4096.min(msg.len()))
+        .unwrap_or_default();
     let mut p = errno.to_be_bytes().to_vec();
     p.extend_from_slice(&(msg.len() as u16).to_be_bytes());
     p.extend_from_slice(msg);
     chunk(s, REPLY_FLAG_DONE, REPLY_TYPE_ERROR, cookie, &p, &[])
 }
 
-fn chunk<S: Write>(s: &mut S, flags: u16, kind: u16, cookie: u64, head: &[u8], data: &[u8]) -> Result<()> {
+fn chunk<S: Write>(
+    s: &mut S,
+    flags: u16,
+    kind: u16,
+    cookie: u64,
+    head: &[u8],
+    data: &[u8],
+) -> Result<()> {
     let mut msg = Vec::with_capacity(20 + head.len());
     msg.extend_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
     msg.extend_from_slice(&flags.to_be_bytes());

@@ -1,0 +1,165 @@
+//! Changed-block tracking: only dirty chunks are read, restores stay bit
+//! for bit, and every case the bitmap cannot be trusted reads in full.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::common::*;
+
+fn scattered_day(image: &std::path::Path) {
+    qemu_io(
+        image,
+        "qcow2",
+        &[
+            "write -P 0xc1 1M 4K",
+            "write -P 0xc2 30M 64K",
+            "write -P 0xc3 67104768 4K",
+        ],
+    );
+}
+
+fn base_image(r: &Repo) -> std::path::PathBuf {
+    let image = r.path("disk.qcow2");
+    create(&image, "qcow2", "64M");
+    qemu_io(
+        &image,
+        "qcow2",
+        &["write -P 0xab 0 8M", "write -P 0x5a 32M 8M"],
+    );
+    image
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bitmap_reads_only_dirty_chunks_and_restores_bit_for_bit() {
+    if !have_qemu() {
+        return;
+    }
+    let r = Repo::new().await;
+    let image = base_image(&r);
+    let first = r.backup(&[("sda", &image)], |_| {}).await.unwrap();
+    assert_eq!(first.disks[0].mode, "full");
+    assert_eq!(
+        first.disks[0].reason.as_deref(),
+        Some("no dirty bitmap of this repository on the image yet")
+    );
+    assert_eq!(first.disks[0].chunks_read, 64);
+
+    scattered_day(&image);
+    let second = r.backup(&[("sda", &image)], |_| {}).await.unwrap();
+    let d = &second.disks[0];
+    assert_eq!(d.mode, "bitmap", "{d:?}");
+    assert_eq!(d.chunks_read, 3, "{d:?}");
+    assert_eq!(d.reads, 3);
+    assert_eq!(d.bytes_read, 3 * K256);
+    assert_eq!(d.chunks_reused, 63, "{d:?}"); // 64 data chunks, 1 rewritten; 2 new
+    assert_eq!(second.summary.snapshot.stats.new_chunks, 3);
+    r.restore_equals(&second, "sda", &image, "qcow2").await;
+
+    // Nothing written: nothing read, and one bitmap, named after the
+    // newest snapshot.
+    let third = r.backup(&[("sda", &image)], |_| {}).await.unwrap();
+    assert_eq!(third.disks[0].chunks_read, 0);
+    let bitmaps = r.bitmaps(&image);
+    assert_eq!(bitmaps.len(), 1, "{bitmaps:?}");
+    assert!(bitmaps[0].name.ends_with(&third.summary.id.to_hex()));
+    r.restore_equals(&third, "sda", &image, "qcow2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrustworthy_bitmaps_mean_a_full_read() {
+    if !have_qemu() {
+        return;
+    }
+    let r = Repo::new().await;
+    let image = base_image(&r);
+    r.backup(&[("sda", &image)], |_| {}).await.unwrap();
+    let full = |b: &tessera_vm::VmBackup, why: &str| {
+        let d = &b.disks[0];
+        assert_eq!(d.mode, "full", "{d:?}");
+        assert!(
+            d.reason.as_deref().unwrap_or_default().contains(why),
+            "{why}: {d:?}"
+        );
+    };
+
+    // A resized disk (qemu-img keeps the bitmap, calling the new space clean).
+    run(Command::new("qemu-img")
+        .args(["resize", "-q", "-f", "qcow2"])
+        .arg(&image)
+        .arg("+8M"));
+    qemu_io(&image, "qcow2", &["write -P 0x77 70M 1M"]);
+    let b = r.backup(&[("sda", &image)], |_| {}).await.unwrap();
+    full(&b, "resized");
+    r.restore_equals(&b, "sda", &image, "qcow2").await;
+
+    // The snapshot the bitmap is named after was forgotten.
+    r.repo.forget_snapshot(b.summary.id).await.unwrap();
+    scattered_day(&image);
+    let b = r.backup(&[("sda", &image)], |_| {}).await.unwrap();
+    full(&b, "forgotten");
+    r.restore_equals(&b, "sda", &image, "qcow2").await;
+
+    // The bitmap is gone.
+    for bm in r.bitmaps(&image) {
+        tessera_vm::image::remove_bitmap(&image, &bm.name).unwrap();
+    }
+    let b = r.backup(&[("sda", &image)], |_| {}).await.unwrap();
+    full(&b, "no dirty bitmap");
+
+    // QEMU died holding the image: the bitmap is inconsistent.
+    if have("qemu-storage-daemon") {
+        let dir = r.path("qsd");
+        std::fs::create_dir(&dir).unwrap();
+        let mut qsd = Command::new("qemu-storage-daemon")
+            .arg("--blockdev")
+            .arg(format!(
+                "driver=file,node-name=f0,filename={}",
+                image.display()
+            ))
+            .args(["--blockdev", "driver=qcow2,node-name=d0,file=f0"])
+            .arg("--nbd-server")
+            .arg(format!(
+                "addr.type=unix,addr.path={}/nbd.sock",
+                dir.display()
+            ))
+            .args([
+                "--export",
+                "type=nbd,id=guest,node-name=d0,name=guest,writable=on",
+            ])
+            .spawn()
+            .unwrap();
+        let sock = dir.join("nbd.sock");
+        for _ in 0..500 {
+            if sock.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        qsd.kill().unwrap(); // SIGKILL
+        qsd.wait().unwrap();
+        assert!(
+            r.bitmaps(&image).iter().any(|b| b.inconsistent()),
+            "{:?}",
+            r.bitmaps(&image)
+        );
+        let b = r.backup(&[("sda", &image)], |_| {}).await.unwrap();
+        full(&b, "inconsistent");
+        r.restore_equals(&b, "sda", &image, "qcow2").await;
+        // The broken one was dropped for a fresh one.
+        let now = r.bitmaps(&image);
+        assert_eq!(now.len(), 1, "{now:?}");
+        assert!(!now[0].inconsistent());
+    }
+
+    // --full reads everything while a good bitmap exists; the bitmap
+    // still moves on.
+    scattered_day(&image);
+    let b = r
+        .backup(&[("sda", &image)], |o| o.full = true)
+        .await
+        .unwrap();
+    full(&b, "full read was asked");
+    let b = r.backup(&[("sda", &image)], |_| {}).await.unwrap();
+    assert_eq!(b.disks[0].mode, "bitmap");
+    assert_eq!(b.disks[0].chunks_read, 0);
+}
