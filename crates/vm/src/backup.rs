@@ -219,27 +219,7 @@ pub async fn backup(
         .iter()
         .map(|r| r.lock().map(|r| r.clone()).unwrap_or_default())
         .collect();
-    let meta = VmMeta {
-        version: VM_META_VERSION,
-        name: options.vm.clone(),
-        disks: disks
-            .iter()
-            .zip(&infos)
-            .map(|(r, (_, source))| DiskInfo {
-                name: r.name.clone(),
-                source: source.clone(),
-                format: r.format.clone(),
-                size: r.size,
-                chunk_size: r.chunk_size,
-                mode: r.mode.clone(),
-                bitmap: None,
-                bytes_read: r.bytes_read,
-            })
-            .collect(),
-        config: config_name,
-        live: false,
-        frozen: None,
-    };
+    let meta = vm_meta(&options, &disks, &infos, config_name);
     let commit = tessera_core::BackupOptions {
         time: Some(now),
         hostname: options.hostname.clone(),
@@ -252,26 +232,70 @@ pub async fn backup(
     };
     let summary = repo.commit_snapshot(tree, commit).await?;
     let mut disks = disks;
-    let mut warnings = Vec::new();
-    if !options.direct {
-        for (report, (path, format, drop)) in disks.iter_mut().zip(images) {
-            if format != "qcow2" {
-                continue;
-            }
-            match bitmap::advance(&path, &repo_id, summary.id, &drop) {
-                Ok(name) => report.bitmap = Some(name),
-                Err(e) => warnings.push(format!(
-                    "disk {}: no dirty bitmap for the next backup (it will read the whole disk): {e}",
-                    report.name
-                )),
-            }
-        }
-    }
+    let warnings = if options.direct {
+        Vec::new()
+    } else {
+        advance_bitmaps(&mut disks, images, &repo_id, summary.id)
+    };
     Ok(VmBackup {
         summary,
         disks,
         warnings,
     })
+}
+
+fn vm_meta(
+    options: &BackupOptions,
+    disks: &[DiskReport],
+    infos: &[(String, String)],
+    config: Option<String>,
+) -> VmMeta {
+    VmMeta {
+        version: VM_META_VERSION,
+        name: options.vm.clone(),
+        disks: disks
+            .iter()
+            .zip(infos)
+            .map(|(r, (_, source))| DiskInfo {
+                name: r.name.clone(),
+                source: source.clone(),
+                format: r.format.clone(),
+                size: r.size,
+                chunk_size: r.chunk_size,
+                mode: r.mode.clone(),
+                bitmap: None,
+                bytes_read: r.bytes_read,
+            })
+            .collect(),
+        config,
+        live: false,
+        frozen: None,
+    }
+}
+
+/// After the commit: each qcow2 image gets the bitmap named after the new
+/// snapshot, and loses this repository's older ones. A failure is a
+/// warning (the next backup of that disk reads it in full).
+fn advance_bitmaps(
+    disks: &mut [DiskReport],
+    images: Vec<(PathBuf, String, Vec<String>)>,
+    repo_id: &str,
+    sid: tessera_core::SnapshotId,
+) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for (report, (path, format, old)) in disks.iter_mut().zip(images) {
+        if format != "qcow2" {
+            continue;
+        }
+        match bitmap::advance(&path, repo_id, sid, &old) {
+            Ok(name) => report.bitmap = Some(name),
+            Err(e) => warnings.push(format!(
+                "disk {}: no dirty bitmap for the next backup (it will read the whole disk): {e}",
+                report.name
+            )),
+        }
+    }
+    warnings
 }
 
 fn check_names(vm: &str, disks: &[DiskSpec]) -> Result<()> {
@@ -309,7 +333,7 @@ fn read_config(path: &Path) -> Result<(String, Vec<u8>)> {
 /// How a disk's chunks are read.
 enum Reader {
     Nbd {
-        pipeline: ReadPipeline<Duplex, ReadRanges>,
+        pipeline: Box<ReadPipeline<Duplex, ReadRanges>>,
         // Stops qemu-nbd when the disk is done (after the pipeline).
         _server: Option<QemuNbd>,
     },
@@ -333,163 +357,224 @@ async fn open_disk(
     repo_id: &str,
     known: &KnownBlobs,
 ) -> Result<Source> {
-    let cs = options.chunk_size;
-    let name = &disk.name;
-    let in_disk =
-        |e: Error| Error::InvalidArgument(format!("disk {name} ({}): {e}", disk.path.display()));
-    let mut report = DiskReport {
-        name: name.clone(),
-        chunk_size: cs,
+    let report = DiskReport {
+        name: disk.name.clone(),
+        chunk_size: options.chunk_size,
         mode: "full".into(),
         ..Default::default()
     };
-    if options.direct {
-        let file = File::open(&disk.path)
-            .map_err(|e| Error::io(format!("disk {name}: opening {}", disk.path.display()), e))?;
-        let size = std::io::Seek::seek(&mut &file, std::io::SeekFrom::End(0))
-            .map_err(|e| Error::io(format!("disk {name}: sizing {}", disk.path.display()), e))?;
-        let data = data_ranges(&file, size)
-            .map_err(|e| Error::io(format!("disk {name}: mapping {}", disk.path.display()), e))?;
-        report.format = "raw".into();
-        report.size = size;
-        let plan = plan_from_allocation(size, cs, data.iter().map(|&(o, l)| (o, l, 0)), 0);
-        return Ok(Source {
-            path: disk.path.clone(),
-            report,
-            plan: Arc::new(plan),
-            base: None,
-            reader: Reader::File(file),
-            bitmaps_to_drop: Vec::new(),
-        });
-    }
-    if let Some((export, socket)) = nbd_url(&disk.path) {
-        // An NBD export someone else serves (qemu-storage-daemon, nbdkit,
-        // a running QEMU's NBD server): read as it presents itself.
-        let mut client =
-            NbdClient::connect(&socket, &export, &[CONTEXT_ALLOCATION], options.timeout)
-                .map_err(in_disk)?;
-        let size = client.size();
-        let allocation = if client.has_context(CONTEXT_ALLOCATION) {
-            client
-                .block_status(0, size, CONTEXT_ALLOCATION)
-                .map_err(in_disk)?
-        } else {
-            Vec::new()
-        };
-        report.format = "raw".into();
-        report.size = size;
-        report.reason = Some("an NBD export is read in full".into());
-        let plan = Arc::new(plan_from_allocation(
-            size,
-            cs,
-            allocation.iter().map(|e| (e.offset, e.length, e.flags)),
-            STATE_ZERO,
-        ));
-        let ranges = ReadRanges {
-            plan: plan.clone(),
-            next: 0,
-            chunk_size: cs,
-            size,
-        };
-        return Ok(Source {
-            path: disk.path.clone(),
-            report,
-            plan,
-            base: None,
-            reader: Reader::Nbd {
-                pipeline: ReadPipeline::new(client, ranges, options.window),
-                _server: None,
-            },
-            bitmaps_to_drop: Vec::new(),
-        });
-    }
-    let info = image::info(&disk.path).map_err(in_disk)?;
-    report.format = info.format.clone();
-    report.size = info.size;
-    let choice = bitmap::choose(repo, &info, repo_id, &options.vm, name, cs, options.full).await?;
-    let (base, reason) = match choice.base {
-        Base::Use { bitmap, map } => (Some((bitmap, map)), None),
-        Base::None(why) => (None, Some(why)),
+    let in_disk = |e: Error| {
+        Error::InvalidArgument(format!("disk {} ({}): {e}", disk.name, disk.path.display()))
     };
-    report.reason = reason;
-    let server = QemuNbd::start(
-        &disk.path,
-        &info.format,
-        base.as_ref().map(|(b, _)| b.as_str()),
-    )
-    .map_err(in_disk)?;
-    let dirty_context = base.as_ref().map(|(b, _)| format!("qemu:dirty-bitmap:{b}"));
-    let mut contexts = vec![CONTEXT_ALLOCATION];
-    if let Some(c) = &dirty_context {
-        contexts.push(c);
+    if options.direct {
+        open_direct(disk, report)
+    } else if let Some((export, socket)) = nbd_url(&disk.path) {
+        open_nbd(disk, report, &export, &socket, options).map_err(in_disk)
+    } else {
+        open_image(repo, disk, report, options, repo_id, known).await
     }
-    let mut client =
-        NbdClient::connect(server.socket(), "", &contexts, options.timeout).map_err(in_disk)?;
-    if client.size() != info.size {
-        return Err(in_disk(Error::Nbd(format!(
-            "qemu-nbd exports {} bytes, qemu-img said {}",
-            client.size(),
-            info.size
-        ))));
-    }
-    let size = info.size;
+}
+
+/// A plain file or device, read without QEMU.
+fn open_direct(disk: &DiskSpec, mut report: DiskReport) -> Result<Source> {
+    let what = |doing: &str| format!("disk {}: {doing} {}", disk.name, disk.path.display());
+    let file = File::open(&disk.path).map_err(|e| Error::io(what("opening"), e))?;
+    let size = std::io::Seek::seek(&mut &file, std::io::SeekFrom::End(0))
+        .map_err(|e| Error::io(what("sizing"), e))?;
+    let data = data_ranges(&file, size).map_err(|e| Error::io(what("mapping"), e))?;
+    report.format = "raw".into();
+    report.size = size;
+    let plan = plan_from_allocation(
+        size,
+        report.chunk_size,
+        data.iter().map(|&(o, l)| (o, l, 0)),
+        0,
+    );
+    Ok(Source {
+        path: disk.path.clone(),
+        report,
+        plan: Arc::new(plan),
+        base: None,
+        reader: Reader::File(file),
+        bitmaps_to_drop: Vec::new(),
+    })
+}
+
+/// An NBD export someone else serves (qemu-storage-daemon, nbdkit, a
+/// running QEMU's NBD server), read as it presents itself.
+fn open_nbd(
+    disk: &DiskSpec,
+    mut report: DiskReport,
+    export: &str,
+    socket: &Path,
+    options: &BackupOptions,
+) -> Result<Source> {
+    let client = NbdClient::connect(socket, export, &[CONTEXT_ALLOCATION], options.timeout)?;
+    report.format = "raw".into();
+    report.reason = Some("an NBD export is read in full".into());
+    let (client, plan) = allocation_plan(client, &mut report)?;
+    Ok(nbd_source(
+        disk,
+        report,
+        plan,
+        None,
+        client,
+        None,
+        Vec::new(),
+        options,
+    ))
+}
+
+/// The client's export planned by its `base:allocation`.
+fn allocation_plan(
+    mut client: NbdClient<Duplex>,
+    report: &mut DiskReport,
+) -> Result<(NbdClient<Duplex>, Vec<Plan>)> {
+    let size = client.size();
+    report.size = size;
     let allocation = if client.has_context(CONTEXT_ALLOCATION) {
-        client
-            .block_status(0, size, CONTEXT_ALLOCATION)
-            .map_err(in_disk)?
+        client.block_status(0, size, CONTEXT_ALLOCATION)?
     } else {
         Vec::new()
     };
-    let mut plan = plan_from_allocation(
-        size,
-        cs,
-        allocation.iter().map(|e| (e.offset, e.length, e.flags)),
-        STATE_ZERO,
-    );
-    let mut base_map = None;
-    if let (Some((_, map)), Some(context)) = (base, &dirty_context) {
-        let dirty = client.block_status(0, size, context).map_err(in_disk)?;
-        let mut is_dirty = vec![false; plan.len()];
-        for e in dirty.iter().filter(|e| e.flags & STATE_DIRTY != 0) {
-            let first = e.offset / u64::from(cs);
-            let last = (e.offset + e.length).div_ceil(u64::from(cs));
-            for d in is_dirty.iter_mut().take(last as usize).skip(first as usize) {
-                *d = true;
-            }
-        }
-        for (i, p) in plan.iter_mut().enumerate() {
-            if *p != Plan::Read || is_dirty.get(i).copied().unwrap_or(true) {
-                continue;
-            }
-            // Clean: the previous snapshot's chunk, unless the repository
-            // lost it (a prune condemned its pack): then read it again.
-            match map.blob_at(i as u64) {
-                None => *p = Plan::Hole,
-                Some(id) if known.contains_all(&[id]) => *p = Plan::Reuse,
-                Some(_) => {}
-            }
-        }
-        report.mode = "bitmap".into();
-        base_map = Some(Arc::new(map));
-    }
+    let extents = allocation.iter().map(|e| (e.offset, e.length, e.flags));
+    let plan = plan_from_allocation(size, report.chunk_size, extents, STATE_ZERO);
+    Ok((client, plan))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn nbd_source(
+    disk: &DiskSpec,
+    report: DiskReport,
+    plan: Vec<Plan>,
+    base: Option<Arc<DiskMap>>,
+    client: NbdClient<Duplex>,
+    server: Option<QemuNbd>,
+    bitmaps_to_drop: Vec<String>,
+    options: &BackupOptions,
+) -> Source {
     let plan = Arc::new(plan);
     let ranges = ReadRanges {
         plan: plan.clone(),
         next: 0,
-        chunk_size: cs,
-        size,
+        chunk_size: report.chunk_size,
+        size: report.size,
     };
-    Ok(Source {
+    Source {
         path: disk.path.clone(),
         report,
         plan,
-        base: base_map,
+        base,
         reader: Reader::Nbd {
-            pipeline: ReadPipeline::new(client, ranges, options.window),
-            _server: Some(server),
+            pipeline: Box::new(ReadPipeline::new(client, ranges, options.window)),
+            _server: server,
         },
-        bitmaps_to_drop: choice.ours,
-    })
+        bitmaps_to_drop,
+    }
+}
+
+/// An image file of a stopped VM through `qemu-nbd -r`, with its dirty
+/// bitmap when one can be trusted.
+async fn open_image(
+    repo: &Repository,
+    disk: &DiskSpec,
+    mut report: DiskReport,
+    options: &BackupOptions,
+    repo_id: &str,
+    known: &KnownBlobs,
+) -> Result<Source> {
+    let cs = options.chunk_size;
+    let in_disk = |e: Error| {
+        Error::InvalidArgument(format!("disk {} ({}): {e}", disk.name, disk.path.display()))
+    };
+    let info = image::info(&disk.path).map_err(in_disk)?;
+    report.format = info.format.clone();
+    let choice = bitmap::choose(
+        repo,
+        &info,
+        repo_id,
+        &options.vm,
+        &disk.name,
+        cs,
+        options.full,
+    )
+    .await?;
+    let base = match choice.base {
+        Base::Use { bitmap, map } => Some((bitmap, map)),
+        Base::None(why) => {
+            report.reason = Some(why);
+            None
+        }
+    };
+    let bitmap = base.as_ref().map(|(b, _)| b.as_str());
+    let server = QemuNbd::start(&disk.path, &info.format, bitmap).map_err(in_disk)?;
+    let dirty_context = bitmap.map(|b| format!("qemu:dirty-bitmap:{b}"));
+    let mut contexts = vec![CONTEXT_ALLOCATION];
+    contexts.extend(dirty_context.as_deref());
+    let client =
+        NbdClient::connect(server.socket(), "", &contexts, options.timeout).map_err(in_disk)?;
+    if client.size() != info.size {
+        let why = format!(
+            "qemu-nbd exports {} bytes, qemu-img said {}",
+            client.size(),
+            info.size
+        );
+        return Err(in_disk(Error::Nbd(why)));
+    }
+    let (mut client, mut plan) = allocation_plan(client, &mut report).map_err(in_disk)?;
+    let mut base_map = None;
+    if let (Some((_, map)), Some(context)) = (base, &dirty_context) {
+        let dirty = client
+            .block_status(0, info.size, context)
+            .map_err(in_disk)?;
+        reuse_clean(&mut plan, &dirty, &map, cs, known);
+        report.mode = "bitmap".into();
+        base_map = Some(Arc::new(map));
+    }
+    Ok(nbd_source(
+        disk,
+        report,
+        plan,
+        base_map,
+        client,
+        Some(server),
+        choice.ours,
+        options,
+    ))
+}
+
+/// Chunks the bitmap calls clean keep the base snapshot's blob (or hole),
+/// unless the repository lost that blob (a prune condemned its pack):
+/// then they are read again.
+fn reuse_clean(
+    plan: &mut [Plan],
+    dirty: &[crate::nbd::Extent],
+    base: &DiskMap,
+    cs: u32,
+    known: &KnownBlobs,
+) {
+    let cs = u64::from(cs);
+    let mut is_dirty = vec![false; plan.len()];
+    for e in dirty.iter().filter(|e| e.flags & STATE_DIRTY != 0) {
+        let last = (e.offset + e.length).div_ceil(cs) as usize;
+        for d in is_dirty
+            .iter_mut()
+            .take(last)
+            .skip((e.offset / cs) as usize)
+        {
+            *d = true;
+        }
+    }
+    for (i, p) in plan.iter_mut().enumerate() {
+        if *p != Plan::Read || is_dirty.get(i).copied().unwrap_or(true) {
+            continue;
+        }
+        match base.blob_at(i as u64) {
+            None => *p = Plan::Hole,
+            Some(id) if known.contains_all(&[id]) => *p = Plan::Reuse,
+            Some(_) => {}
+        }
+    }
 }
 
 /// The plan from allocation extents: a chunk wholly covered by extents

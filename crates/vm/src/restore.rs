@@ -245,7 +245,7 @@ pub async fn restore_raw(repo: &Repository, map: &DiskMap, target: &Path) -> Res
                 let want = (size - off).min(cs);
                 if plain.len() as u64 != want {
                     return Err(Error::Repository(tessera_core::Error::corrupt(
-                        &format!("blob {}", id.short()),
+                        format!("blob {}", id.short()),
                         format!(
                             "the chunk at offset {off} holds {} bytes, not {want}",
                             plain.len()

@@ -115,7 +115,7 @@ async fn direct_reads_a_sparse_file_without_qemu() {
     let f = std::fs::File::create(&path).unwrap();
     f.set_len(32 << 20).unwrap();
     f.write_all_at(&vec![7u8; 300_000], 1 << 20).unwrap();
-    f.write_all_at(&vec![9u8; 10], (32 << 20) - 10).unwrap();
+    f.write_all_at(&[9u8; 10], (32 << 20) - 10).unwrap();
     drop(f);
     let done = r
         .backup(&[("disk", &path)], |o| o.direct = true)
