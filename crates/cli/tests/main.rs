@@ -14,3 +14,4 @@ mod roundtrip;
 mod safety;
 mod storage;
 mod trees;
+mod vm;

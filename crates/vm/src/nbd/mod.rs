@@ -261,3 +261,41 @@ pub mod fuzzing {
         let _ = super::server::session(stream, "disk", &Zeros);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        blake3::Hasher::new()
+            .update(&seed.to_le_bytes())
+            .finalize_xof()
+            .fill(&mut v);
+        v
+    }
+
+    /// What the fuzz targets run, on noise after valid prefixes: errors,
+    /// never a panic or a hang.
+    #[test]
+    fn decoders_survive_garbage() {
+        let mut greeting = NBDMAGIC.to_be_bytes().to_vec();
+        greeting.extend_from_slice(&IHAVEOPT.to_be_bytes());
+        greeting.extend_from_slice(&3u16.to_be_bytes());
+        let mut reply = greeting.clone();
+        reply.extend_from_slice(&OPT_REPLY_MAGIC.to_be_bytes());
+        reply.extend_from_slice(&OPT_STRUCTURED_REPLY.to_be_bytes());
+        reply.extend_from_slice(&REP_ACK.to_be_bytes());
+        reply.extend_from_slice(&0u32.to_be_bytes());
+        let mut client_hello = 3u32.to_be_bytes().to_vec();
+        client_hello.extend_from_slice(&IHAVEOPT.to_be_bytes());
+        for seed in 0..3000u64 {
+            let tail = noise((seed % 700) as usize, seed);
+            for prefix in [&[][..], &greeting, &reply, &client_hello] {
+                let input = [prefix, &tail].concat();
+                fuzzing::client_session(&input);
+                fuzzing::server_session(&input);
+            }
+        }
+    }
+}
