@@ -4,7 +4,8 @@
 //! opens storage by location ([`open_storage`]: local paths, `s3://`,
 //! `gs://`, `az://` behind the features `s3`, `gcs`, `azure`), and the
 //! adapters behind features of their own: `fs` (`tessera::fs`, file
-//! trees) and `postgres` (`tessera::postgres`, clusters and their WAL).
+//! trees), `postgres` (`tessera::postgres`, clusters and their WAL) and
+//! `vm` (`tessera::vm`, VM disk images).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -33,3 +34,7 @@ pub use tessera_fs as fs;
 /// The PostgreSQL adapter (feature `postgres`).
 #[cfg(feature = "postgres")]
 pub use tessera_postgres as postgres;
+
+/// The VM image adapter (feature `vm`).
+#[cfg(feature = "vm")]
+pub use tessera_vm as vm;
