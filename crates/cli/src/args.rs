@@ -188,6 +188,18 @@ pub struct VmBackupArgs {
     /// Read every allocated chunk even where a dirty bitmap could tell
     #[arg(long)]
     pub full: bool,
+    /// A running VM: QEMU's QMP socket (then each --disk is NAME=NODE, a block node name)
+    #[arg(long)]
+    pub qmp: Option<PathBuf>,
+    /// With --qmp: the guest agent's socket, to freeze the guest's filesystems around the snapshot
+    #[arg(long, requires = "qmp")]
+    pub guest_agent: Option<PathBuf>,
+    /// With --qmp: the socket of an NBD server QEMU already runs (default: one is started for the backup)
+    #[arg(long, requires = "qmp")]
+    pub nbd_socket: Option<PathBuf>,
+    /// With --qmp: where QEMU creates the temporary fleecing overlays (default: the temporary directory)
+    #[arg(long, requires = "qmp")]
+    pub fleece_dir: Option<PathBuf>,
     /// How long the NBD server may stay silent before a read fails
     #[arg(long, default_value = "60s")]
     pub timeout: jiff::SignedDuration,

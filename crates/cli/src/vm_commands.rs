@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use tessera_core::{Repository, SnapshotEntry};
 use tessera_vm::serve::{DiskExport, create_overlay, restore_converted, serve};
-use tessera_vm::{BackupOptions, DiskSpec, KIND, restore_raw};
+use tessera_vm::{BackupOptions, DiskSpec, KIND, LiveDisk, LiveOptions, restore_raw};
 
 use crate::args::{Global, VmBackupArgs, VmCommand, VmInstantArgs, VmRestoreArgs, VmServeArgs};
 use crate::context::open;
@@ -24,11 +24,6 @@ pub async fn run(g: &Global, command: VmCommand) -> Result<ExitCode> {
 }
 
 async fn backup(g: &Global, a: VmBackupArgs) -> Result<ExitCode> {
-    let disks = a
-        .disks
-        .iter()
-        .map(|d| d.parse::<DiskSpec>())
-        .collect::<Result<Vec<_>, _>>()?;
     let options = BackupOptions {
         vm: a.name.clone(),
         chunk_size: tessera_vm::parse_chunk_size(&a.chunk_size).context("--chunk-size")?,
@@ -41,7 +36,31 @@ async fn backup(g: &Global, a: VmBackupArgs) -> Result<ExitCode> {
         ..Default::default()
     };
     let repo = open(g).await?;
-    let done = tessera_vm::backup(&repo, disks, options).await?;
+    let done = match &a.qmp {
+        Some(qmp) => {
+            let disks = a
+                .disks
+                .iter()
+                .map(|d| d.parse::<LiveDisk>())
+                .collect::<Result<Vec<_>, _>>()?;
+            let live = LiveOptions {
+                qmp: qmp.clone(),
+                guest_agent: a.guest_agent.clone(),
+                nbd_socket: a.nbd_socket.clone(),
+                fleece_dir: a.fleece_dir.clone(),
+                on_frozen: None,
+            };
+            tessera_vm::backup_live(&repo, disks, options, live).await?
+        }
+        None => {
+            let disks = a
+                .disks
+                .iter()
+                .map(|d| d.parse::<DiskSpec>())
+                .collect::<Result<Vec<_>, _>>()?;
+            tessera_vm::backup(&repo, disks, options).await?
+        }
+    };
     for w in &done.warnings {
         eprintln!("tessera: warning: {w}");
     }

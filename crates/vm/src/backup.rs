@@ -129,7 +129,7 @@ pub struct VmBackup {
 
 /// What to do with one chunk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Plan {
+pub(crate) enum Plan {
     Hole,
     Read,
     Reuse,
@@ -169,6 +169,48 @@ pub async fn backup(
             return Err(e);
         }
     };
+    let images: Vec<(PathBuf, String, Vec<String>)> = sources
+        .iter()
+        .map(|s| {
+            (
+                s.path.clone(),
+                s.report.format.clone(),
+                s.bitmaps_to_drop.clone(),
+            )
+        })
+        .collect();
+    let (summary, mut disks) = store_sources(repo, sources, config, &options, Live::No).await?;
+    let warnings = if options.direct {
+        Vec::new()
+    } else {
+        advance_bitmaps(&mut disks, images, &repo_id, summary.id)
+    };
+    Ok(VmBackup {
+        summary,
+        disks,
+        warnings,
+    })
+}
+
+/// Whether a backup read a running VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Live {
+    /// Images of a stopped VM.
+    No,
+    /// A running QEMU's point-in-time view; whether the guest agent froze
+    /// the filesystems (`None`: no agent).
+    Yes(Option<bool>),
+}
+
+/// Stores the opened disks (and the configuration file) as one snapshot.
+/// On error nothing is committed.
+pub(crate) async fn store_sources(
+    repo: &Repository,
+    sources: Vec<Source>,
+    config: Option<(String, Vec<u8>)>,
+    options: &BackupOptions,
+    live: Live,
+) -> Result<(BackupSummary, Vec<DiskReport>)> {
     let now = jiff::Timestamp::now();
     let time = (now.as_second(), now.subsec_nanosecond() as u32);
     let failed: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
@@ -178,15 +220,9 @@ pub async fn backup(
         meta: dir_meta(time),
     }];
     let mut infos = Vec::new();
-    let mut images = Vec::new();
     for s in sources {
         let report = Arc::new(Mutex::new(s.report.clone()));
         infos.push((s.report.name.clone(), s.path.display().to_string()));
-        images.push((
-            s.path.clone(),
-            s.report.format.clone(),
-            s.bitmaps_to_drop.clone(),
-        ));
         reports.push(report.clone());
         entries.push(Entry::File {
             name: s.report.name.clone().into_bytes(),
@@ -219,7 +255,7 @@ pub async fn backup(
         .iter()
         .map(|r| r.lock().map(|r| r.clone()).unwrap_or_default())
         .collect();
-    let meta = vm_meta(&options, &disks, &infos, config_name);
+    let meta = vm_meta(options, &disks, &infos, config_name, live);
     let commit = tessera_core::BackupOptions {
         time: Some(now),
         hostname: options.hostname.clone(),
@@ -231,17 +267,7 @@ pub async fn backup(
         ..Default::default()
     };
     let summary = repo.commit_snapshot(tree, commit).await?;
-    let mut disks = disks;
-    let warnings = if options.direct {
-        Vec::new()
-    } else {
-        advance_bitmaps(&mut disks, images, &repo_id, summary.id)
-    };
-    Ok(VmBackup {
-        summary,
-        disks,
-        warnings,
-    })
+    Ok((summary, disks))
 }
 
 fn vm_meta(
@@ -249,6 +275,7 @@ fn vm_meta(
     disks: &[DiskReport],
     infos: &[(String, String)],
     config: Option<String>,
+    live: Live,
 ) -> VmMeta {
     VmMeta {
         version: VM_META_VERSION,
@@ -268,8 +295,11 @@ fn vm_meta(
             })
             .collect(),
         config,
-        live: false,
-        frozen: None,
+        live: live != Live::No,
+        frozen: match live {
+            Live::Yes(frozen) => frozen,
+            Live::No => None,
+        },
     }
 }
 
@@ -298,7 +328,7 @@ fn advance_bitmaps(
     warnings
 }
 
-fn check_names(vm: &str, disks: &[DiskSpec]) -> Result<()> {
+pub(crate) fn check_names(vm: &str, disks: &[DiskSpec]) -> Result<()> {
     if vm.is_empty() {
         return Err(Error::InvalidArgument(
             "a VM backup needs a name (--name)".into(),
@@ -318,7 +348,7 @@ fn check_names(vm: &str, disks: &[DiskSpec]) -> Result<()> {
     Ok(())
 }
 
-fn read_config(path: &Path) -> Result<(String, Vec<u8>)> {
+pub(crate) fn read_config(path: &Path) -> Result<(String, Vec<u8>)> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -341,7 +371,7 @@ enum Reader {
 }
 
 /// An opened disk with its plan.
-struct Source {
+pub(crate) struct Source {
     path: PathBuf,
     report: DiskReport,
     plan: Arc<Vec<Plan>>,
@@ -426,7 +456,7 @@ fn open_nbd(
 }
 
 /// The client's export planned by its `base:allocation`.
-fn allocation_plan(
+pub(crate) fn allocation_plan(
     mut client: NbdClient<Duplex>,
     report: &mut DiskReport,
 ) -> Result<(NbdClient<Duplex>, Vec<Plan>)> {
@@ -443,7 +473,7 @@ fn allocation_plan(
 }
 
 #[allow(clippy::too_many_arguments)]
-fn nbd_source(
+pub(crate) fn nbd_source(
     disk: &DiskSpec,
     report: DiskReport,
     plan: Vec<Plan>,
@@ -546,7 +576,7 @@ async fn open_image(
 /// Chunks the bitmap calls clean keep the base snapshot's blob (or hole),
 /// unless the repository lost that blob (a prune condemned its pack):
 /// then they are read again.
-fn reuse_clean(
+pub(crate) fn reuse_clean(
     plan: &mut [Plan],
     dirty: &[crate::nbd::Extent],
     base: &DiskMap,

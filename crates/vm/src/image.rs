@@ -87,6 +87,18 @@ pub fn info(image: &Path) -> Result<ImageInfo> {
     })
 }
 
+/// Creates an empty qcow2 image of `size` bytes (a fleecing overlay).
+///
+/// # Errors
+/// [`Error::Tool`].
+pub fn create_qcow2(path: &Path, size: u64) -> Result<()> {
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(path)
+        .arg(size.to_string()))
+    .map(|_| ())
+}
+
 /// Adds a persistent, enabled dirty bitmap to a qcow2 image (not in use).
 ///
 /// # Errors

@@ -21,12 +21,15 @@
 pub mod backup;
 pub mod bitmap;
 pub mod image;
+pub mod live;
 pub mod meta;
 pub mod nbd;
+pub mod qmp;
 pub mod restore;
 pub mod serve;
 
 pub use backup::{BackupOptions, DiskReport, DiskSpec, VmBackup, backup};
+pub use live::{LiveDisk, LiveOptions, backup_live};
 pub use meta::{DiskMeta, VmMeta};
 pub use restore::{DiskMap, restore_raw};
 
@@ -37,6 +40,7 @@ pub const KIND: &str = "vm";
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::nbd::fuzzing::{client_session, server_session};
+    pub use crate::qmp::parse_message as qmp_message;
 }
 
 /// Errors of the VM adapter.

@@ -10,4 +10,5 @@ mod common;
 mod backup;
 mod bitmaps;
 mod faults;
+mod live;
 mod serve;
