@@ -188,6 +188,9 @@ pub struct VmBackupArgs {
     /// Read every allocated chunk even where a dirty bitmap could tell
     #[arg(long)]
     pub full: bool,
+    /// With a dirty bitmap: read the chunks it calls clean too, and report any that changed (exit 3)
+    #[arg(long)]
+    pub audit: bool,
     /// A running VM: QEMU's QMP socket (then each --disk is NAME=NODE, a block node name)
     #[arg(long)]
     pub qmp: Option<PathBuf>,

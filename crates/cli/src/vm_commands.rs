@@ -30,6 +30,7 @@ async fn backup(g: &Global, a: VmBackupArgs) -> Result<ExitCode> {
         config: a.config,
         direct: a.direct,
         full: a.full,
+        audit: a.audit,
         timeout: Duration::try_from(a.timeout).unwrap_or(Duration::from_secs(60)),
         tags: a.tag,
         hostname: a.host,
@@ -63,6 +64,17 @@ async fn backup(g: &Global, a: VmBackupArgs) -> Result<ExitCode> {
     };
     for w in &done.warnings {
         eprintln!("tessera: warning: {w}");
+    }
+    let mut code = ExitCode::SUCCESS;
+    for d in done.disks.iter().filter(|d| !d.audit_mismatches.is_empty()) {
+        let offsets: Vec<String> = d.audit_mismatches.iter().map(u64::to_string).collect();
+        eprintln!(
+            "tessera: warning: disk {}: {} chunk(s) changed although the dirty bitmap called them clean (stored as read), at offsets {}",
+            d.name,
+            d.audit_mismatches.len(),
+            offsets.join(", ")
+        );
+        code = ExitCode::from(3);
     }
     let stats = &done.summary.snapshot.stats;
     if a.json {
@@ -103,7 +115,7 @@ async fn backup(g: &Global, a: VmBackupArgs) -> Result<ExitCode> {
             stats.duration_secs
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }
 
 /// A VM snapshot by id, prefix or `latest` (the newest VM snapshot).
@@ -263,12 +275,15 @@ async fn instant(g: &Global, a: VmInstantArgs) -> Result<ExitCode> {
     });
     let (overlay, disk, quiet) = (a.overlay.clone(), a.disk.clone(), g.quiet);
     let short = entry.id.short();
+    if socket.exists() {
+        bail!(
+            "{} exists: is another instant restore serving there?",
+            socket.display()
+        );
+    }
+    create_overlay(&overlay, &socket, &disk, export.disk_size())?;
     tokio::task::spawn_blocking(move || {
         serve(&socket, &disk, export, true, || {
-            if let Err(e) = create_overlay(&overlay, &socket, &disk) {
-                eprintln!("tessera: error: {e}");
-                std::process::exit(1);
-            }
             if !quiet {
                 eprintln!(
                     "{} is ready: start the VM from it and run QMP block-stream; serving disk {disk} of snapshot {short} until the VM lets go",

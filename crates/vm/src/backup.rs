@@ -4,18 +4,19 @@
 //! sparse node of fixed-size chunks.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tessera_core::{BackupSummary, Block, Content, Entry, KnownBlobs, Meta, Repository};
+use tessera_core::{BackupSummary, Content, Entry, KnownBlobs, Meta, Repository};
 
 use crate::bitmap::{self, Base};
+use crate::blocks::{DiskBlocks, Reader, Source};
 use crate::image::{self, QemuNbd};
-use crate::meta::{DiskInfo, DiskMeta, VM_META_VERSION, VmMeta, dir_meta, file_meta};
+use crate::meta::{DiskInfo, VM_META_VERSION, VmMeta, dir_meta, file_meta};
 use crate::nbd::client::Duplex;
-use crate::nbd::{CONTEXT_ALLOCATION, NbdClient, ReadPipeline, STATE_DIRTY, STATE_ZERO};
+use crate::nbd::{CONTEXT_ALLOCATION, NbdClient, ReadPipeline, STATE_ZERO};
+use crate::plan::{Plan, ReadRanges, data_ranges, plan_from_allocation, reuse_clean};
 use crate::restore::DiskMap;
 use crate::{Error, KIND, Result};
 
@@ -58,6 +59,9 @@ pub struct BackupOptions {
     pub direct: bool,
     /// Read every allocated chunk even where a dirty bitmap could tell.
     pub full: bool,
+    /// With a dirty bitmap: read the chunks it calls clean too, and report
+    /// each whose content changed (stored as read).
+    pub audit: bool,
     /// Read requests in flight per disk.
     pub window: usize,
     /// How long an NBD server may stay silent.
@@ -76,6 +80,7 @@ impl Default for BackupOptions {
             config: None,
             direct: false,
             full: false,
+            audit: false,
             window: 8,
             timeout: Duration::from_secs(60),
             tags: Vec::new(),
@@ -110,6 +115,12 @@ pub struct DiskReport {
     pub chunks_reused: u64,
     /// Chunks stored as holes (reported zero, or read as zeros).
     pub chunks_zero: u64,
+    /// Clean chunks read to check the bitmap (`--audit`).
+    pub chunks_audited: u64,
+    /// Offsets of chunks whose content changed although the bitmap called
+    /// them clean (the first 100).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub audit_mismatches: Vec<u64>,
     /// The dirty bitmap now tracking writes since this snapshot.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bitmap: Option<String>,
@@ -125,14 +136,6 @@ pub struct VmBackup {
     /// Things that went wrong after the snapshot was committed (a bitmap
     /// that could not be added: the next backup reads in full).
     pub warnings: Vec<String>,
-}
-
-/// What to do with one chunk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Plan {
-    Hole,
-    Read,
-    Reuse,
 }
 
 /// Backs up the disks of one VM (stopped: its image files) into one
@@ -290,7 +293,6 @@ fn vm_meta(
                 size: r.size,
                 chunk_size: r.chunk_size,
                 mode: r.mode.clone(),
-                bitmap: None,
                 bytes_read: r.bytes_read,
             })
             .collect(),
@@ -360,26 +362,6 @@ pub(crate) fn read_config(path: &Path) -> Result<(String, Vec<u8>)> {
     Ok((name, bytes))
 }
 
-/// How a disk's chunks are read.
-enum Reader {
-    Nbd {
-        pipeline: Box<ReadPipeline<Duplex, ReadRanges>>,
-        // Stops qemu-nbd when the disk is done (after the pipeline).
-        _server: Option<QemuNbd>,
-    },
-    File(File),
-}
-
-/// An opened disk with its plan.
-pub(crate) struct Source {
-    path: PathBuf,
-    report: DiskReport,
-    plan: Arc<Vec<Plan>>,
-    base: Option<Arc<DiskMap>>,
-    reader: Reader,
-    bitmaps_to_drop: Vec<String>,
-}
-
 async fn open_disk(
     repo: &Repository,
     disk: &DiskSpec,
@@ -427,6 +409,7 @@ fn open_direct(disk: &DiskSpec, mut report: DiskReport) -> Result<Source> {
         base: None,
         reader: Reader::File(file),
         bitmaps_to_drop: Vec::new(),
+        id_of: None,
     })
 }
 
@@ -500,7 +483,14 @@ pub(crate) fn nbd_source(
             _server: server,
         },
         bitmaps_to_drop,
+        id_of: None,
     }
+}
+
+/// The blob id function `--audit` compares with.
+pub(crate) fn id_of(repo: &Repository) -> crate::blocks::IdOf {
+    let repo = repo.clone();
+    Arc::new(move |bytes: &[u8]| repo.blob_id_of(bytes))
 }
 
 /// An image file of a stopped VM through `qemu-nbd -r`, with its dirty
@@ -557,11 +547,11 @@ async fn open_image(
         let dirty = client
             .block_status(0, info.size, context)
             .map_err(in_disk)?;
-        reuse_clean(&mut plan, &dirty, &map, cs, known);
+        reuse_clean(&mut plan, &dirty, &map, cs, known, options.audit);
         report.mode = "bitmap".into();
         base_map = Some(Arc::new(map));
     }
-    Ok(nbd_source(
+    let mut source = nbd_source(
         disk,
         report,
         plan,
@@ -570,89 +560,9 @@ async fn open_image(
         Some(server),
         choice.ours,
         options,
-    ))
-}
-
-/// Chunks the bitmap calls clean keep the base snapshot's blob (or hole),
-/// unless the repository lost that blob (a prune condemned its pack):
-/// then they are read again.
-pub(crate) fn reuse_clean(
-    plan: &mut [Plan],
-    dirty: &[crate::nbd::Extent],
-    base: &DiskMap,
-    cs: u32,
-    known: &KnownBlobs,
-) {
-    let cs = u64::from(cs);
-    let mut is_dirty = vec![false; plan.len()];
-    for e in dirty.iter().filter(|e| e.flags & STATE_DIRTY != 0) {
-        let last = (e.offset + e.length).div_ceil(cs) as usize;
-        for d in is_dirty
-            .iter_mut()
-            .take(last)
-            .skip((e.offset / cs) as usize)
-        {
-            *d = true;
-        }
-    }
-    for (i, p) in plan.iter_mut().enumerate() {
-        if *p != Plan::Read || is_dirty.get(i).copied().unwrap_or(true) {
-            continue;
-        }
-        match base.blob_at(i as u64) {
-            None => *p = Plan::Hole,
-            Some(id) if known.contains_all(&[id]) => *p = Plan::Reuse,
-            Some(_) => {}
-        }
-    }
-}
-
-/// The plan from allocation extents: a chunk wholly covered by extents
-/// whose flags contain `zero_flag` (holes the source reports) is a hole;
-/// when `zero_flag` is 0 the extents are data ranges, and a chunk none of
-/// them touches is a hole. Every other chunk is read.
-fn plan_from_allocation(
-    size: u64,
-    cs: u32,
-    extents: impl Iterator<Item = (u64, u64, u32)>,
-    zero_flag: u32,
-) -> Vec<Plan> {
-    let cs = u64::from(cs);
-    let n = size.div_ceil(cs) as usize;
-    if zero_flag == 0 {
-        let mut plan = vec![Plan::Hole; n];
-        for (off, len, _) in extents {
-            let last = (off.saturating_add(len)).div_ceil(cs) as usize;
-            for p in plan.iter_mut().take(last).skip((off / cs) as usize) {
-                *p = Plan::Read;
-            }
-        }
-        return plan;
-    }
-    // Bytes of each chunk the source reports as zero.
-    let mut zero = vec![0u64; n];
-    for (off, len, flags) in extents {
-        if flags & zero_flag == 0 {
-            continue;
-        }
-        let end = off.saturating_add(len).min(size);
-        let mut at = off;
-        while at < end {
-            let i = (at / cs) as usize;
-            let stop = ((at / cs + 1) * cs).min(end);
-            if let Some(z) = zero.get_mut(i) {
-                *z += stop - at;
-            }
-            at = stop;
-        }
-    }
-    zero.iter()
-        .enumerate()
-        .map(|(i, &z)| {
-            let len = (size - i as u64 * cs).min(cs);
-            if z >= len { Plan::Hole } else { Plan::Read }
-        })
-        .collect()
+    );
+    source.id_of = options.audit.then(|| id_of(repo));
+    Ok(source)
 }
 
 /// The export and socket of an `nbd+unix:///EXPORT?socket=PATH` URL.
@@ -664,262 +574,10 @@ pub fn nbd_url(path: &Path) -> Option<(String, PathBuf)> {
     Some((export.to_string(), PathBuf::from(socket)))
 }
 
-/// Data ranges of a file (SEEK_DATA / SEEK_HOLE; a device or a
-/// filesystem without them: all of it).
-fn data_ranges(file: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
-    use rustix::fs::{SeekFrom, seek};
-    let mut out = Vec::new();
-    let mut pos = 0u64;
-    while pos < size {
-        let start = match seek(file, SeekFrom::Data(pos)) {
-            Ok(s) => s,
-            Err(rustix::io::Errno::NXIO) => break,
-            Err(rustix::io::Errno::INVAL | rustix::io::Errno::OPNOTSUPP) => {
-                return Ok(vec![(0, size)]);
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let end = match seek(file, SeekFrom::Hole(start)) {
-            Ok(e) => e.min(size),
-            Err(_) => size,
-        };
-        if end > start {
-            out.push((start, end - start));
-        }
-        pos = end.max(start + 1);
-    }
-    Ok(out)
-}
-
-/// The (offset, length) of every chunk the plan reads, in order.
-struct ReadRanges {
-    plan: Arc<Vec<Plan>>,
-    next: usize,
-    chunk_size: u32,
-    size: u64,
-}
-
-impl Iterator for ReadRanges {
-    type Item = (u64, u32);
-    fn next(&mut self) -> Option<(u64, u32)> {
-        while let Some(p) = self.plan.get(self.next) {
-            let i = self.next as u64;
-            self.next += 1;
-            if *p == Plan::Read {
-                let off = i * u64::from(self.chunk_size);
-                return Some((
-                    off,
-                    (self.size - off).min(u64::from(self.chunk_size)) as u32,
-                ));
-            }
-        }
-        None
-    }
-}
-
-/// A disk's blocks, in order, for [`Content::Blocks`]; its final
-/// metadata (the extents found) last.
-struct DiskBlocks {
-    name: String,
-    plan: Arc<Vec<Plan>>,
-    base: Option<Arc<DiskMap>>,
-    reader: Option<Reader>,
-    chunk_size: u32,
-    size: u64,
-    next: usize,
-    extents: Vec<(u64, u64)>,
-    meta: DiskMeta,
-    report: Arc<Mutex<DiskReport>>,
-    failed: Arc<Mutex<Option<Error>>>,
-    done: bool,
-}
-
-impl DiskBlocks {
-    fn new(
-        s: Source,
-        time: (i64, u32),
-        report: Arc<Mutex<DiskReport>>,
-        failed: Arc<Mutex<Option<Error>>>,
-    ) -> Self {
-        let meta = DiskMeta {
-            kind: "file".into(),
-            mode: 0o600,
-            uid: 0,
-            gid: 0,
-            mtime: time,
-            atime: time,
-            size: s.report.size,
-            extents: Vec::new(),
-            chunk_size: s.report.chunk_size,
-            format: s.report.format.clone(),
-        };
-        DiskBlocks {
-            name: s.report.name.clone(),
-            plan: s.plan,
-            base: s.base,
-            reader: Some(s.reader),
-            chunk_size: s.report.chunk_size,
-            size: s.report.size,
-            next: 0,
-            extents: Vec::new(),
-            meta,
-            report,
-            failed,
-            done: false,
-        }
-    }
-
-    fn add_extent(&mut self, off: u64, len: u64) {
-        match self.extents.last_mut() {
-            Some(last) if last.0 + last.1 == off => last.1 += len,
-            _ => self.extents.push((off, len)),
-        }
-    }
-
-    fn fail(&mut self, e: Error) -> std::io::Error {
-        let msg = format!("disk {}: {e}", self.name);
-        if let Ok(mut f) = self.failed.lock() {
-            f.get_or_insert(Error::Nbd(msg.clone()));
-        }
-        self.reader = None;
-        self.done = true;
-        std::io::Error::other(msg)
-    }
-
-    fn read(&mut self, off: u64, len: u32) -> Result<(Vec<u8>, bool)> {
-        match self.reader.as_mut() {
-            Some(Reader::Nbd { pipeline, .. }) => {
-                let chunk = pipeline
-                    .next_read()
-                    .ok_or_else(|| Error::Nbd("the read pipeline ended early".into()))??;
-                if chunk.offset != off {
-                    return Err(Error::Nbd(format!(
-                        "read {} arrived for {off}",
-                        chunk.offset
-                    )));
-                }
-                Ok((chunk.data, chunk.hole))
-            }
-            Some(Reader::File(f)) => {
-                let mut buf = vec![0u8; len as usize];
-                f.read_exact_at(&mut buf, off)
-                    .map_err(|e| Error::Nbd(format!("reading {len} bytes at offset {off}: {e}")))?;
-                Ok((buf, false))
-            }
-            None => Err(Error::Nbd("the disk is closed".into())),
-        }
-    }
-
-    fn tally(&self, f: impl FnOnce(&mut DiskReport)) {
-        if let Ok(mut r) = self.report.lock() {
-            f(&mut r);
-        }
-    }
-}
-
-impl Iterator for DiskBlocks {
-    type Item = std::io::Result<Block>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
-        }
-        let cs = u64::from(self.chunk_size);
-        while let Some(&p) = self.plan.get(self.next) {
-            let i = self.next as u64;
-            self.next += 1;
-            let off = i * cs;
-            let len = (self.size - off).min(cs) as u32;
-            match p {
-                Plan::Hole => self.tally(|r| r.chunks_zero += 1),
-                Plan::Reuse => {
-                    let Some(id) = self.base.as_ref().and_then(|b| b.blob_at(i)) else {
-                        return Some(Err(
-                            self.fail(Error::Nbd(format!("no previous chunk at offset {off}")))
-                        ));
-                    };
-                    self.add_extent(off, u64::from(len));
-                    self.tally(|r| r.chunks_reused += 1);
-                    return Some(Ok(Block::Stored { id, size: len }));
-                }
-                Plan::Read => {
-                    let (data, hole) = match self.read(off, len) {
-                        Ok(r) => r,
-                        Err(e) => return Some(Err(self.fail(e))),
-                    };
-                    self.tally(|r| {
-                        r.chunks_read += 1;
-                        r.bytes_read += u64::from(len);
-                        r.reads += 1;
-                    });
-                    if hole || is_zero(&data) {
-                        self.tally(|r| r.chunks_zero += 1);
-                        continue;
-                    }
-                    self.add_extent(off, u64::from(len));
-                    return Some(Ok(Block::Data(data)));
-                }
-            }
-        }
-        // The end: close the source, then the node's real metadata.
-        self.reader = None;
-        self.done = true;
-        let mut meta = self.meta.clone();
-        meta.extents = std::mem::take(&mut self.extents);
-        Some(Ok(Block::Meta(meta.to_meta())))
-    }
-}
-
-/// Whether a buffer holds only zeros (vectorizes: no early exit inside a
-/// block).
-pub(crate) fn is_zero(data: &[u8]) -> bool {
-    let mut blocks = data.chunks_exact(256);
-    blocks.all(|b| b.iter().fold(0u8, |a, &x| a | x) == 0)
-        && blocks.remainder().iter().all(|&x| x == 0)
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn zero_chunks_are_found() {
-        assert!(is_zero(&[0; 1000]));
-        let mut v = vec![0u8; 1000];
-        v[999] = 1;
-        assert!(!is_zero(&v));
-        v[999] = 0;
-        v[3] = 1;
-        assert!(!is_zero(&v));
-    }
-
-    #[test]
-    fn allocation_plans_holes_only_for_wholly_zero_chunks() {
-        let cs = 65536u32;
-        let c = u64::from(cs);
-        // 4 chunks: zero extent covers chunk 1 wholly and half of chunk 2.
-        let ext = [
-            (0, c, 0),
-            (c, c + c / 2, STATE_ZERO),
-            (2 * c + c / 2, c + c / 2, 0),
-        ];
-        let plan = plan_from_allocation(4 * c, cs, ext.into_iter(), STATE_ZERO);
-        assert_eq!(plan, vec![Plan::Read, Plan::Hole, Plan::Read, Plan::Read]);
-        // Two zero extents of different flags cover chunk 0 together; the
-        // short last chunk is wholly zero.
-        let ext = [
-            (0, c / 2, STATE_ZERO | 1),
-            (c / 2, c / 2, STATE_ZERO),
-            (c, c, 0),
-            (2 * c, 100, STATE_ZERO),
-        ];
-        let plan = plan_from_allocation(2 * c + 100, cs, ext.into_iter(), STATE_ZERO);
-        assert_eq!(plan, vec![Plan::Hole, Plan::Read, Plan::Hole]);
-        // Data ranges (direct files): untouched chunks are holes.
-        let plan = plan_from_allocation(4 * c, cs, [(c + 10, 5, 0)].into_iter(), 0);
-        assert_eq!(plan, vec![Plan::Hole, Plan::Read, Plan::Hole, Plan::Hole]);
-    }
 
     #[test]
     fn disk_specs_parse() {

@@ -20,10 +20,12 @@
 
 pub mod backup;
 pub mod bitmap;
+mod blocks;
 pub mod image;
 pub mod live;
 pub mod meta;
 pub mod nbd;
+mod plan;
 pub mod qmp;
 pub mod restore;
 pub mod serve;

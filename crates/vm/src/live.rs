@@ -19,11 +19,12 @@ use tessera_core::{Repository, SnapshotId};
 
 use crate::backup::{
     BackupOptions, DiskSpec, Live, VmBackup, allocation_plan, check_names, nbd_source, read_config,
-    reuse_clean, store_sources,
+    store_sources,
 };
 use crate::bitmap::{self, Base};
 use crate::image::{BitmapInfo, ImageInfo};
 use crate::nbd::{CONTEXT_ALLOCATION, NbdClient};
+use crate::plan::reuse_clean;
 use crate::qmp::Qmp;
 use crate::{Error, Result};
 
@@ -306,7 +307,7 @@ async fn open_export(
     options: &BackupOptions,
     repo_id: &str,
     known: &tessera_core::KnownBlobs,
-) -> Result<crate::backup::Source> {
+) -> Result<crate::blocks::Source> {
     let dirty_context = f.base.as_ref().map(|b| format!("qemu:dirty-bitmap:{b}"));
     let mut contexts = vec![CONTEXT_ALLOCATION];
     contexts.extend(dirty_context.as_deref());
@@ -331,7 +332,14 @@ async fn open_export(
             let dirty = client
                 .block_status(0, report.size, context)
                 .map_err(|e| in_disk(&f.disk, e))?;
-            reuse_clean(&mut plan, &dirty, &map, options.chunk_size, known);
+            reuse_clean(
+                &mut plan,
+                &dirty,
+                &map,
+                options.chunk_size,
+                known,
+                options.audit,
+            );
             report.mode = "bitmap".into();
             base_map = Some(Arc::new(map));
         }
@@ -339,7 +347,7 @@ async fn open_export(
     }
     let mut spec = spec.clone();
     spec.path = PathBuf::from(format!("qmp:{}", f.node));
-    Ok(nbd_source(
+    let mut source = nbd_source(
         &spec,
         report,
         plan,
@@ -348,7 +356,9 @@ async fn open_export(
         None,
         Vec::new(),
         options,
-    ))
+    );
+    source.id_of = options.audit.then(|| crate::backup::id_of(repo));
+    Ok(source)
 }
 
 fn bitmap_sid(base: Option<&str>, repo_id: &str) -> Result<SnapshotId> {

@@ -48,10 +48,6 @@ pub struct DiskInfo {
     /// `full` (every allocated chunk read) or `bitmap` (only the chunks a
     /// dirty bitmap marked).
     pub mode: String,
-    /// The dirty bitmap that tracks writes since this snapshot, if one was
-    /// made (`tessera-<repository id>-<snapshot id>`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bitmap: Option<String>,
     /// Bytes read from the source.
     pub bytes_read: u64,
 }

@@ -72,6 +72,13 @@ impl DiskExport {
     }
 }
 
+impl DiskExport {
+    /// The disk's size.
+    pub fn disk_size(&self) -> u64 {
+        self.map.size
+    }
+}
+
 impl Export for DiskExport {
     fn size(&self) -> u64 {
         self.map.size
@@ -222,17 +229,21 @@ pub async fn restore_converted(
     Ok(())
 }
 
-/// Makes `overlay` a new qcow2 image backed by the export `name` on
-/// `socket` (raw): a VM started from it boots at once, and QMP
-/// `block-stream` pulls the rest in.
+/// Makes `overlay` a new qcow2 image of `size` bytes backed by the export
+/// `name` on `socket` (raw; not opened now, so the server need not be
+/// up): a VM started from it boots at once, and QMP `block-stream` pulls
+/// the rest in.
 ///
 /// # Errors
 /// qemu-img failing.
-pub fn create_overlay(overlay: &Path, socket: &Path, name: &str) -> Result<()> {
+pub fn create_overlay(overlay: &Path, socket: &Path, name: &str, size: u64) -> Result<()> {
     let backing = format!("nbd+unix:///{name}?socket={}", socket.display());
     let out = Command::new("qemu-img")
-        .args(["create", "-f", "qcow2", "-b", &backing, "-F", "raw"])
+        .args([
+            "create", "-q", "-f", "qcow2", "-u", "-b", &backing, "-F", "raw",
+        ])
         .arg(overlay)
+        .arg(size.to_string())
         .stdin(Stdio::null())
         .output()
         .map_err(|e| Error::Tool {

@@ -163,3 +163,52 @@ async fn untrustworthy_bitmaps_mean_a_full_read() {
     assert_eq!(b.disks[0].mode, "bitmap");
     assert_eq!(b.disks[0].chunks_read, 0);
 }
+
+/// A bitmap that lies (a write it did not see): the bitmap backup keeps
+/// the stale chunk, `--audit` finds it, names its offset and stores what
+/// it read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_finds_a_chunk_the_bitmap_called_clean() {
+    if !have_qemu() {
+        return;
+    }
+    let r = Repo::new().await;
+    let image = base_image(&r);
+    let first = r.backup(&[("sda", &image)], |_| {}).await.unwrap();
+    let name = first.disks[0].bitmap.clone().unwrap();
+    // A write the bitmap never hears of.
+    tessera_vm::image::remove_bitmap(&image, &name).unwrap();
+    qemu_io(&image, "qcow2", &["write -P 0xdd 5M 4K"]);
+    tessera_vm::image::add_bitmap(&image, &name).unwrap();
+
+    let trusting = r.backup(&[("sda", &image)], |_| {}).await.unwrap();
+    assert_eq!(trusting.disks[0].mode, "bitmap");
+    assert_eq!(trusting.disks[0].chunks_read, 0);
+    let map = tessera_vm::restore::disk_map(&r.repo, &trusting.summary.snapshot, "sda")
+        .await
+        .unwrap();
+    let stale = r.path("stale.raw");
+    tessera_vm::restore_raw(&r.repo, &map, &stale)
+        .await
+        .unwrap();
+    let same = std::process::Command::new("qemu-img")
+        .args(["compare", "-q", "-f", "qcow2", "-F", "raw"])
+        .arg(&image)
+        .arg(&stale)
+        .status()
+        .unwrap();
+    assert!(
+        !same.success(),
+        "the lying bitmap went unnoticed by the test itself"
+    );
+
+    let audited = r
+        .backup(&[("sda", &image)], |o| o.audit = true)
+        .await
+        .unwrap();
+    let d = &audited.disks[0];
+    assert_eq!(d.mode, "bitmap");
+    assert_eq!(d.chunks_audited, 64, "{d:?}");
+    assert_eq!(d.audit_mismatches, vec![5 << 20], "{d:?}");
+    r.restore_equals(&audited, "sda", &image, "qcow2").await;
+}

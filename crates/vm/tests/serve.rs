@@ -94,3 +94,117 @@ async fn the_export_reads_like_the_image_and_reports_holes() {
         "{text}"
     );
 }
+
+/// Instant restore: a qcow2 overlay backed by the export, a "VM"
+/// (qemu-storage-daemon) writing to it while `block-stream` pulls the
+/// rest in; the overlay ends standalone, equal to the snapshot plus the
+/// writes, and the server exits once the VM lets go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instant_restore_streams_into_the_overlay() {
+    if !have_qemu() || !have("qemu-storage-daemon") {
+        return;
+    }
+    let r = Repo::new().await;
+    let image = r.path("disk.qcow2");
+    create(&image, "qcow2", "32M");
+    qemu_io(
+        &image,
+        "qcow2",
+        &["write -P 0x31 0 6M", "write -P 0x32 20M 2M"],
+    );
+    let done = r.backup(&[("sda", &image)], |_| {}).await.unwrap();
+    let map = tessera_vm::restore::disk_map(&r.repo, &done.summary.snapshot, "sda")
+        .await
+        .unwrap();
+    let export = Arc::new(DiskExport::new(
+        r.repo.clone(),
+        map,
+        tokio::runtime::Handle::current(),
+    ));
+    let sock = r.path("instant.sock");
+    let overlay = r.path("overlay.qcow2");
+    let (tx, rx) = std::sync::mpsc::channel();
+    tessera_vm::serve::create_overlay(&overlay, &sock, "sda", export.disk_size()).unwrap();
+    let s = sock.clone();
+    let server =
+        std::thread::spawn(move || serve(&s, "sda", export, true, move || tx.send(()).unwrap()));
+    rx.recv().unwrap();
+
+    let dir = r.path("vm");
+    std::fs::create_dir(&dir).unwrap();
+    let mut qsd = Command::new("qemu-storage-daemon")
+        .arg("--chardev")
+        .arg(format!(
+            "socket,path={}/qmp.sock,server=on,wait=off,id=m",
+            dir.display()
+        ))
+        .args(["--monitor", "chardev=m"])
+        .arg("--blockdev")
+        .arg(format!(
+            "driver=file,node-name=of,filename={}",
+            overlay.display()
+        ))
+        .args(["--blockdev", "driver=qcow2,node-name=ov,file=of"])
+        .arg("--nbd-server")
+        .arg(format!(
+            "addr.type=unix,addr.path={}/nbd.sock",
+            dir.display()
+        ))
+        .args([
+            "--export",
+            "type=nbd,id=guest,node-name=ov,name=guest,writable=on",
+        ])
+        .spawn()
+        .unwrap();
+    for _ in 0..500 {
+        if dir.join("nbd.sock").exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // The VM is up at once: it writes before the data has arrived.
+    let guest = format!("nbd+unix:///guest?socket={}/nbd.sock", dir.display());
+    run(Command::new("qemu-io")
+        .args([
+            "-f",
+            "raw",
+            "-c",
+            "write -P 0x41 1M 64K",
+            "-c",
+            "write -P 0x42 30M 1M",
+        ])
+        .arg(&guest));
+    let mut q =
+        tessera_vm::qmp::Qmp::connect(&dir.join("qmp.sock"), std::time::Duration::from_secs(10))
+            .unwrap();
+    q.execute(
+        "block-stream",
+        serde_json::json!({ "job-id": "pull", "device": "ov" }),
+    )
+    .unwrap();
+    for _ in 0..1000 {
+        let jobs = q
+            .execute("query-block-jobs", serde_json::json!({}))
+            .unwrap();
+        if jobs.as_array().unwrap().is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    drop(q);
+    // The VM let go of the export: the server is done.
+    server.join().unwrap().unwrap();
+    let _ = Command::new("kill").arg(qsd.id().to_string()).status();
+    qsd.wait().unwrap();
+
+    let info = run(Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(&overlay));
+    assert!(!info.contains("backing-filename"), "{info}");
+    qemu_io(
+        &image,
+        "qcow2",
+        &["write -P 0x41 1M 64K", "write -P 0x42 30M 1M"],
+    );
+    assert_same(&image, "qcow2", &overlay, "qcow2");
+}
