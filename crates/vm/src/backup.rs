@@ -11,6 +11,7 @@ use std::time::Duration;
 use tessera_core::{BackupSummary, Content, Entry, KnownBlobs, Meta, Repository};
 
 use crate::bitmap::{self, Base};
+pub use crate::blocks::DiskReport;
 use crate::blocks::{DiskBlocks, Reader, Source};
 use crate::image::{self, QemuNbd};
 use crate::meta::{DiskInfo, VM_META_VERSION, VmMeta, dir_meta, file_meta};
@@ -87,43 +88,6 @@ impl Default for BackupOptions {
             hostname: None,
         }
     }
-}
-
-/// What a backup did with one disk.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct DiskReport {
-    /// The disk's name.
-    pub name: String,
-    /// Format read.
-    pub format: String,
-    /// Virtual size.
-    pub size: u64,
-    /// Chunk size.
-    pub chunk_size: u32,
-    /// `full` or `bitmap`.
-    pub mode: String,
-    /// Why a full read where a bitmap was hoped for.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// Bytes read from the source.
-    pub bytes_read: u64,
-    /// Read requests made.
-    pub reads: u64,
-    /// Chunks read.
-    pub chunks_read: u64,
-    /// Chunks taken from the previous snapshot unread.
-    pub chunks_reused: u64,
-    /// Chunks stored as holes (reported zero, or read as zeros).
-    pub chunks_zero: u64,
-    /// Clean chunks read to check the bitmap (`--audit`).
-    pub chunks_audited: u64,
-    /// Offsets of chunks whose content changed although the bitmap called
-    /// them clean (the first 100).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub audit_mismatches: Vec<u64>,
-    /// The dirty bitmap now tracking writes since this snapshot.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub bitmap: Option<String>,
 }
 
 /// The outcome of a VM backup.

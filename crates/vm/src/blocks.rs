@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex};
 
 use tessera_core::Block;
 
-use crate::backup::DiskReport;
 use crate::image::QemuNbd;
 use crate::meta::DiskMeta;
 use crate::nbd::ReadPipeline;
@@ -20,6 +19,43 @@ use crate::restore::DiskMap;
 use crate::{Error, Result};
 
 /// How a disk's chunks are read.
+/// What a backup did with one disk.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DiskReport {
+    /// The disk's name.
+    pub name: String,
+    /// Format read.
+    pub format: String,
+    /// Virtual size.
+    pub size: u64,
+    /// Chunk size.
+    pub chunk_size: u32,
+    /// `full` or `bitmap`.
+    pub mode: String,
+    /// Why a full read where a bitmap was hoped for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Bytes read from the source.
+    pub bytes_read: u64,
+    /// Read requests made.
+    pub reads: u64,
+    /// Chunks read.
+    pub chunks_read: u64,
+    /// Chunks taken from the previous snapshot unread.
+    pub chunks_reused: u64,
+    /// Chunks stored as holes (reported zero, or read as zeros).
+    pub chunks_zero: u64,
+    /// Clean chunks read to check the bitmap (`--audit`).
+    pub chunks_audited: u64,
+    /// Offsets of chunks whose content changed although the bitmap called
+    /// them clean (the first 100).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub audit_mismatches: Vec<u64>,
+    /// The dirty bitmap now tracking writes since this snapshot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bitmap: Option<String>,
+}
+
 /// The repository's blob id of some bytes.
 pub(crate) type IdOf = Arc<dyn Fn(&[u8]) -> tessera_core::BlobId + Send + Sync>;
 
