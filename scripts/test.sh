@@ -30,10 +30,12 @@ if [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
 fi
 # QEMU's tools for the VM tests (qemu-img, qemu-io, qemu-nbd from
 # qemu-utils; qemu-storage-daemon from qemu-system-common) and nbdkit with
-# its error and delay filters for fault injection.
-if ! command -v qemu-nbd >/dev/null || ! command -v qemu-storage-daemon >/dev/null || ! command -v nbdkit >/dev/null; then
+# its error and delay filters for fault injection; qemu-ga (the guest
+# agent, run on the host with its freeze commands disabled) for the agent
+# path.
+if ! command -v qemu-nbd >/dev/null || ! command -v qemu-storage-daemon >/dev/null || ! command -v nbdkit >/dev/null || ! command -v qemu-ga >/dev/null; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq qemu-utils qemu-system-common nbdkit libnbd-bin
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq qemu-utils qemu-system-common nbdkit libnbd-bin qemu-guest-agent
 fi
 PG17_VERSION=17.11.0
 if [ "$(id -u)" -eq 0 ]; then PG17_HOME=/opt/tessera-test; else PG17_HOME="${XDG_DATA_HOME:-$HOME/.local/share}/tessera-test"; fi

@@ -311,3 +311,48 @@ async fn a_failed_live_backup_keeps_counting_and_a_killed_daemon_means_a_full_re
         .arg(&now));
     r2.restore_equals(&b, "sda", &now, "raw").await;
 }
+
+/// The guest agent (the real qemu-ga, run on this host as a stand-in
+/// guest with its freeze commands disabled, since freezing here would
+/// freeze the host): the backup talks to it and records that the guest was
+/// not frozen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_guest_agent_is_asked_and_its_answer_recorded() {
+    if !have_live() || !have("qemu-ga") {
+        return;
+    }
+    let r = Repo::new().await;
+    let image = r.path("live.qcow2");
+    create(&image, "qcow2", "16M");
+    qemu_io(&image, "qcow2", &["write -P 0xa1 0 1M"]);
+    let d = Daemon::start(r.dir.path(), &image);
+    let qga = r.path("qga.sock");
+    let state = r.path("qga-state");
+    std::fs::create_dir(&state).unwrap();
+    let mut agent = Command::new("qemu-ga")
+        .args(["-m", "unix-listen", "-p"])
+        .arg(&qga)
+        .arg("-t")
+        .arg(&state)
+        .args([
+            "-b",
+            "guest-fsfreeze-freeze,guest-fsfreeze-freeze-list,guest-fsfreeze-thaw",
+        ])
+        .spawn()
+        .unwrap();
+    for _ in 0..500 {
+        if qga.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let q = qga.clone();
+    let b = live(&r, &d, move |o| o.guest_agent = Some(q)).await;
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let b = b.unwrap();
+    let meta = tessera_vm::restore::vm_meta(&b.summary.snapshot).unwrap();
+    assert_eq!(meta.frozen, Some(false));
+    d.stop();
+    r.restore_equals(&b, "sda", &image, "qcow2").await;
+}
