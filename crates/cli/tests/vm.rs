@@ -209,3 +209,100 @@ fn vm_usage_errors_name_what_is_wrong() {
         "{err}"
     );
 }
+
+#[test]
+fn vm_backup_of_a_running_vm_through_qmp() {
+    if !have_qemu() {
+        return;
+    }
+    if Command::new("qemu-storage-daemon")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "qemu-storage-daemon is missing"
+        );
+        return;
+    }
+    let t = TestRepo::new(&[]);
+    let image = t.path("live.qcow2");
+    sh(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&image)
+        .arg("16M"));
+    sh(Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x71 0 2M"])
+        .arg(&image));
+    let dir = t.path("qsd");
+    std::fs::create_dir(&dir).unwrap();
+    let mut qsd = Command::new("qemu-storage-daemon")
+        .arg("--chardev")
+        .arg(format!(
+            "socket,path={}/qmp.sock,server=on,wait=off,id=m",
+            dir.display()
+        ))
+        .args(["--monitor", "chardev=m"])
+        .arg("--blockdev")
+        .arg(format!(
+            "driver=file,node-name=file0,filename={}",
+            image.display()
+        ))
+        .args(["--blockdev", "driver=qcow2,node-name=disk0,file=file0"])
+        .spawn()
+        .unwrap();
+    let qmp = dir.join("qmp.sock");
+    for _ in 0..500 {
+        if qmp.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let qmp = qmp.to_str().unwrap().to_string();
+    let args = [
+        "vm",
+        "backup",
+        "--name",
+        "live",
+        "--qmp",
+        &qmp,
+        "--disk",
+        "sda=disk0",
+        "--json",
+    ];
+    let first = json(&t.ok(&args));
+    let second = json(&t.ok(&args));
+    let err = t.fails(&[
+        "vm",
+        "backup",
+        "--name",
+        "live",
+        "--qmp",
+        &qmp,
+        "--disk",
+        "sda=nosuchnode",
+    ]);
+    let _ = qsd.kill();
+    let _ = qsd.wait();
+    assert_eq!(first["disks"][0]["mode"], "full");
+    assert_eq!(second["disks"][0]["mode"], "bitmap");
+    assert_eq!(second["disks"][0]["bytes_read"], 0);
+    assert!(
+        err.contains("no block node \"nosuchnode\"") && err.contains("disk0"),
+        "{err}"
+    );
+    let list = json(&t.ok(&["vm", "list", "--json"]));
+    assert_eq!(list[0]["vm"], "live");
+    let raw = t.path("out.raw");
+    t.ok(&[
+        "vm",
+        "restore",
+        "latest",
+        "--disk",
+        "sda",
+        "--target",
+        raw.to_str().unwrap(),
+    ]);
+    same(&image, "qcow2", &raw, "raw");
+}
