@@ -306,3 +306,171 @@ fn vm_backup_of_a_running_vm_through_qmp() {
     ]);
     same(&image, "qcow2", &raw, "raw");
 }
+
+/// `kill -9` of a live backup after its transaction: the next backup
+/// cleans up what it left in QEMU, merges its bitmap back into the
+/// previous one and reads only what changed; the repository checks clean.
+#[test]
+fn a_killed_live_backup_is_recovered_by_the_next() {
+    if !have_qemu() {
+        return;
+    }
+    if Command::new("qemu-storage-daemon")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "qemu-storage-daemon is missing"
+        );
+        return;
+    }
+    let t = TestRepo::new(&[]);
+    let image = t.path("live.qcow2");
+    sh(Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&image)
+        .arg("32M"));
+    sh(Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x71 0 8M"])
+        .arg(&image));
+    let dir = t.path("qsd");
+    std::fs::create_dir(&dir).unwrap();
+    let mut qsd = Command::new("qemu-storage-daemon")
+        .arg("--chardev")
+        .arg(format!(
+            "socket,path={}/qmp.sock,server=on,wait=off,id=m",
+            dir.display()
+        ))
+        .args(["--monitor", "chardev=m"])
+        .arg("--chardev")
+        .arg(format!(
+            "socket,path={}/watch.sock,server=on,wait=off,id=w",
+            dir.display()
+        ))
+        .args(["--monitor", "chardev=w"])
+        .arg("--blockdev")
+        .arg(format!(
+            "driver=file,node-name=file0,filename={}",
+            image.display()
+        ))
+        .args(["--blockdev", "driver=qcow2,node-name=disk0,file=file0"])
+        .arg("--nbd-server")
+        .arg(format!(
+            "addr.type=unix,addr.path={}/nbd.sock",
+            dir.display()
+        ))
+        .args([
+            "--export",
+            "type=nbd,id=guest,node-name=disk0,name=guest,writable=on",
+        ])
+        .spawn()
+        .unwrap();
+    for _ in 0..500 {
+        if dir.join("nbd.sock").exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let (qmp, nbd) = (
+        format!("{}/qmp.sock", dir.display()),
+        format!("{}/nbd.sock", dir.display()),
+    );
+    let guest = format!("nbd+unix:///guest?socket={nbd}");
+    let args = [
+        "vm",
+        "backup",
+        "--name",
+        "live",
+        "--qmp",
+        &qmp,
+        "--nbd-socket",
+        &nbd,
+        "--disk",
+        "sda=disk0",
+        "--json",
+    ];
+    t.ok(&args);
+    sh(Command::new("qemu-io")
+        .args(["-f", "raw", "-c", "write -P 0x72 4M 1M"])
+        .arg(&guest));
+
+    // A slow repository keeps the backup going; kill it once its job runs.
+    let mut slow = t.cmd();
+    slow.args(args).env("TESSERA_FAULTS", "latency=400ms");
+    let mut child = slow
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let watch = |cmd: &str| -> serde_json::Value {
+        use std::io::{BufRead, BufReader, Write};
+        let s = std::os::unix::net::UnixStream::connect(dir.join("watch.sock")).unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut w = s;
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        writeln!(w, r#"{{"execute":"qmp_capabilities"}}"#).unwrap();
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        let req = if cmd == "query-named-block-nodes" {
+            serde_json::json!({ "execute": cmd, "arguments": { "flat": true } })
+        } else {
+            serde_json::json!({ "execute": cmd })
+        };
+        writeln!(w, "{req}").unwrap();
+        loop {
+            line.clear();
+            r.read_line(&mut line).unwrap();
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if let Some(ret) = v.get("return") {
+                return ret.clone();
+            }
+        }
+    };
+    let mut running = false;
+    for _ in 0..400 {
+        let jobs = watch("query-block-jobs");
+        if jobs.as_array().unwrap().iter().any(|j| {
+            j["device"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("tessera-")
+        }) {
+            running = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+    assert!(running, "the backup never reached its transaction");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let again = json(&t.ok(&args));
+    let nodes = watch("query-named-block-nodes");
+    let _ = qsd.kill();
+    let _ = qsd.wait();
+    assert_eq!(again["disks"][0]["mode"], "bitmap", "{again}");
+    assert_eq!(again["disks"][0]["bytes_read"], 1 << 20, "{again}");
+    let left: Vec<&str> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["node-name"].as_str())
+        .filter(|n| n.starts_with("tessera-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    t.ok(&["check"]);
+    let raw = t.path("out.raw");
+    t.ok(&[
+        "vm",
+        "restore",
+        "latest",
+        "--disk",
+        "sda",
+        "--target",
+        raw.to_str().unwrap(),
+    ]);
+    same(&image, "qcow2", &raw, "raw");
+}

@@ -80,18 +80,21 @@ pub async fn choose(
     if full {
         return none("a full read was asked for".into());
     }
-    // The newest consistent one, if several survived a failure.
-    let Some(b) = ours
-        .iter()
-        .rev()
-        .find(|b| !b.inconsistent())
-        .or(ours.last())
-    else {
+    // A consistent, recording one; several survive only a backup that
+    // died between its steps.
+    let usable = |b: &&&image::BitmapInfo| !b.inconsistent() && b.recording();
+    let Some(b) = ours.iter().rev().find(usable).or(ours.last()) else {
         return none("no dirty bitmap of this repository on the image yet".into());
     };
     if b.inconsistent() {
         return none(format!(
             "dirty bitmap {} is inconsistent (QEMU stopped without saving it)",
+            b.name
+        ));
+    }
+    if !b.recording() {
+        return none(format!(
+            "dirty bitmap {} is not recording (a backup stopped while holding it)",
             b.name
         ));
     }
@@ -109,7 +112,7 @@ pub async fn choose(
         Ok(Some(s)) => s,
         Ok(None) | Err(tessera_core::Error::Missing { .. }) => {
             return none(format!(
-                "snapshot {} of dirty bitmap {} was forgotten",
+                "snapshot {} of dirty bitmap {} does not exist (forgotten, or its backup never finished)",
                 sid.short(),
                 b.name
             ));

@@ -30,6 +30,12 @@ impl BitmapInfo {
             .iter()
             .any(|f| f == "in-use" || f == "inconsistent")
     }
+
+    /// Whether it records writes (`auto`): a disabled one stopped counting
+    /// at some point (a live backup that died holding it).
+    pub fn recording(&self) -> bool {
+        self.flags.iter().any(|f| f == "auto")
+    }
 }
 
 /// What `qemu-img info` says about an image.

@@ -197,7 +197,13 @@ async fn prepare(
     };
     let prepared = async {
         for (i, d) in disks.iter().enumerate() {
-            let info = node_info(&nodes, &d.node).map_err(|e| in_disk(&d.name, e))?;
+            let mut info = node_info(&nodes, &d.node).map_err(|e| in_disk(&d.name, e))?;
+            if recover_dead_run(repo, &mut run.qmp, &d.node, &info, repo_id).await? {
+                let nodes = run
+                    .qmp
+                    .execute("query-named-block-nodes", json!({ "flat": true }))?;
+                info = node_info(&nodes, &d.node).map_err(|e| in_disk(&d.name, e))?;
+            }
             let choice = bitmap::choose(
                 repo,
                 &info,
@@ -369,6 +375,58 @@ fn bitmap_sid(base: Option<&str>, repo_id: &str) -> Result<SnapshotId> {
 
 fn in_disk(disk: &str, e: Error) -> Error {
     Error::InvalidArgument(format!("disk {disk}: {e}"))
+}
+
+/// A backup killed between its transaction and its end leaves the
+/// previous bitmap disabled and a recording one named after a snapshot
+/// that never came: merge that one back into the previous one and let it
+/// record again, as a failed backup would have. True if it changed
+/// anything.
+async fn recover_dead_run(
+    repo: &Repository,
+    qmp: &mut Qmp,
+    node: &str,
+    info: &ImageInfo,
+    repo_id: &str,
+) -> Result<bool> {
+    let pre = bitmap::prefix(repo_id);
+    let mut orphans = Vec::new();
+    let mut stopped = Vec::new();
+    for b in info.bitmaps.iter().filter(|b| b.name.starts_with(&pre)) {
+        let Some(sid) = b
+            .name
+            .strip_prefix(&pre)
+            .and_then(|s| s.parse::<SnapshotId>().ok())
+        else {
+            continue;
+        };
+        let exists = match repo.read_snapshot_object(sid).await {
+            Ok(Some(_)) => true,
+            Ok(None) | Err(tessera_core::Error::Missing { .. }) => false,
+            Err(e) => return Err(e.into()),
+        };
+        match (exists, b.recording()) {
+            (false, true) => orphans.push(b.name.clone()),
+            (true, false) if !b.inconsistent() => stopped.push(b.name.clone()),
+            _ => {}
+        }
+    }
+    if orphans.is_empty() {
+        return Ok(false);
+    }
+    let mut actions = Vec::new();
+    if let [previous] = stopped.as_slice() {
+        actions.push(json!({ "type": "block-dirty-bitmap-enable", "data": { "node": node, "name": previous } }));
+        actions.push(json!({ "type": "block-dirty-bitmap-merge",
+            "data": { "node": node, "target": previous, "bitmaps": orphans } }));
+    }
+    for o in &orphans {
+        actions.push(
+            json!({ "type": "block-dirty-bitmap-remove", "data": { "node": node, "name": o } }),
+        );
+    }
+    qmp.execute("transaction", json!({ "actions": actions }))?;
+    Ok(true)
 }
 
 /// A node's size, format and bitmaps from `query-named-block-nodes`.
