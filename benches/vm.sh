@@ -14,7 +14,9 @@
 #   benches/vm.sh                  4 GiB image
 #   VM_SIZE=1G VM_SRC="/usr/share" benches/vm.sh   smaller
 #   VM_DAY_WRITES=2000             writes in the day (4 to 64 KiB each,
-#                                  seeded, over the allocated half)
+#                                  seeded, over the first half of the disk)
+#   VM_REPEAT=3                    rounds of floor / first backup / raw
+#                                  restore, alternating; medians shown
 #
 # Caches are dropped before each timed step when run as root. Prints a
 # Markdown table with ratios against the floor.
@@ -25,6 +27,7 @@ WORK=${VM_WORK:-/tmp/tessera-vmbench}
 SIZE=${VM_SIZE:-4G}
 SRC=${VM_SRC:-"/usr/share /usr/include /usr/bin /usr/lib/x86_64-linux-gnu"}
 WRITES=${VM_DAY_WRITES:-2000}
+REPEAT=${VM_REPEAT:-3}
 export TESSERA_PASSWORD=bench
 
 command -v qemu-img >/dev/null || { apt-get update -qq && apt-get install -y -qq qemu-utils >/dev/null; }
@@ -54,6 +57,10 @@ timed() {
   /usr/bin/time -f "%e %M" -o "$name.time" "$@" > "$name.out"
 }
 secs() { cut -d' ' -f1 "$1.time"; }
+# median of NAME.1 .. NAME.REPEAT into NAME.time
+median() {
+  for i in $(seq 1 "$REPEAT"); do cat "$1.$i.time"; done | sort -n | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}' > "$1.time"
+}
 json() { python3 -c "import json,sys; d=json.load(open('$1.out')); print($2)"; }
 
 # A day: scattered writes over the first half of the disk (where ext4 put
@@ -73,18 +80,32 @@ PY
   qemu-io -f qcow2 "${args[@]}" "$1" > /dev/null
 }
 
-timed floor qemu-img convert -O raw disk.qcow2 floor.raw
-rm -f floor.raw
-"$T" -r repo-a init >/dev/null
+# Floor and first backup alternate; the last round's repository stays.
+for i in $(seq 1 "$REPEAT"); do
+  timed "floor.$i" qemu-img convert -O raw disk.qcow2 floor.raw
+  rm -f floor.raw
+  rm -rf repo-a
+  "$T" -r repo-a init >/dev/null
+  for b in $(qemu-img info --output=json disk.qcow2 | python3 -c 'import json,sys; [print(b["name"]) for b in json.load(sys.stdin).get("format-specific",{}).get("data",{}).get("bitmaps",[])]'); do
+    qemu-img bitmap --remove disk.qcow2 "$b"
+  done
+  timed "full.$i" "$T" -r repo-a vm backup --name bench --disk sda=disk.qcow2 --json
+done
+median floor
+median full
+cp full.1.out full.out
 "$T" -r repo-b init >/dev/null
 "$T" -r repo-plain init >/dev/null
-timed full "$T" -r repo-a vm backup --name bench --disk sda=disk.qcow2 --json
 "$T" -r repo-b vm backup --name bench --disk sda=disk.qcow2 --json > /dev/null
 timed plain "$T" -r repo-plain backup disk.qcow2 --json
 day disk.qcow2
 timed bitmap "$T" -r repo-a vm backup --name bench --disk sda=disk.qcow2 --json
 timed nobitmap "$T" -r repo-b vm backup --name bench --disk sda=disk.qcow2 --full --json
-timed restore_raw "$T" -r repo-a vm restore latest --disk sda --target restored.raw --json
+for i in $(seq 1 "$REPEAT"); do
+  rm -f restored.raw
+  timed "restore_raw.$i" "$T" -r repo-a vm restore latest --disk sda --target restored.raw --json
+done
+median restore_raw
 timed restore_qcow2 "$T" -r repo-a vm restore latest --disk sda --target restored.qcow2 --format qcow2 --json
 qemu-img compare -q -f qcow2 -F raw disk.qcow2 restored.raw
 qemu-img compare -q -f qcow2 disk.qcow2 restored.qcow2
@@ -111,7 +132,7 @@ echo "| step | seconds | / floor | read MiB | stored MiB |"
 echo "|---|---|---|---|---|"
 echo "| qemu-img convert (floor) | $F | 1.00 | | |"
 echo "| vm backup, first | $(secs full) | $(ratio "$(secs full)") | $(mib "$(json full 'd["disks"][0]["bytes_read"]')") | $(mib "$(json full 'd["stored_bytes"]')") |"
-echo "| backup of the image as a plain file | $(secs plain) | $(ratio "$(secs plain)") | | $(mib "$(json plain 'd.get("stored_bytes", 0)')") |"
+echo "| backup of the image as a plain file | $(secs plain) | $(ratio "$(secs plain)") | | $(mib "$(json plain 'd["data_added"]')") |"
 echo "| day, bitmap | $(secs bitmap) | $(ratio "$(secs bitmap)") | $(mib "$(json bitmap 'd["disks"][0]["bytes_read"]')") | $(mib "$(json bitmap 'd["stored_bytes"]')") |"
 echo "| day, no bitmap (--full) | $(secs nobitmap) | $(ratio "$(secs nobitmap)") | $(mib "$(json nobitmap 'd["disks"][0]["bytes_read"]')") | $(mib "$(json nobitmap 'd["stored_bytes"]')") |"
 echo "| restore to raw | $(secs restore_raw) | $(ratio "$(secs restore_raw)") | | |"

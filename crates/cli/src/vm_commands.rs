@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use tessera_core::{Repository, SnapshotEntry};
-use tessera_vm::serve::{DiskExport, create_overlay, restore_converted, serve};
+use tessera_vm::restore::restore_image;
+use tessera_vm::serve::{DiskExport, create_overlay, serve};
 use tessera_vm::{BackupOptions, DiskSpec, KIND, LiveDisk, LiveOptions, restore_raw};
 
 use crate::args::{Global, VmBackupArgs, VmCommand, VmInstantArgs, VmRestoreArgs, VmServeArgs};
@@ -149,8 +150,7 @@ async fn restore(g: &Global, a: VmRestoreArgs) -> Result<ExitCode> {
     let report = if a.format == "raw" {
         Some(restore_raw(&repo, &map, &a.target).await?)
     } else {
-        restore_converted(&repo, map, &a.target, &a.format).await?;
-        None
+        Some(restore_image(&repo, &map, &a.target, &a.format).await?)
     };
     let seconds = started.elapsed().as_secs_f64();
     if a.json {

@@ -93,6 +93,18 @@ pub fn info(image: &Path) -> Result<ImageInfo> {
     })
 }
 
+/// Creates an empty image of `format` and `size` bytes.
+///
+/// # Errors
+/// [`Error::Tool`].
+pub fn create_image(path: &Path, format: &str, size: u64) -> Result<()> {
+    run(Command::new("qemu-img")
+        .args(["create", "-q", "-f", format])
+        .arg(path)
+        .arg(size.to_string()))
+    .map(|_| ())
+}
+
 /// Creates an empty qcow2 image of `size` bytes (a fleecing overlay).
 ///
 /// # Errors
@@ -175,16 +187,33 @@ impl QemuNbd {
     /// [`Error::Tool`]: qemu-nbd is missing, the image is locked by a
     /// running QEMU, or it exits.
     pub fn start(image: &Path, format: &str, bitmap: Option<&str>) -> Result<Self> {
+        Self::spawn(image, format, bitmap, false)
+    }
+
+    /// Serves `image` writable (a restore target), zeros written as
+    /// unallocated space.
+    ///
+    /// # Errors
+    /// As [`QemuNbd::start`].
+    pub fn start_writable(image: &Path, format: &str) -> Result<Self> {
+        Self::spawn(image, format, None, true)
+    }
+
+    fn spawn(image: &Path, format: &str, bitmap: Option<&str>, writable: bool) -> Result<Self> {
         let dir =
             std::env::temp_dir().join(format!("tessera-nbd-{}-{}", std::process::id(), unique()));
         std::fs::create_dir(&dir)
             .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         let socket = dir.join("nbd.sock");
         let mut cmd = Command::new("qemu-nbd");
+        if writable {
+            cmd.args(["--discard=unmap", "--detect-zeroes=unmap"]);
+        } else {
+            cmd.arg("-r");
+        }
         cmd.args([
-            "-r",
             "--persistent",
-            "--shared=4",
+            "--shared=8",
             "--cache=none",
             "--aio=threads",
             "-f",

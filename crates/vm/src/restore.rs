@@ -272,6 +272,98 @@ pub async fn restore_raw(repo: &Repository, map: &DiskMap, target: &Path) -> Res
     })
 }
 
+/// Restores a disk into a new image `target` of `format` (qcow2, vmdk,
+/// ...): the image is created empty and served writable by `qemu-nbd`, and
+/// chunks are written into it in pack order over several NBD connections,
+/// as a raw restore writes a file; holes are never written, so they stay
+/// unallocated.
+///
+/// # Errors
+/// qemu-img or qemu-nbd failing, reading the repository, NBD writes.
+pub async fn restore_image(
+    repo: &Repository,
+    map: &DiskMap,
+    target: &Path,
+    format: &str,
+) -> Result<RestoreReport> {
+    use crate::nbd::NbdClient;
+    let what = target.display().to_string();
+    if target.exists() {
+        std::fs::remove_file(target).map_err(|e| Error::io(format!("replacing {what}"), e))?;
+    }
+    crate::image::create_image(target, format, map.size)?;
+    let server = crate::image::QemuNbd::start_writable(target, format)?;
+    const CONNECTIONS: usize = 4;
+    let mut clients = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let c = NbdClient::connect(
+            server.socket(),
+            "",
+            &[],
+            std::time::Duration::from_secs(120),
+        )?;
+        clients.push(std::sync::Mutex::new(c));
+    }
+    let clients = Arc::new(clients);
+    let mut at: std::collections::HashMap<BlobId, Vec<u64>> = std::collections::HashMap::new();
+    for (off, id) in map.data_chunks() {
+        at.entry(id).or_default().push(off);
+    }
+    let ids: Vec<BlobId> = at.keys().copied().collect();
+    let at = Arc::new(at);
+    let written = Arc::new(AtomicU64::new(0));
+    let chunks = Arc::new(AtomicU64::new(0));
+    let next = Arc::new(AtomicU64::new(0));
+    let (cs, size) = (u64::from(map.chunk_size), map.size);
+    let deliver = {
+        let (at, clients, written, chunks) =
+            (at.clone(), clients.clone(), written.clone(), chunks.clone());
+        move |id: BlobId, plain: &[u8]| -> Result<()> {
+            let slot = (next.fetch_add(1, Ordering::Relaxed) as usize) % clients.len();
+            let client = clients
+                .get(slot)
+                .ok_or_else(|| Error::Nbd("no NBD connection".into()))?;
+            let mut client = client
+                .lock()
+                .map_err(|_| Error::Nbd("an NBD connection failed".into()))?;
+            for &off in at.get(&id).map(Vec::as_slice).unwrap_or_default() {
+                let want = (size - off).min(cs);
+                if plain.len() as u64 != want {
+                    return Err(Error::Repository(tessera_core::Error::corrupt(
+                        format!("blob {}", id.short()),
+                        format!(
+                            "the chunk at offset {off} holds {} bytes, not {want}",
+                            plain.len()
+                        ),
+                    )));
+                }
+                client.write_at(off, plain)?;
+                written.fetch_add(want, Ordering::Relaxed);
+                chunks.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        }
+    };
+    repo.fetch_blobs(ids, &format!("disk restored to {what}"), deliver)
+        .await?;
+    let clients =
+        Arc::try_unwrap(clients).map_err(|_| Error::Nbd("NBD connections still in use".into()))?;
+    for c in clients {
+        let mut c = c
+            .into_inner()
+            .map_err(|_| Error::Nbd("an NBD connection failed".into()))?;
+        c.flush().map_err(|e| Error::Nbd(format!("{what}: {e}")))?;
+        c.disconnect();
+    }
+    drop(server);
+    let bytes_written = written.load(Ordering::Relaxed);
+    Ok(RestoreReport {
+        bytes_written,
+        chunks: chunks.load(Ordering::Relaxed),
+        hole_bytes: map.size - bytes_written,
+    })
+}
+
 /// Writes zeros over the holes of `map` on a device (it holds old data).
 fn zero_holes(file: &File, map: &DiskMap, what: &str) -> Result<()> {
     let zeros = vec![0u8; map.chunk_size as usize];

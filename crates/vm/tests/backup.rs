@@ -58,10 +58,28 @@ async fn qcow2_and_raw_restore_equal_with_holes_kept_and_zero_extents_unread() {
             .await
             .unwrap();
         let q = r.path("restored.qcow2");
-        tessera_vm::serve::restore_converted(&r.repo, map, &q, "qcow2")
+        tessera_vm::serve::restore_converted(&r.repo, map.clone(), &q, "qcow2")
             .await
             .unwrap();
         assert_same(&image, format, &q, "qcow2");
+        // And written straight into a new qcow2 in pack order: holes
+        // stay unallocated there too.
+        let q2 = r.path("restored2.qcow2");
+        let report = tessera_vm::restore::restore_image(&r.repo, &map, &q2, "qcow2")
+            .await
+            .unwrap();
+        assert_same(&image, format, &q2, "qcow2");
+        assert_eq!(report.bytes_written, 17 * K256);
+        let alloc = run(std::process::Command::new("qemu-img")
+            .args(["map", "--output=json"])
+            .arg(&q2));
+        let data: u64 = serde_json::from_str::<Vec<serde_json::Value>>(&alloc)
+            .unwrap()
+            .iter()
+            .filter(|e| e["data"] == true)
+            .map(|e| e["length"].as_u64().unwrap())
+            .sum();
+        assert!(data <= 17 * K256, "{data} bytes allocated in the qcow2");
         // No bitmap on raw; one of this repository on qcow2.
         if format == "qcow2" {
             let b = r.bitmaps(&image);

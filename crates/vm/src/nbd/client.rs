@@ -408,6 +408,85 @@ impl<S: Read + Write> NbdClient<S> {
         Ok(out)
     }
 
+    /// Writes `data` at `offset` and waits for the server to take it.
+    ///
+    /// # Errors
+    /// [`Error::Nbd`] naming the offset.
+    pub fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        if data.len() > MAX_PAYLOAD as usize {
+            return Err(Error::InvalidArgument(format!(
+                "a write of {} bytes",
+                data.len()
+            )));
+        }
+        let cookie = self.send_request_with(CMD_WRITE, offset, data)?;
+        self.wait_done(
+            cookie,
+            &format!("the NBD write of {} bytes at offset {offset}", data.len()),
+        )
+    }
+
+    /// Asks the server to make every write durable.
+    ///
+    /// # Errors
+    /// [`Error::Nbd`].
+    pub fn flush(&mut self) -> Result<()> {
+        let cookie = self.send_request(CMD_FLUSH, 0, 0, 0)?;
+        self.wait_done(cookie, "the NBD flush")
+    }
+
+    fn send_request_with(&mut self, kind: u16, offset: u64, data: &[u8]) -> Result<u64> {
+        if self.out_of_step {
+            return Err(Error::Nbd(
+                "the NBD connection has replies pending from an abandoned read".into(),
+            ));
+        }
+        let cookie = self.next_cookie;
+        self.next_cookie += 1;
+        let mut msg = [0u8; 28];
+        msg[0..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
+        msg[6..8].copy_from_slice(&kind.to_be_bytes());
+        msg[8..16].copy_from_slice(&cookie.to_be_bytes());
+        msg[16..24].copy_from_slice(&offset.to_be_bytes());
+        msg[24..28].copy_from_slice(&(data.len() as u32).to_be_bytes());
+        write_all(&mut self.stream, &msg, "a request")?;
+        write_all(&mut self.stream, data, "write data")?;
+        self.stream
+            .flush()
+            .map_err(|e| Error::Nbd(format!("sending a request: {e}")))?;
+        Ok(cookie)
+    }
+
+    /// Waits for the (data-less) reply to `cookie`.
+    fn wait_done(&mut self, cookie: u64, what: &str) -> Result<()> {
+        loop {
+            match self.reply_header()? {
+                Header::Simple { error, cookie: c } if c == cookie => {
+                    return if error == 0 {
+                        Ok(())
+                    } else {
+                        Err(Error::Nbd(format!("{what} failed: {}", errno_name(error))))
+                    };
+                }
+                Header::Structured {
+                    flags,
+                    kind,
+                    cookie: c,
+                    len,
+                } if c == cookie => {
+                    let data = self.payload(len)?;
+                    if kind == REPLY_TYPE_ERROR || kind == REPLY_TYPE_ERROR_OFFSET {
+                        return Err(Error::Nbd(format!("{what} failed: {}", error_chunk(&data))));
+                    }
+                    if flags & REPLY_FLAG_DONE != 0 {
+                        return Ok(());
+                    }
+                }
+                _ => return Err(protocol("a reply to a request never sent")),
+            }
+        }
+    }
+
     /// Ends the session politely.
     pub fn disconnect(mut self) {
         let _ = self.send_request(CMD_DISC, 0, 0, 0);
