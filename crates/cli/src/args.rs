@@ -188,6 +188,9 @@ pub struct VmBackupArgs {
     /// Read every allocated chunk even where a dirty bitmap could tell
     #[arg(long)]
     pub full: bool,
+    /// zstd level of the disks' new chunks, 0 (off) to 22, or `repo` for the repository's
+    #[arg(long, default_value = "1")]
+    pub compression: String,
     /// With a dirty bitmap: read the chunks it calls clean too, and report any that changed (exit 3)
     #[arg(long)]
     pub audit: bool,

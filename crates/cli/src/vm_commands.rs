@@ -32,6 +32,12 @@ async fn backup(g: &Global, a: VmBackupArgs) -> Result<ExitCode> {
         direct: a.direct,
         full: a.full,
         audit: a.audit,
+        compression: match a.compression.as_str() {
+            "repo" => None,
+            n => Some(n.parse().map_err(|_| {
+                anyhow::anyhow!("--compression {n:?}: a zstd level 0..22 or `repo`")
+            })?),
+        },
         timeout: Duration::try_from(a.timeout).unwrap_or(Duration::from_secs(60)),
         tags: a.tag,
         hostname: a.host,

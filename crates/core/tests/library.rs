@@ -236,3 +236,34 @@ async fn blocks_mix_stored_blobs_with_new_bytes_under_a_known_session_id() {
     let root = repo.read_tree(second.snapshot.tree, "test").await.unwrap();
     assert_eq!(root.get(b"disk").unwrap().meta.as_str(), "\"read\"");
 }
+
+/// A handle's data compression level overrides the repository's for new
+/// data blobs only, and goes back with `None`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handle_compresses_data_at_its_own_level() {
+    let (_store, repo) = repo().await;
+    let text = b"the same line of text, over and over; ".repeat(20_000);
+    repo.set_data_compression(Some(0)).unwrap();
+    let plain = repo
+        .backup(
+            vec![StreamSource::new("t", Cursor::new(text.clone()))],
+            BackupOptions::default(),
+        )
+        .await
+        .unwrap();
+    let st = &plain.snapshot.stats;
+    assert!(st.stored_bytes >= st.new_bytes, "stored as is: {st:?}");
+    repo.set_data_compression(None).unwrap();
+    let other = b"another line of text, over and over again; ".repeat(20_000);
+    let packed = repo
+        .backup(
+            vec![StreamSource::new("u", Cursor::new(other.clone()))],
+            BackupOptions::default(),
+        )
+        .await
+        .unwrap();
+    let st = &packed.snapshot.stats;
+    assert!(st.stored_bytes < st.new_bytes / 4, "compressed: {st:?}");
+    assert_eq!(restored(&repo, plain.id, "t").await, text);
+    assert!(repo.set_data_compression(Some(23)).is_err());
+}

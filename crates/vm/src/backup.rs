@@ -63,6 +63,10 @@ pub struct BackupOptions {
     /// With a dirty bitmap: read the chunks it calls clean too, and report
     /// each whose content changed (stored as read).
     pub audit: bool,
+    /// zstd level of the disks' new chunks (`None`: the repository's).
+    /// Default 1, as PBS: disk chunks are mostly binary, where level 3
+    /// saves about 5 % more space at almost twice the CPU.
+    pub compression: Option<i32>,
     /// Read requests in flight per disk.
     pub window: usize,
     /// How long an NBD server may stay silent.
@@ -82,6 +86,7 @@ impl Default for BackupOptions {
             direct: false,
             full: false,
             audit: false,
+            compression: Some(1),
             window: 8,
             timeout: Duration::from_secs(60),
             tags: Vec::new(),
@@ -213,7 +218,10 @@ pub(crate) async fn store_sources(
         });
         entries.push(Entry::EndDir);
     }
-    let tree = repo.store_tree(entries.into_iter(), None).await?;
+    repo.set_data_compression(options.compression)?;
+    let tree = repo.store_tree(entries.into_iter(), None).await;
+    let _ = repo.set_data_compression(None);
+    let tree = tree?;
     if let Some(e) = failed.lock().ok().and_then(|mut f| f.take()) {
         repo.abandon_tree(tree).await;
         return Err(e);

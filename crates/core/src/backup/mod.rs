@@ -515,7 +515,10 @@ fn seal_batch(
 ) -> Result<SealedBatch> {
     let index = index_of(inner)?;
     let key = inner.keyring.write_key();
-    let level = inner.config.compression.level;
+    let level = match inner.data_level.load(Ordering::Relaxed) {
+        i32::MIN => inner.config.compression.level,
+        l => l,
+    };
     let results: Vec<(BlobId, Option<Result<blob::SealedBlob>>)> = batch
         .chunks
         .par_iter()

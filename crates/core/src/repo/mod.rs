@@ -69,6 +69,9 @@ pub(crate) struct Inner {
     /// Every session whose marker this handle created and has not ended
     /// (committed or closed), for [`Repository::interrupt_sessions`].
     pub(crate) live_sessions: std::sync::Mutex<std::collections::BTreeSet<SnapshotId>>,
+    /// The zstd level of new data blobs when not the repository's
+    /// (`i32::MIN`: the repository's).
+    pub(crate) data_level: std::sync::atomic::AtomicI32,
     /// Trees are stored as given, names unchecked (feature `forge`).
     #[cfg(feature = "forge")]
     pub(crate) forge_trees: std::sync::atomic::AtomicBool,
@@ -217,12 +220,36 @@ impl Repository {
                 backup_lock: tokio::sync::Mutex::new(()),
                 session: tokio::sync::Mutex::new(None),
                 live_sessions: std::sync::Mutex::new(Default::default()),
+                data_level: std::sync::atomic::AtomicI32::new(i32::MIN),
                 #[cfg(feature = "forge")]
                 forge_trees: std::sync::atomic::AtomicBool::new(false),
                 #[cfg(feature = "forge")]
                 forge_copies: std::sync::atomic::AtomicUsize::new(1),
             }),
         })
+    }
+
+    /// The zstd level this handle (and its clones) compresses new data
+    /// blobs with: `None` for the repository's (its config), or 0 (off)
+    /// to 22. Blobs say how they are stored, so readers need nothing. For
+    /// data whose best level differs (VM disks: level 1, as PBS uses).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a level outside 0..=22.
+    pub fn set_data_compression(&self, level: Option<i32>) -> Result<()> {
+        let value = match level {
+            None => i32::MIN,
+            Some(l) if (0..=22).contains(&l) => l,
+            Some(l) => {
+                return Err(Error::InvalidArgument(format!(
+                    "zstd level {l}: use 0 (off) to 22"
+                )));
+            }
+        };
+        self.inner
+            .data_level
+            .store(value, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// Makes this handle's backups store their trees exactly as the
