@@ -10,6 +10,7 @@ mod output;
 mod pg_commands;
 mod repo_commands;
 mod snapshot_commands;
+mod vm_args;
 mod vm_commands;
 
 use std::process::ExitCode;

@@ -10,15 +10,16 @@ use tessera_vm::restore::restore_image;
 use tessera_vm::serve::{DiskExport, create_overlay, serve};
 use tessera_vm::{BackupOptions, DiskSpec, KIND, LiveDisk, LiveOptions, restore_raw};
 
-use crate::args::{Global, VmBackupArgs, VmCommand, VmInstantArgs, VmRestoreArgs, VmServeArgs};
+use crate::args::Global;
 use crate::context::open;
 use crate::output;
+use crate::vm_args::{VmBackupArgs, VmCommand, VmInstantArgs, VmRestoreArgs, VmServeArgs};
 
 pub async fn run(g: &Global, command: VmCommand) -> Result<ExitCode> {
     match command {
         VmCommand::Backup(a) => backup(g, a).await,
         VmCommand::Restore(a) => restore(g, a).await,
-        VmCommand::List(a) => list(g, a.json).await,
+        VmCommand::List { json } => list(g, json).await,
         VmCommand::Serve(a) => serve_disk(g, a).await,
         VmCommand::Instant(a) => instant(g, a).await,
     }
