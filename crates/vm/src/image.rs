@@ -190,8 +190,7 @@ impl QemuNbd {
         Self::spawn(image, format, bitmap, false)
     }
 
-    /// Serves `image` writable (a restore target), zeros written as
-    /// unallocated space.
+    /// Serves `image` writable (a restore target).
     ///
     /// # Errors
     /// As [`QemuNbd::start`].
@@ -208,12 +207,9 @@ impl QemuNbd {
         let mut cmd = Command::new("qemu-nbd");
         if writable {
             // Written through the page cache and flushed at the end (an
-            // O_DIRECT write per chunk makes a restore wait on each).
-            cmd.args([
-                "--discard=unmap",
-                "--detect-zeroes=unmap",
-                "--cache=writeback",
-            ]);
+            // O_DIRECT write per chunk makes a restore wait on each). No
+            // zero detection: a restore never writes its holes.
+            cmd.arg("--cache=writeback");
         } else {
             cmd.args(["-r", "--cache=none"]);
         }

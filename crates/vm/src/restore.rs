@@ -293,39 +293,55 @@ pub async fn restore_image(
     }
     crate::image::create_image(target, format, map.size)?;
     let server = crate::image::QemuNbd::start_writable(target, format)?;
-    const CONNECTIONS: usize = 4;
-    let mut clients = Vec::new();
-    for _ in 0..CONNECTIONS {
-        let c = NbdClient::connect(
+    // Writer threads, one NBD connection each, so several writes are in
+    // flight while the fetch goes on; the channel bounds what waits.
+    const WRITERS: usize = 6;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(WRITERS * 2);
+    let rx = Arc::new(std::sync::Mutex::new(rx));
+    let failed: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let written = Arc::new(AtomicU64::new(0));
+    let chunks = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::new();
+    for _ in 0..WRITERS {
+        let mut client = NbdClient::connect(
             server.socket(),
             "",
             &[],
             std::time::Duration::from_secs(120),
         )?;
-        clients.push(std::sync::Mutex::new(c));
+        let (rx, failed, written, chunks) =
+            (rx.clone(), failed.clone(), written.clone(), chunks.clone());
+        writers.push(std::thread::spawn(move || -> Result<()> {
+            loop {
+                let job = rx
+                    .lock()
+                    .map_err(|_| Error::Nbd("a writer failed".into()))?
+                    .recv();
+                let Ok((off, data)) = job else { break };
+                if let Err(e) = client.write_at(off, &data) {
+                    if let Ok(mut f) = failed.lock() {
+                        f.get_or_insert(e.to_string());
+                    }
+                    return Err(e);
+                }
+                written.fetch_add(data.len() as u64, Ordering::Relaxed);
+                chunks.fetch_add(1, Ordering::Relaxed);
+            }
+            client.flush()?;
+            client.disconnect();
+            Ok(())
+        }));
     }
-    let clients = Arc::new(clients);
     let mut at: std::collections::HashMap<BlobId, Vec<u64>> = std::collections::HashMap::new();
     for (off, id) in map.data_chunks() {
         at.entry(id).or_default().push(off);
     }
     let ids: Vec<BlobId> = at.keys().copied().collect();
     let at = Arc::new(at);
-    let written = Arc::new(AtomicU64::new(0));
-    let chunks = Arc::new(AtomicU64::new(0));
-    let next = Arc::new(AtomicU64::new(0));
     let (cs, size) = (u64::from(map.chunk_size), map.size);
     let deliver = {
-        let (at, clients, written, chunks) =
-            (at.clone(), clients.clone(), written.clone(), chunks.clone());
+        let (at, tx, failed) = (at.clone(), tx.clone(), failed.clone());
         move |id: BlobId, plain: &[u8]| -> Result<()> {
-            let slot = (next.fetch_add(1, Ordering::Relaxed) as usize) % clients.len();
-            let client = clients
-                .get(slot)
-                .ok_or_else(|| Error::Nbd("no NBD connection".into()))?;
-            let mut client = client
-                .lock()
-                .map_err(|_| Error::Nbd("an NBD connection failed".into()))?;
             for &off in at.get(&id).map(Vec::as_slice).unwrap_or_default() {
                 let want = (size - off).min(cs);
                 if plain.len() as u64 != want {
@@ -337,24 +353,30 @@ pub async fn restore_image(
                         ),
                     )));
                 }
-                client.write_at(off, plain)?;
-                written.fetch_add(want, Ordering::Relaxed);
-                chunks.fetch_add(1, Ordering::Relaxed);
+                if let Some(e) = failed.lock().ok().and_then(|f| f.clone()) {
+                    return Err(Error::Nbd(e));
+                }
+                tx.send((off, plain.to_vec()))
+                    .map_err(|_| Error::Nbd("the NBD writers stopped".into()))?;
             }
             Ok(())
         }
     };
-    repo.fetch_blobs(ids, &format!("disk restored to {what}"), deliver)
-        .await?;
-    let clients =
-        Arc::try_unwrap(clients).map_err(|_| Error::Nbd("NBD connections still in use".into()))?;
-    for c in clients {
-        let mut c = c
-            .into_inner()
-            .map_err(|_| Error::Nbd("an NBD connection failed".into()))?;
-        c.flush().map_err(|e| Error::Nbd(format!("{what}: {e}")))?;
-        c.disconnect();
+    drop(tx);
+    let fetched = repo
+        .fetch_blobs(ids, &format!("disk restored to {what}"), deliver)
+        .await;
+    let mut wrote = Ok(());
+    for w in writers {
+        let r = w
+            .join()
+            .map_err(|_| Error::Nbd("an NBD writer panicked".into()))?;
+        if wrote.is_ok() {
+            wrote = r;
+        }
     }
+    fetched?;
+    wrote.map_err(|e| Error::Nbd(format!("{what}: {e}")))?;
     drop(server);
     let bytes_written = written.load(Ordering::Relaxed);
     Ok(RestoreReport {
