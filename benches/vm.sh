@@ -13,7 +13,7 @@
 #
 #   benches/vm.sh                  4 GiB image
 #   VM_SIZE=1G VM_SRC="/usr/share" benches/vm.sh   smaller
-#   VM_DAY_WRITES=2000             writes in the day (4 to 64 KiB each,
+#   VM_DAY_WRITES=200              writes in the day (4 to 64 KiB each,
 #                                  seeded, over the first half of the disk)
 #   VM_REPEAT=3                    rounds of floor / first backup / raw
 #                                  restore, alternating; medians shown
@@ -26,7 +26,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${VM_WORK:-/tmp/tessera-vmbench}
 SIZE=${VM_SIZE:-4G}
 SRC=${VM_SRC:-"/usr/share /usr/include /usr/bin /usr/lib/x86_64-linux-gnu"}
-WRITES=${VM_DAY_WRITES:-2000}
+WRITES=${VM_DAY_WRITES:-200}
 REPEAT=${VM_REPEAT:-3}
 export TESSERA_PASSWORD=bench
 
