@@ -1,6 +1,8 @@
 //! End-to-end tests of the `tessera` binary.
 
 mod common;
+#[path = "../../vm/tests/daemon.rs"]
+mod daemon;
 
 mod concurrency;
 mod copy;

@@ -237,29 +237,8 @@ fn vm_backup_of_a_running_vm_through_qmp() {
         .arg(&image));
     let dir = t.path("qsd");
     std::fs::create_dir(&dir).unwrap();
-    let mut qsd = Command::new("qemu-storage-daemon")
-        .arg("--chardev")
-        .arg(format!(
-            "socket,path={}/qmp.sock,server=on,wait=off,id=m",
-            dir.display()
-        ))
-        .args(["--monitor", "chardev=m"])
-        .arg("--blockdev")
-        .arg(format!(
-            "driver=file,node-name=file0,filename={}",
-            image.display()
-        ))
-        .args(["--blockdev", "driver=qcow2,node-name=disk0,file=file0"])
-        .spawn()
-        .unwrap();
-    let qmp = dir.join("qmp.sock");
-    for _ in 0..500 {
-        if qmp.exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    let qmp = qmp.to_str().unwrap().to_string();
+    let qsd = crate::daemon::StorageDaemon::start(&dir, &image, false, false);
+    let qmp = qsd.qmp().to_str().unwrap().to_string();
     let args = [
         "vm",
         "backup",
@@ -283,8 +262,7 @@ fn vm_backup_of_a_running_vm_through_qmp() {
         "--disk",
         "sda=nosuchnode",
     ]);
-    let _ = qsd.kill();
-    let _ = qsd.wait();
+    drop(qsd);
     assert_eq!(first["disks"][0]["mode"], "full");
     assert_eq!(second["disks"][0]["mode"], "bitmap");
     assert_eq!(second["disks"][0]["bytes_read"], 0);
@@ -337,45 +315,10 @@ fn a_killed_live_backup_is_recovered_by_the_next() {
         .arg(&image));
     let dir = t.path("qsd");
     std::fs::create_dir(&dir).unwrap();
-    let mut qsd = Command::new("qemu-storage-daemon")
-        .arg("--chardev")
-        .arg(format!(
-            "socket,path={}/qmp.sock,server=on,wait=off,id=m",
-            dir.display()
-        ))
-        .args(["--monitor", "chardev=m"])
-        .arg("--chardev")
-        .arg(format!(
-            "socket,path={}/watch.sock,server=on,wait=off,id=w",
-            dir.display()
-        ))
-        .args(["--monitor", "chardev=w"])
-        .arg("--blockdev")
-        .arg(format!(
-            "driver=file,node-name=file0,filename={}",
-            image.display()
-        ))
-        .args(["--blockdev", "driver=qcow2,node-name=disk0,file=file0"])
-        .arg("--nbd-server")
-        .arg(format!(
-            "addr.type=unix,addr.path={}/nbd.sock",
-            dir.display()
-        ))
-        .args([
-            "--export",
-            "type=nbd,id=guest,node-name=disk0,name=guest,writable=on",
-        ])
-        .spawn()
-        .unwrap();
-    for _ in 0..500 {
-        if dir.join("nbd.sock").exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let qsd = crate::daemon::StorageDaemon::start(&dir, &image, true, true);
     let (qmp, nbd) = (
-        format!("{}/qmp.sock", dir.display()),
-        format!("{}/nbd.sock", dir.display()),
+        qsd.qmp().to_str().unwrap().to_string(),
+        qsd.nbd().to_str().unwrap().to_string(),
     );
     let guest = format!("nbd+unix:///guest?socket={nbd}");
     let args = [
@@ -449,8 +392,7 @@ fn a_killed_live_backup_is_recovered_by_the_next() {
 
     let again = json(&t.ok(&args));
     let nodes = watch("query-named-block-nodes");
-    let _ = qsd.kill();
-    let _ = qsd.wait();
+    drop(qsd);
     assert_eq!(again["disks"][0]["mode"], "bitmap", "{again}");
     assert_eq!(again["disks"][0]["bytes_read"], 1 << 20, "{again}");
     let left: Vec<&str> = nodes

@@ -2,7 +2,6 @@
 //! for bit, and every case the bitmap cannot be trusted reads in full.
 
 use std::process::Command;
-use std::time::Duration;
 
 use crate::common::*;
 
@@ -110,33 +109,8 @@ async fn untrustworthy_bitmaps_mean_a_full_read() {
     if have("qemu-storage-daemon") {
         let dir = r.path("qsd");
         std::fs::create_dir(&dir).unwrap();
-        let mut qsd = Command::new("qemu-storage-daemon")
-            .arg("--blockdev")
-            .arg(format!(
-                "driver=file,node-name=f0,filename={}",
-                image.display()
-            ))
-            .args(["--blockdev", "driver=qcow2,node-name=d0,file=f0"])
-            .arg("--nbd-server")
-            .arg(format!(
-                "addr.type=unix,addr.path={}/nbd.sock",
-                dir.display()
-            ))
-            .args([
-                "--export",
-                "type=nbd,id=guest,node-name=d0,name=guest,writable=on",
-            ])
-            .spawn()
-            .unwrap();
-        let sock = dir.join("nbd.sock");
-        for _ in 0..500 {
-            if sock.exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        qsd.kill().unwrap(); // SIGKILL
-        qsd.wait().unwrap();
+        // SIGKILL: QEMU dies holding the image.
+        crate::daemon::StorageDaemon::start(&dir, &image, true, false).kill();
         assert!(
             r.bitmaps(&image).iter().any(|b| b.inconsistent()),
             "{:?}",

@@ -1,8 +1,8 @@
 //! Live backups through QMP, `qemu-storage-daemon` standing in for the VM
 //! (its writable export `guest` is the guest's disk).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,54 +10,17 @@ use tessera_core::{Backend, Credential, FaultPlan, FaultyBackend, ObjectStoreBac
 use tessera_vm::{LiveDisk, LiveOptions, VmBackup};
 
 use crate::common::*;
+use crate::daemon::StorageDaemon;
 
-struct Daemon {
-    child: Child,
-    dir: PathBuf,
-}
+struct Daemon(StorageDaemon);
 
 impl Daemon {
     fn start(dir: &Path, image: &Path) -> Daemon {
-        let _ = std::fs::remove_file(dir.join("qmp.sock"));
-        let _ = std::fs::remove_file(dir.join("nbd.sock"));
-        let child = Command::new("qemu-storage-daemon")
-            .arg("--chardev")
-            .arg(format!(
-                "socket,path={}/qmp.sock,server=on,wait=off,id=m",
-                dir.display()
-            ))
-            .args(["--monitor", "chardev=m"])
-            .arg("--blockdev")
-            .arg(format!(
-                "driver=file,node-name=file0,filename={}",
-                image.display()
-            ))
-            .args(["--blockdev", "driver=qcow2,node-name=disk0,file=file0"])
-            .arg("--nbd-server")
-            .arg(format!(
-                "addr.type=unix,addr.path={}/nbd.sock",
-                dir.display()
-            ))
-            .args([
-                "--export",
-                "type=nbd,id=guest,node-name=disk0,name=guest,writable=on",
-            ])
-            .spawn()
-            .unwrap();
-        for _ in 0..500 {
-            if dir.join("nbd.sock").exists() && dir.join("qmp.sock").exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Daemon {
-            child,
-            dir: dir.to_path_buf(),
-        }
+        Daemon(StorageDaemon::start(dir, image, true, false))
     }
 
     fn guest(&self) -> String {
-        format!("nbd+unix:///guest?socket={}/nbd.sock", self.dir.display())
+        self.0.guest()
     }
 
     /// Writes through the guest's export.
@@ -72,30 +35,23 @@ impl Daemon {
 
     fn options(&self) -> LiveOptions {
         LiveOptions {
-            qmp: self.dir.join("qmp.sock"),
-            nbd_socket: Some(self.dir.join("nbd.sock")),
+            qmp: self.0.qmp(),
+            nbd_socket: Some(self.0.nbd()),
             ..Default::default()
         }
     }
 
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+    fn kill(self) {
+        self.0.kill();
     }
 
-    fn stop(mut self) {
-        // SIGTERM: the daemon closes the image, storing its bitmaps.
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        self.child.wait().unwrap();
+    fn stop(self) {
+        self.0.stop();
     }
 
     /// Block nodes, jobs and exports a backup left behind.
     fn leftovers(&self) -> Vec<String> {
-        let mut q =
-            tessera_vm::qmp::Qmp::connect(&self.dir.join("qmp.sock"), Duration::from_secs(10))
-                .unwrap();
+        let mut q = tessera_vm::qmp::Qmp::connect(&self.0.qmp(), Duration::from_secs(10)).unwrap();
         let mut left = Vec::new();
         for (cmd, key) in [
             ("query-named-block-nodes", "node-name"),
@@ -115,9 +71,7 @@ impl Daemon {
 
     /// The node's bitmaps: (name, recording).
     fn bitmaps(&self) -> Vec<(String, bool)> {
-        let mut q =
-            tessera_vm::qmp::Qmp::connect(&self.dir.join("qmp.sock"), Duration::from_secs(10))
-                .unwrap();
+        let mut q = tessera_vm::qmp::Qmp::connect(&self.0.qmp(), Duration::from_secs(10)).unwrap();
         let v = q
             .execute(
                 "query-named-block-nodes",
@@ -144,13 +98,6 @@ impl Daemon {
                     .collect()
             })
             .unwrap_or_default()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -132,38 +132,9 @@ async fn instant_restore_streams_into_the_overlay() {
 
     let dir = r.path("vm");
     std::fs::create_dir(&dir).unwrap();
-    let mut qsd = Command::new("qemu-storage-daemon")
-        .arg("--chardev")
-        .arg(format!(
-            "socket,path={}/qmp.sock,server=on,wait=off,id=m",
-            dir.display()
-        ))
-        .args(["--monitor", "chardev=m"])
-        .arg("--blockdev")
-        .arg(format!(
-            "driver=file,node-name=of,filename={}",
-            overlay.display()
-        ))
-        .args(["--blockdev", "driver=qcow2,node-name=ov,file=of"])
-        .arg("--nbd-server")
-        .arg(format!(
-            "addr.type=unix,addr.path={}/nbd.sock",
-            dir.display()
-        ))
-        .args([
-            "--export",
-            "type=nbd,id=guest,node-name=ov,name=guest,writable=on",
-        ])
-        .spawn()
-        .unwrap();
-    for _ in 0..500 {
-        if dir.join("nbd.sock").exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let vm = crate::daemon::StorageDaemon::start(&dir, &overlay, true, false);
     // The VM is up at once: it writes before the data has arrived.
-    let guest = format!("nbd+unix:///guest?socket={}/nbd.sock", dir.display());
+    let guest = vm.guest();
     run(Command::new("qemu-io")
         .args([
             "-f",
@@ -175,11 +146,10 @@ async fn instant_restore_streams_into_the_overlay() {
         ])
         .arg(&guest));
     let mut q =
-        tessera_vm::qmp::Qmp::connect(&dir.join("qmp.sock"), std::time::Duration::from_secs(10))
-            .unwrap();
+        tessera_vm::qmp::Qmp::connect(&vm.qmp(), std::time::Duration::from_secs(10)).unwrap();
     q.execute(
         "block-stream",
-        serde_json::json!({ "job-id": "pull", "device": "ov" }),
+        serde_json::json!({ "job-id": "pull", "device": "disk0" }),
     )
     .unwrap();
     for _ in 0..1000 {
@@ -194,8 +164,7 @@ async fn instant_restore_streams_into_the_overlay() {
     drop(q);
     // The VM let go of the export: the server is done.
     server.join().unwrap().unwrap();
-    let _ = Command::new("kill").arg(qsd.id().to_string()).status();
-    qsd.wait().unwrap();
+    vm.stop();
 
     let info = run(Command::new("qemu-img")
         .args(["info", "--output=json"])
