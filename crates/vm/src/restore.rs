@@ -117,6 +117,35 @@ impl DiskMap {
         (self.size.saturating_sub(i * cs)).min(cs) as u32
     }
 
+    /// The offsets each blob is written at (a blob may fill several
+    /// chunks).
+    pub fn offsets_by_blob(&self) -> std::collections::HashMap<BlobId, Vec<u64>> {
+        let mut at: std::collections::HashMap<BlobId, Vec<u64>> = std::collections::HashMap::new();
+        for (off, id) in self.data_chunks() {
+            at.entry(id).or_default().push(off);
+        }
+        at
+    }
+
+    /// The length the chunk at `off` must have; an error naming blob and
+    /// offset when `len` is not it.
+    ///
+    /// # Errors
+    /// [`Error::Repository`] (corrupt).
+    pub fn check_chunk(&self, id: BlobId, off: u64, len: usize) -> Result<u64> {
+        let want = self
+            .size
+            .saturating_sub(off)
+            .min(u64::from(self.chunk_size));
+        if len as u64 != want {
+            return Err(Error::Repository(tessera_core::Error::corrupt(
+                format!("blob {}", id.short()),
+                format!("the chunk at offset {off} holds {len} bytes, not {want}"),
+            )));
+        }
+        Ok(want)
+    }
+
     /// Every data chunk: (offset, blob).
     pub fn data_chunks(&self) -> impl Iterator<Item = (u64, BlobId)> + '_ {
         let cs = u64::from(self.chunk_size);
@@ -221,37 +250,25 @@ pub async fn restore_raw(repo: &Repository, map: &DiskMap, target: &Path) -> Res
         file.set_len(map.size)
             .map_err(|e| Error::io(format!("sizing {what}"), e))?;
     }
-    let mut at: std::collections::HashMap<BlobId, Vec<u64>> = std::collections::HashMap::new();
-    for (off, id) in map.data_chunks() {
-        at.entry(id).or_default().push(off);
-    }
+    let at = map.offsets_by_blob();
     let ids: Vec<BlobId> = at.keys().copied().collect();
     let at = Arc::new(at);
     let file = Arc::new(file);
     let written = Arc::new(AtomicU64::new(0));
     let chunks = Arc::new(AtomicU64::new(0));
-    let cs = u64::from(map.chunk_size);
-    let size = map.size;
+    let map = Arc::new(map.clone());
     let deliver = {
-        let (at, file, written, chunks, what) = (
+        let (at, file, written, chunks, what, map) = (
             at.clone(),
             file.clone(),
             written.clone(),
             chunks.clone(),
             what.clone(),
+            map.clone(),
         );
         move |id: BlobId, plain: &[u8]| -> Result<()> {
             for &off in at.get(&id).map(Vec::as_slice).unwrap_or_default() {
-                let want = (size - off).min(cs);
-                if plain.len() as u64 != want {
-                    return Err(Error::Repository(tessera_core::Error::corrupt(
-                        format!("blob {}", id.short()),
-                        format!(
-                            "the chunk at offset {off} holds {} bytes, not {want}",
-                            plain.len()
-                        ),
-                    )));
-                }
+                let want = map.check_chunk(id, off, plain.len())?;
                 file.write_all_at(plain, off)
                     .map_err(|e| Error::io(format!("writing {what} at offset {off}"), e))?;
                 written.fetch_add(want, Ordering::Relaxed);
@@ -332,27 +349,15 @@ pub async fn restore_image(
             Ok(())
         }));
     }
-    let mut at: std::collections::HashMap<BlobId, Vec<u64>> = std::collections::HashMap::new();
-    for (off, id) in map.data_chunks() {
-        at.entry(id).or_default().push(off);
-    }
+    let at = map.offsets_by_blob();
     let ids: Vec<BlobId> = at.keys().copied().collect();
     let at = Arc::new(at);
-    let (cs, size) = (u64::from(map.chunk_size), map.size);
+    let map = Arc::new(map.clone());
     let deliver = {
-        let (at, tx, failed) = (at.clone(), tx.clone(), failed.clone());
+        let (at, tx, failed, map) = (at.clone(), tx.clone(), failed.clone(), map.clone());
         move |id: BlobId, plain: &[u8]| -> Result<()> {
             for &off in at.get(&id).map(Vec::as_slice).unwrap_or_default() {
-                let want = (size - off).min(cs);
-                if plain.len() as u64 != want {
-                    return Err(Error::Repository(tessera_core::Error::corrupt(
-                        format!("blob {}", id.short()),
-                        format!(
-                            "the chunk at offset {off} holds {} bytes, not {want}",
-                            plain.len()
-                        ),
-                    )));
-                }
+                map.check_chunk(id, off, plain.len())?;
                 if let Some(e) = failed.lock().ok().and_then(|f| f.clone()) {
                     return Err(Error::Nbd(e));
                 }

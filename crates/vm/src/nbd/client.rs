@@ -248,6 +248,12 @@ impl<S: Read + Write> NbdClient<S> {
     }
 
     fn send_request(&mut self, kind: u16, flags: u16, offset: u64, len: u32) -> Result<u64> {
+        self.send(kind, flags, offset, len, &[])
+    }
+
+    /// Sends one request (`len` is the request's length field; `data`
+    /// follows it on the wire: a write's payload).
+    fn send(&mut self, kind: u16, flags: u16, offset: u64, len: u32, data: &[u8]) -> Result<u64> {
         if self.out_of_step {
             return Err(Error::Nbd(
                 "the NBD connection has replies pending from an abandoned read".into(),
@@ -263,6 +269,7 @@ impl<S: Read + Write> NbdClient<S> {
         msg[16..24].copy_from_slice(&offset.to_be_bytes());
         msg[24..28].copy_from_slice(&len.to_be_bytes());
         write_all(&mut self.stream, &msg, "a request")?;
+        write_all(&mut self.stream, data, "write data")?;
         self.stream
             .flush()
             .map_err(|e| Error::Nbd(format!("sending a request: {e}")))?;
@@ -419,7 +426,7 @@ impl<S: Read + Write> NbdClient<S> {
                 data.len()
             )));
         }
-        let cookie = self.send_request_with(CMD_WRITE, offset, data)?;
+        let cookie = self.send(CMD_WRITE, 0, offset, data.len() as u32, data)?;
         self.wait_done(
             cookie,
             &format!("the NBD write of {} bytes at offset {offset}", data.len()),
@@ -433,28 +440,6 @@ impl<S: Read + Write> NbdClient<S> {
     pub fn flush(&mut self) -> Result<()> {
         let cookie = self.send_request(CMD_FLUSH, 0, 0, 0)?;
         self.wait_done(cookie, "the NBD flush")
-    }
-
-    fn send_request_with(&mut self, kind: u16, offset: u64, data: &[u8]) -> Result<u64> {
-        if self.out_of_step {
-            return Err(Error::Nbd(
-                "the NBD connection has replies pending from an abandoned read".into(),
-            ));
-        }
-        let cookie = self.next_cookie;
-        self.next_cookie += 1;
-        let mut msg = [0u8; 28];
-        msg[0..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
-        msg[6..8].copy_from_slice(&kind.to_be_bytes());
-        msg[8..16].copy_from_slice(&cookie.to_be_bytes());
-        msg[16..24].copy_from_slice(&offset.to_be_bytes());
-        msg[24..28].copy_from_slice(&(data.len() as u32).to_be_bytes());
-        write_all(&mut self.stream, &msg, "a request")?;
-        write_all(&mut self.stream, data, "write data")?;
-        self.stream
-            .flush()
-            .map_err(|e| Error::Nbd(format!("sending a request: {e}")))?;
-        Ok(cookie)
     }
 
     /// Waits for the (data-less) reply to `cookie`.
