@@ -236,7 +236,9 @@ impl QemuNbd {
             _dir: dir,
         };
         let started = Instant::now();
-        while !nbd.socket.exists() {
+        // The socket file appears at bind(), before listen(): wait until a
+        // connection is accepted (the probe is closed at once).
+        while std::os::unix::net::UnixStream::connect(&nbd.socket).is_err() {
             if let Ok(Some(status)) = nbd.child.try_wait() {
                 let mut err = String::new();
                 if let Some(mut e) = nbd.child.stderr.take() {
@@ -251,7 +253,11 @@ impl QemuNbd {
             if started.elapsed() > Duration::from_secs(30) {
                 return Err(Error::Tool {
                     program: "qemu-nbd".into(),
-                    detail: format!("{}: no socket after 30 s", image.display()),
+                    detail: format!(
+                        "{}: {} accepts no connection after 30 s",
+                        image.display(),
+                        nbd.socket.display()
+                    ),
                 });
             }
             std::thread::sleep(Duration::from_millis(10));

@@ -55,11 +55,10 @@ impl StorageDaemon {
         }
         let child = cmd.spawn().unwrap();
         let ready = if nbd { "nbd.sock" } else { "qmp.sock" };
-        for _ in 0..500 {
-            if dir.join(ready).exists() && dir.join("qmp.sock").exists() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        wait_accepting(&dir.join(ready));
+        wait_accepting(&dir.join("qmp.sock"));
+        if watch {
+            wait_accepting(&dir.join("watch.sock"));
         }
         StorageDaemon {
             child,
@@ -100,4 +99,16 @@ impl Drop for StorageDaemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Waits (up to 5 s) until the Unix socket `path` accepts a connection:
+/// the file appears at bind(), before the server listens.
+pub fn wait_accepting(path: &Path) {
+    for _ in 0..500 {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{} accepts no connection after 5 s", path.display());
 }

@@ -89,12 +89,7 @@ fn nbdkit(socket: &Path, args: &[&str]) -> Nbdkit {
         .args(args)
         .spawn()
         .unwrap();
-    for _ in 0..500 {
-        if socket.exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    crate::daemon::wait_accepting(socket);
     Nbdkit(child)
 }
 

@@ -287,12 +287,7 @@ async fn the_guest_agent_is_asked_and_its_answer_recorded() {
         ])
         .spawn()
         .unwrap();
-    for _ in 0..500 {
-        if qga.exists() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    crate::daemon::wait_accepting(&qga);
     let q = qga.clone();
     let b = live(&r, &d, move |o| o.guest_agent = Some(q)).await;
     let _ = agent.kill();
