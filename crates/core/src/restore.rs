@@ -74,21 +74,8 @@ impl Repository {
     /// # Errors
     /// As [`Repository::restore_stream`].
     pub async fn restore_node<W: Write + Send>(&self, node: &Node, out: &mut W) -> Result<u64> {
-        let NodeKind::Stream { content } = &node.kind else {
-            return Err(Error::InvalidArgument(format!(
-                "{:?} is a directory, not a stream",
-                node.name
-            )));
-        };
-        let referrer = format!("stream {:?}", node.name);
-        let spans = {
-            let index = self.index().await?.read().map_err(|_| poisoned())?;
-            spans(locate(&index, content, &referrer)?, 0)
-        };
         let mut written = 0u64;
-        let mut chunks = futures::stream::iter(spans)
-            .map(|span| self.fetch_span(span))
-            .buffered(READ_AHEAD);
+        let mut chunks = self.node_chunks(node).await?;
         while let Some(plains) = chunks.try_next().await? {
             for p in plains {
                 out.write_all(&p).map_err(|e| {
@@ -106,6 +93,35 @@ impl Repository {
             ));
         }
         Ok(written)
+    }
+
+    /// The content of a stream node as its chunks in order, a few reads
+    /// ahead (each item holds the chunks of one read): for a caller that
+    /// consumes a stream asynchronously (parsing it, sending it on). Check
+    /// the total against `node.size` at the end, as
+    /// [`Repository::restore_node`] does.
+    ///
+    /// # Errors
+    /// A node that is not a stream, chunks the index lacks (named); each
+    /// item, a missing or corrupt blob.
+    pub async fn node_chunks<'a>(
+        &'a self,
+        node: &Node,
+    ) -> Result<impl futures::Stream<Item = Result<Vec<Vec<u8>>>> + Send + 'a> {
+        let NodeKind::Stream { content } = &node.kind else {
+            return Err(Error::InvalidArgument(format!(
+                "{:?} is a directory, not a stream",
+                node.name
+            )));
+        };
+        let referrer = format!("stream {:?}", node.name);
+        let spans = {
+            let index = self.index().await?.read().map_err(|_| poisoned())?;
+            spans(locate(&index, content, &referrer)?, 0)
+        };
+        Ok(futures::stream::iter(spans)
+            .map(|span| self.fetch_span(span))
+            .buffered(READ_AHEAD))
     }
 
     /// Plaintext lengths of blobs, from the index (`None` for a blob the

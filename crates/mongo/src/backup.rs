@@ -1,0 +1,628 @@
+//! Logical backups: every database and collection the user may read (or
+//! the ones named), streamed as BSON into one snapshot. On a replica set
+//! the oplog position is taken before the first read and the oplog from
+//! there to the majority point at the end of the dump is stored with it,
+//! so a restore can reach that one consistent point.
+
+use std::io::Read;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::TryStreamExt;
+use mongodb::bson::{Document, RawDocumentBuf, doc};
+use mongodb::options::{CollectionOptions, ReadConcern};
+use mongodb::{Client, Collection};
+use tessera_core::{BackupSummary, Content, Entry, Meta, Repository};
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+
+use crate::meta::{
+    BackupMeta, CollectionMeta, CollectionSummary, DatabaseSummary, MONGO_META_VERSION, OpTime,
+};
+use crate::names::{escape, split_namespace};
+use crate::{Connection, DATA_SUFFIX, DATABASES, Error, KIND_BACKUP, META_SUFFIX, OPLOG, Result};
+
+/// Bytes of documents handed to the engine at a time.
+const BATCH: usize = 1 << 20;
+/// Batches read ahead of the engine per collection.
+const READ_AHEAD: usize = 4;
+
+/// Told a collection's namespace and figures once it has been read.
+pub type OnCollection = Arc<dyn Fn(&str, &CollectionSummary) + Send + Sync>;
+
+/// Options of a backup.
+#[derive(Clone, Default)]
+pub struct BackupOptions {
+    /// Only these databases (default: every one but `local` and `config`).
+    pub databases: Vec<String>,
+    /// Only these namespaces (`db.collection`), besides `databases`.
+    pub collections: Vec<String>,
+    /// Tags of the snapshot.
+    pub tags: Vec<String>,
+    /// Host name recorded (default: this machine's).
+    pub hostname: Option<String>,
+    /// Told each collection once it has been read.
+    pub on_collection: Option<OnCollection>,
+}
+
+impl std::fmt::Debug for BackupOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackupOptions")
+            .field("databases", &self.databases)
+            .field("collections", &self.collections)
+            .field("tags", &self.tags)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of a backup.
+#[derive(Clone, Debug)]
+pub struct MongoBackup {
+    /// The snapshot.
+    pub summary: BackupSummary,
+    /// What it holds.
+    pub meta: BackupMeta,
+}
+
+/// One collection or view to read.
+struct Planned {
+    db: String,
+    meta: CollectionMeta,
+}
+
+/// Backs up a server (or the databases and collections named) into one
+/// snapshot of kind [`KIND_BACKUP`].
+///
+/// # Errors
+/// A database or collection named that does not exist; a read that fails
+/// or a connection that drops (naming the namespace); on a replica set, an
+/// oplog that rolled over during the dump ([`Error::Gap`]). Nothing is
+/// committed then.
+pub async fn backup(
+    repo: &Repository,
+    conn: &Connection,
+    options: BackupOptions,
+) -> Result<MongoBackup> {
+    let started = jiff::Timestamp::now();
+    let client = &conn.client;
+    let hello = client
+        .database("admin")
+        .run_command(doc! {"hello": 1})
+        .await
+        .map_err(Error::mongo(format!("asking {} what it is", conn.name())))?;
+    let set_name = hello.get_str("setName").ok().map(str::to_owned);
+    let start = match &set_name {
+        Some(set) => Some(last_write(&hello, "opTime").ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "{} is a member of replica set {set} but reports no lastWrite.opTime",
+                conn.name()
+            ))
+        })?),
+        None => None,
+    };
+    let planned = plan(client, &options).await?;
+    let handle = Handle::current();
+    let failed: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
+    let counters: Vec<Arc<Counters>> = planned.iter().map(|_| Arc::default()).collect();
+    let mut entries = vec![Entry::Dir {
+        name: DATABASES.into(),
+        meta: Meta::null(),
+    }];
+    let mut open_db: Option<&str> = None;
+    for (p, counter) in planned.iter().zip(&counters) {
+        if open_db != Some(p.db.as_str()) {
+            if open_db.is_some() {
+                entries.push(Entry::EndDir);
+            }
+            entries.push(Entry::Dir {
+                name: escape(&p.db).into_bytes(),
+                meta: Meta::null(),
+            });
+            open_db = Some(&p.db);
+        }
+        let file = escape(&p.meta.name);
+        entries.push(Entry::File {
+            name: format!("{file}{META_SUFFIX}").into_bytes(),
+            meta: Meta::null(),
+            content: Content::Read(Box::new(std::io::Cursor::new(p.meta.encode()?))),
+            on_stored: None,
+        });
+        if p.meta.kind != "view" {
+            let mut coll_options = CollectionOptions::default();
+            if set_name.is_some() {
+                // Nothing a rollback could take back.
+                coll_options.read_concern = Some(ReadConcern::majority());
+            }
+            let coll = client
+                .database(&p.db)
+                .collection_with_options::<RawDocumentBuf>(&p.meta.name, coll_options);
+            let source = Source::Collection {
+                coll,
+                counters: counter.clone(),
+                kind: p.meta.kind.clone(),
+                on_done: options.on_collection.clone(),
+            };
+            entries.push(Entry::File {
+                name: format!("{file}{DATA_SUFFIX}").into_bytes(),
+                meta: Meta::null(),
+                content: Content::Read(Box::new(Prefetch::new(
+                    handle.clone(),
+                    format!("{}.{}", p.db, p.meta.name),
+                    source,
+                    failed.clone(),
+                ))),
+                on_stored: None,
+            });
+        }
+    }
+    if open_db.is_some() {
+        entries.push(Entry::EndDir);
+    }
+    entries.push(Entry::EndDir);
+    let oplog = Arc::new(Counters::default());
+    let consistent: Arc<Mutex<Option<OpTime>>> = Arc::new(Mutex::new(start));
+    if let Some(start) = start {
+        entries.push(Entry::File {
+            name: OPLOG.into(),
+            meta: Meta::null(),
+            content: Content::Read(Box::new(Prefetch::new(
+                handle.clone(),
+                "the oplog".into(),
+                Source::Oplog {
+                    client: client.clone(),
+                    server: conn.name(),
+                    start,
+                    counters: oplog.clone(),
+                    consistent: consistent.clone(),
+                },
+                failed.clone(),
+            ))),
+            on_stored: None,
+        });
+    }
+    let tree = repo.store_tree(entries.into_iter(), None).await?;
+    if let Some(e) = failed.lock().ok().and_then(|mut f| f.take()) {
+        repo.abandon_tree(tree).await;
+        return Err(e);
+    }
+    if let Some(w) = tree.warnings.first() {
+        // A stream left out: never commit a backup missing a collection.
+        let w = w.clone();
+        repo.abandon_tree(tree).await;
+        return Err(Error::InvalidArgument(format!("backup incomplete: {w}")));
+    }
+    let meta = summarize(
+        conn,
+        set_name,
+        start,
+        *consistent.lock().map_err(|_| poisoned())?,
+        &oplog,
+        &planned,
+        &counters,
+        started,
+    );
+    let commit = tessera_core::BackupOptions {
+        time: Some(started),
+        hostname: options.hostname.clone(),
+        tags: options.tags.clone(),
+        paths: vec![format!("mongodb://{}", conn.name())],
+        source_kind: Some(KIND_BACKUP.into()),
+        source_meta: serde_json::to_value(&meta)
+            .map_err(|e| Error::InvalidArgument(format!("MongoDB metadata: {e}")))?,
+        ..Default::default()
+    };
+    let summary = repo.commit_snapshot(tree, commit).await?;
+    Ok(MongoBackup { summary, meta })
+}
+
+fn poisoned() -> Error {
+    Error::InvalidArgument("a backup thread panicked".into())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn summarize(
+    conn: &Connection,
+    set_name: Option<String>,
+    start: Option<OpTime>,
+    consistent: Option<OpTime>,
+    oplog: &Counters,
+    planned: &[Planned],
+    counters: &[Arc<Counters>],
+    started: jiff::Timestamp,
+) -> BackupMeta {
+    let mut databases: Vec<DatabaseSummary> = Vec::new();
+    let (mut documents, mut bytes, mut users, mut roles) = (0, 0, 0, 0);
+    for (p, c) in planned.iter().zip(counters) {
+        let summary = CollectionSummary {
+            name: p.meta.name.clone(),
+            kind: p.meta.kind.clone(),
+            documents: c.documents.load(Ordering::Relaxed),
+            bytes: c.bytes.load(Ordering::Relaxed),
+        };
+        documents += summary.documents;
+        bytes += summary.bytes;
+        if p.db == "admin" && p.meta.name == "system.users" {
+            users = summary.documents;
+        }
+        if p.db == "admin" && p.meta.name == "system.roles" {
+            roles = summary.documents;
+        }
+        match databases.last_mut() {
+            Some(d) if d.name == p.db => d.collections.push(summary),
+            _ => databases.push(DatabaseSummary {
+                name: p.db.clone(),
+                collections: vec![summary],
+            }),
+        }
+    }
+    BackupMeta {
+        version: MONGO_META_VERSION,
+        hosts: conn.hosts.clone(),
+        set_name,
+        start,
+        consistent,
+        oplog_entries: oplog.documents.load(Ordering::Relaxed),
+        databases,
+        documents,
+        bytes,
+        users,
+        roles,
+        started,
+        finished: jiff::Timestamp::now(),
+    }
+}
+
+/// `lastWrite.<field>.ts` of a `hello` reply.
+fn last_write(hello: &Document, field: &str) -> Option<OpTime> {
+    let ts = hello
+        .get_document("lastWrite")
+        .ok()?
+        .get_document(field)
+        .ok()?
+        .get_timestamp("ts")
+        .ok()?;
+    Some(ts.into())
+}
+
+/// The collections to read, database by database, in name order.
+async fn plan(client: &Client, options: &BackupOptions) -> Result<Vec<Planned>> {
+    let listed = client
+        .database("admin")
+        .run_command(doc! {"listDatabases": 1, "nameOnly": true, "authorizedDatabases": true})
+        .await
+        .map_err(Error::mongo("listing databases"))?;
+    let mut existing: Vec<String> = listed
+        .get_array("databases")
+        .map_err(|e| Error::InvalidArgument(format!("listDatabases: {e}")))?
+        .iter()
+        .filter_map(|d| d.as_document()?.get_str("name").ok().map(str::to_owned))
+        .collect();
+    existing.sort();
+    let mut wanted: Vec<(String, Option<String>)> = Vec::new();
+    for db in &options.databases {
+        wanted.push((db.clone(), None));
+    }
+    for ns in &options.collections {
+        let (db, c) = split_namespace(ns).ok_or_else(|| {
+            Error::InvalidArgument(format!("--collection {ns:?}: expected DATABASE.COLLECTION"))
+        })?;
+        wanted.push((db.into(), Some(c.into())));
+    }
+    for (db, _) in &wanted {
+        if !existing.contains(db) {
+            return Err(Error::InvalidArgument(format!(
+                "database {db:?} does not exist (or this user may not read it); there are: {}",
+                existing.join(", ")
+            )));
+        }
+    }
+    let dbs: Vec<String> = if wanted.is_empty() {
+        existing
+            .into_iter()
+            .filter(|d| d != "local" && d != "config")
+            .collect()
+    } else {
+        let mut d: Vec<String> = wanted.iter().map(|(d, _)| d.clone()).collect();
+        d.sort();
+        d.dedup();
+        d
+    };
+    let mut out = Vec::new();
+    for db in dbs {
+        let whole = wanted.is_empty() || wanted.iter().any(|(d, c)| *d == db && c.is_none());
+        let names: Vec<&str> = wanted
+            .iter()
+            .filter(|(d, _)| *d == db)
+            .filter_map(|(_, c)| c.as_deref())
+            .collect();
+        let mut colls = list_collections(client, &db).await?;
+        for n in &names {
+            if !colls.iter().any(|c| c.name == *n) {
+                return Err(Error::InvalidArgument(format!(
+                    "collection {db}.{n} does not exist"
+                )));
+            }
+        }
+        colls.retain(|c| whole || names.contains(&c.name.as_str()));
+        for meta in colls {
+            out.push(Planned {
+                db: db.clone(),
+                meta,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Whether a collection is backed up: user collections and views,
+/// `system.js`, and the users and roles of `admin`. The other `system.`
+/// collections are the server's (views are read from `listCollections`,
+/// time series through their view).
+fn wanted_collection(db: &str, name: &str) -> bool {
+    !name.starts_with("system.")
+        || name == "system.js"
+        || (db == "admin" && (name == "system.users" || name == "system.roles"))
+}
+
+/// The collections and views of `db` with their options and indexes, in
+/// name order.
+async fn list_collections(client: &Client, db: &str) -> Result<Vec<CollectionMeta>> {
+    let database = client.database(db);
+    let what = format!("listing the collections of {db}");
+    let listed: Vec<Document> = database
+        .run_cursor_command(doc! {"listCollections": 1})
+        .await
+        .map_err(Error::mongo(what.clone()))?
+        .try_collect()
+        .await
+        .map_err(Error::mongo(what.clone()))?;
+    let mut out = Vec::new();
+    for c in listed {
+        let name = c
+            .get_str("name")
+            .map_err(|e| Error::InvalidArgument(format!("{what}: {e}")))?
+            .to_owned();
+        if !wanted_collection(db, &name) {
+            continue;
+        }
+        let kind = c.get_str("type").unwrap_or("collection").to_owned();
+        let options = c.get_document("options").cloned().unwrap_or_default();
+        let indexes = if kind == "view" {
+            Vec::new()
+        } else {
+            let what = format!("listing the indexes of {db}.{name}");
+            database
+                .run_cursor_command(doc! {"listIndexes": &name})
+                .await
+                .map_err(Error::mongo(what.clone()))?
+                .try_collect()
+                .await
+                .map_err(Error::mongo(what))?
+        };
+        out.push(CollectionMeta {
+            v: MONGO_META_VERSION as i32,
+            name,
+            kind,
+            options,
+            indexes,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Documents and bytes read.
+#[derive(Debug, Default)]
+struct Counters {
+    documents: AtomicU64,
+    bytes: AtomicU64,
+}
+
+impl Counters {
+    fn add(&self, doc: &[u8]) {
+        self.documents.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(doc.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// What a [`Prefetch`] reads.
+enum Source {
+    /// A collection's documents in natural order.
+    Collection {
+        coll: Collection<RawDocumentBuf>,
+        counters: Arc<Counters>,
+        kind: String,
+        on_done: Option<OnCollection>,
+    },
+    /// The oplog after `start`, to the majority point when first read.
+    Oplog {
+        client: Client,
+        server: String,
+        start: OpTime,
+        counters: Arc<Counters>,
+        consistent: Arc<Mutex<Option<OpTime>>>,
+    },
+}
+
+type Batches = mpsc::Receiver<std::io::Result<Vec<u8>>>;
+
+/// A stream of documents read by a task on the runtime, a few batches
+/// ahead of the engine's reading thread (which blocks on it: it is not a
+/// runtime thread). The task starts at the first read, so collections are
+/// read one after another, in the order the engine stores them.
+struct Prefetch {
+    handle: Handle,
+    what: String,
+    source: Option<Source>,
+    failed: Arc<Mutex<Option<Error>>>,
+    batches: Option<Batches>,
+    current: Vec<u8>,
+    pos: usize,
+}
+
+impl Prefetch {
+    fn new(
+        handle: Handle,
+        what: String,
+        source: Source,
+        failed: Arc<Mutex<Option<Error>>>,
+    ) -> Self {
+        Prefetch {
+            handle,
+            what,
+            source: Some(source),
+            failed,
+            batches: None,
+            current: Vec::new(),
+            pos: 0,
+        }
+    }
+}
+
+impl Read for Prefetch {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if self.pos < self.current.len() {
+                let n = buf.len().min(self.current.len() - self.pos);
+                buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+                self.pos += n;
+                return Ok(n);
+            }
+            if let Some(source) = self.source.take() {
+                let (tx, rx) = mpsc::channel(READ_AHEAD);
+                self.batches = Some(rx);
+                let failed = self.failed.clone();
+                let what = self.what.clone();
+                self.handle.spawn(async move {
+                    if let Err(e) = read_source(source, &tx).await {
+                        let message = e.to_string();
+                        if let Ok(mut f) = failed.lock() {
+                            f.get_or_insert(e);
+                        }
+                        let _ = tx
+                            .send(Err(std::io::Error::other(format!(
+                                "reading {what}: {message}"
+                            ))))
+                            .await;
+                    }
+                });
+            }
+            let Some(rx) = self.batches.as_mut() else {
+                return Ok(0);
+            };
+            match rx.blocking_recv() {
+                Some(Ok(batch)) => {
+                    self.current = batch;
+                    self.pos = 0;
+                }
+                Some(Err(e)) => return Err(e),
+                None => {
+                    self.batches = None;
+                    return Ok(0);
+                }
+            }
+        }
+    }
+}
+
+/// Sends `source`'s documents in batches; `Ok` once all are sent (or the
+/// engine stopped listening).
+async fn read_source(source: Source, tx: &mpsc::Sender<std::io::Result<Vec<u8>>>) -> Result<()> {
+    match source {
+        Source::Collection {
+            coll,
+            counters,
+            kind,
+            on_done,
+        } => {
+            let ns = coll.namespace().to_string();
+            let what = || format!("reading {ns}");
+            let mut cursor = coll.find(doc! {}).await.map_err(Error::mongo(what()))?;
+            let mut batch = Vec::with_capacity(BATCH + (64 << 10));
+            while cursor.advance().await.map_err(Error::mongo(what()))? {
+                let doc = cursor.current().as_bytes();
+                counters.add(doc);
+                batch.extend_from_slice(doc);
+                if batch.len() >= BATCH
+                    && tx
+                        .send(Ok(std::mem::replace(
+                            &mut batch,
+                            Vec::with_capacity(BATCH + (64 << 10)),
+                        )))
+                        .await
+                        .is_err()
+                {
+                    return Ok(());
+                }
+            }
+            if !batch.is_empty() && tx.send(Ok(batch)).await.is_err() {
+                return Ok(());
+            }
+            if let Some(f) = on_done {
+                let summary = CollectionSummary {
+                    name: ns.clone(),
+                    kind,
+                    documents: counters.documents.load(Ordering::Relaxed),
+                    bytes: counters.bytes.load(Ordering::Relaxed),
+                };
+                f(&ns, &summary);
+            }
+            Ok(())
+        }
+        Source::Oplog {
+            client,
+            server,
+            start,
+            counters,
+            consistent,
+        } => {
+            let hello = client
+                .database("admin")
+                .run_command(doc! {"hello": 1})
+                .await
+                .map_err(Error::mongo(format!(
+                    "asking {server} for its majority point"
+                )))?;
+            let end = last_write(&hello, "majorityOpTime")
+                .or_else(|| last_write(&hello, "opTime"))
+                .unwrap_or(start)
+                .max(start);
+            let mut cursor = crate::oplog::cursor_from(&client, &server, start).await?;
+            let what = || format!("reading the oplog of {server}");
+            let mut batch = Vec::new();
+            let mut last = start;
+            let mut first = true;
+            while last < end {
+                if !cursor.advance().await.map_err(Error::mongo(what()))? {
+                    return Err(Error::Gap(format!(
+                        "the oplog of {server} ends at {last}, before the dump's end {end}"
+                    )));
+                }
+                let entry = cursor.current();
+                let ts = crate::oplog::entry_ts(entry)?;
+                if std::mem::take(&mut first) && ts > start {
+                    return Err(Error::Gap(format!(
+                        "the oplog of {server} rolled over during the dump: its oldest entry is {ts}, newer than the dump's start {start} (make the oplog larger, or dump less at a time)"
+                    )));
+                }
+                if ts <= start {
+                    continue;
+                }
+                if ts > end {
+                    break;
+                }
+                counters.add(entry.as_bytes());
+                batch.extend_from_slice(entry.as_bytes());
+                last = ts;
+                if batch.len() >= BATCH && tx.send(Ok(std::mem::take(&mut batch))).await.is_err() {
+                    return Ok(());
+                }
+            }
+            if let Ok(mut c) = consistent.lock() {
+                *c = Some(last);
+            }
+            let _ = tx.send(Ok(batch)).await;
+            Ok(())
+        }
+    }
+}
