@@ -1,0 +1,128 @@
+//! Oplog entries in MongoDB's documented shapes replayed onto a server,
+//! once and twice.
+
+use futures::TryStreamExt;
+use mongodb::bson::{Bson, Document, RawDocumentBuf, Timestamp, doc};
+use tessera_mongo::replay::Replayer;
+
+use crate::common::{Server, db_name};
+
+fn ts(t: u32) -> Bson {
+    Bson::Timestamp(Timestamp {
+        time: t,
+        increment: 1,
+    })
+}
+
+fn entry(t: u32, op: &str, ns: &str, o: Document, o2: Option<Document>) -> RawDocumentBuf {
+    let mut d = doc! {"op": op, "ns": ns, "o": o, "ts": ts(t), "t": 1_i64, "v": 2_i64};
+    if let Some(o2) = o2 {
+        d.insert("o2", o2);
+    }
+    RawDocumentBuf::from_document(&d).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_twice_gives_what_replaying_once_gives() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let conn = server.connect().await;
+    let db = db_name("app");
+    let ns = format!("{db}.users");
+    let cmd = format!("{db}.$cmd");
+    let prev = |t: u32| doc! {"ts": ts(t), "t": 1_i64};
+    let mut part = doc! {"op": "c", "ns": "admin.$cmd", "o": {"applyOps": [
+    {"op": "i", "ns": &ns, "o": {"_id": 10, "in": "txn"}}], "partialTxn": true},
+    "ts": ts(20), "prevOpTime": {"ts": Bson::Timestamp(Timestamp { time: 0, increment: 0 }), "t": -1_i64}};
+    let first_part = RawDocumentBuf::from_document(&part).unwrap();
+    part = doc! {"op": "c", "ns": "admin.$cmd", "o": {"applyOps": [
+    {"op": "i", "ns": &ns, "o": {"_id": 11, "in": "txn"}}], "count": 2_i64},
+    "ts": ts(21), "prevOpTime": prev(20)};
+    let last_part = RawDocumentBuf::from_document(&part).unwrap();
+    let open =
+        RawDocumentBuf::from_document(&doc! {"op": "c", "ns": "admin.$cmd", "o": {"applyOps": [
+        {"op": "i", "ns": &ns, "o": {"_id": 12}}], "partialTxn": true}, "ts": ts(22),
+        "prevOpTime": {"ts": Bson::Timestamp(Timestamp { time: 0, increment: 0 }), "t": -1_i64}})
+        .unwrap();
+    let entries = vec![
+        entry(
+            1,
+            "c",
+            &cmd,
+            doc! {"create": "users", "idIndex": {"v": 2, "key": {"_id": 1}, "name": "_id_"}},
+            None,
+        ),
+        entry(
+            2,
+            "i",
+            &ns,
+            doc! {"_id": 1, "name": "a", "tags": ["x", "y"]},
+            Some(doc! {"_id": 1}),
+        ),
+        entry(
+            3,
+            "u",
+            &ns,
+            doc! {"$v": 2, "diff": {"u": {"name": "b"}, "i": {"age": 3}, "stags": {"a": true, "u1": "z"}}},
+            Some(doc! {"_id": 1}),
+        ),
+        entry(4, "i", &ns, doc! {"_id": 2, "n": 1}, None),
+        entry(
+            5,
+            "u",
+            &ns,
+            doc! {"$v": 1, "$set": {"n": 5}},
+            Some(doc! {"_id": 2}),
+        ),
+        entry(6, "i", &ns, doc! {"_id": 3}, None),
+        entry(7, "d", &ns, doc! {"_id": 3}, None),
+        entry(
+            8,
+            "u",
+            &ns,
+            doc! {"_id": 4, "whole": true},
+            Some(doc! {"_id": 4}),
+        ),
+        entry(9, "n", "", doc! {"msg": "periodic noop"}, None),
+        entry(
+            10,
+            "i",
+            &format!("{}.other", db_name("skipped")),
+            doc! {"_id": 1},
+            None,
+        ),
+        first_part,
+        last_part,
+        // A transaction that never committed within the range: not applied.
+        open,
+    ];
+    let map = |ns: &str| (!ns.contains("skipped")).then(|| ns.to_owned());
+    let expected = vec![
+        doc! {"_id": 1, "name": "b", "tags": ["x", "z"], "age": 3},
+        doc! {"_id": 2, "n": 5},
+        doc! {"_id": 4, "whole": true},
+        doc! {"_id": 10, "in": "txn"},
+        doc! {"_id": 11, "in": "txn"},
+    ];
+    for round in 1..=2 {
+        let mut r = Replayer::new(&conn.client, &map);
+        for e in &entries {
+            r.apply_entry(e).await.unwrap();
+        }
+        assert_eq!(r.stats.skipped, 1, "round {round}");
+        let got: Vec<Document> = conn
+            .client
+            .database(&db)
+            .collection::<Document>("users")
+            .find(doc! {})
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .map(crate::common::by_id)
+            .unwrap();
+        assert_eq!(got, expected, "round {round}");
+    }
+    conn.client.database(&db).drop().await.unwrap();
+}
