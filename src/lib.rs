@@ -5,7 +5,8 @@
 //! `gs://`, `az://` behind the features `s3`, `gcs`, `azure`), and the
 //! adapters behind features of their own: `fs` (`tessera::fs`, file
 //! trees), `postgres` (`tessera::postgres`, clusters and their WAL) and
-//! `vm` (`tessera::vm`, VM disk images).
+//! `vm` (`tessera::vm`, VM disk images) and `mongo` (`tessera::mongo`,
+//! MongoDB).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -38,3 +39,7 @@ pub use tessera_postgres as postgres;
 /// The VM image adapter (feature `vm`).
 #[cfg(feature = "vm")]
 pub use tessera_vm as vm;
+
+/// The MongoDB adapter (feature `mongo`).
+#[cfg(feature = "mongo")]
+pub use tessera_mongo as mongo;

@@ -90,6 +90,24 @@ fn every_guard_hazards_md_names_exists() {
     let text = std::fs::read_to_string(root().join("docs/HAZARDS.md")).unwrap();
     let mut rows = 0;
     let mut missing = Vec::new();
+    // One table: a line that is not a row between the header and the last
+    // row ends it there, and the rows after it do not render.
+    let lines: Vec<&str> = text.lines().collect();
+    let first = lines
+        .iter()
+        .position(|l| l.starts_with("| #"))
+        .expect("HAZARDS.md has its table");
+    let last = lines
+        .iter()
+        .rposition(|l| l.starts_with("| H"))
+        .expect("HAZARDS.md has rows");
+    if let Some(gap) = (first..=last).find(|&i| !lines[i].starts_with('|')) {
+        panic!(
+            "HAZARDS.md's table is broken at line {}: {:?}",
+            gap + 1,
+            lines[gap]
+        );
+    }
     for line in text.lines().filter(|l| l.starts_with("| H")) {
         let cells = cells(line);
         // | id | hazard | control | guarded by |

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub use crate::mongo_args::MongoCommand;
 pub use crate::vm_args::VmCommand;
 
 /// Tessera: deduplicating, encrypted backups.
@@ -150,6 +151,11 @@ pub enum Command {
     Vm {
         #[command(subcommand)]
         command: VmCommand,
+    },
+    /// MongoDB: consistent logical backups of replica sets and restores
+    Mongo {
+        #[command(subcommand)]
+        command: MongoCommand,
     },
 }
 

@@ -7,7 +7,9 @@ use anyhow::Result;
 
 use crate::args::{Cli, Command};
 use crate::context::*;
-use crate::{fs_commands, pg_commands, repo_commands, snapshot_commands, vm_commands};
+use crate::{
+    fs_commands, mongo_commands, pg_commands, repo_commands, snapshot_commands, vm_commands,
+};
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
     let print_requests = cli.global.print_requests;
@@ -53,5 +55,6 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Stats(a) => repo_commands::stats(g, a.json).await,
         Command::Pg { command } => pg_commands::run(g, command).await,
         Command::Vm { command } => vm_commands::run(g, command).await,
+        Command::Mongo { command } => mongo_commands::run(g, command).await,
     }
 }

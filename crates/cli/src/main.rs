@@ -6,6 +6,8 @@ mod commands;
 mod context;
 mod credentials;
 mod fs_commands;
+mod mongo_args;
+mod mongo_commands;
 mod output;
 mod pg_commands;
 mod repo_commands;

@@ -10,6 +10,11 @@ mod corruption;
 mod crash;
 mod forget;
 mod keys;
+mod mongo;
+// Shared with the adapter's own tests, which use all of it.
+#[path = "../../mongo/tests/server.rs"]
+#[allow(dead_code)]
+mod mongo_server;
 mod pg;
 mod prune;
 mod roundtrip;

@@ -51,6 +51,37 @@ fn run(t: &TestRepo, args: &[&str]) -> Output {
     out
 }
 
+/// Times of every ancestor of `path` (the directories the snapshot records
+/// above it).
+fn ancestor_times(path: &Path) -> Vec<(i64, i64, i64, i64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    path.ancestors()
+        .skip(1)
+        .map(|a| {
+            let m = std::fs::symlink_metadata(a).unwrap();
+            (
+                m.mtime(),
+                m.mtime_nsec(),
+                m.ctime(),
+                m.ctime_nsec(),
+                m.atime(),
+                m.atime_nsec(),
+            )
+        })
+        .collect()
+}
+
+/// The last JSON line a `backup --json` printed: its summary.
+fn summary(out: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.contains("\"summary\""))
+        .unwrap_or_else(|| panic!("no summary in: {stdout}"));
+    serde_json::from_str(line).unwrap()
+}
+
 fn tree(root: &Path, files: usize) {
     for i in 0..files {
         let dir = root.join(format!("d{}", i % 50));
@@ -64,18 +95,34 @@ fn an_unchanged_backup_makes_the_same_few_requests_whatever_the_tree_size() {
     let mut seen = Vec::new();
     for files in [40, 4000] {
         let Some(t) = s3_repo(&[]) else { return };
-        // The snapshot records every ancestor of the source: under /tmp,
-        // other tests creating their directories change /tmp's times
-        // between the two backups (a new tree, two more puts). Nothing
-        // else makes directories in the target's own scratch directory.
+        // The snapshot records every ancestor of the source, and other
+        // tests change their times (making directories in /tmp, where a
+        // checkout may itself be): that rewrites the few ancestor trees,
+        // one pack and one index segment more, whatever the tree's size.
         let base = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let src = base.path().join("src");
         tree(&src, files);
+        let before = ancestor_times(&src);
         let src = src.to_str().unwrap();
         run(&t, &["backup", src]);
-        let again = requests(&run(&t, &["--print-requests", "backup", src]));
-        // The session marker and the snapshot; nothing per file.
-        assert_eq!(again.put, 2, "{files} files: {again:?}");
+        let out = run(&t, &["--print-requests", "backup", "--json", src]);
+        let moved = ancestor_times(Path::new(src)) != before;
+        let mut again = requests(&out);
+        let summary = summary(&out);
+        // Nothing per file: no file read again, nothing stored for them.
+        assert_eq!(summary["files_unmodified"], files, "{summary}");
+        assert!(
+            summary["data_added_plain"].as_u64().unwrap() < 4096,
+            "{files} files: {summary}"
+        );
+        // The session marker and the snapshot (and the ancestors' pack and
+        // index segment when one of them changed meanwhile).
+        if moved {
+            assert!(matches!(again.put, 2 | 4), "{files} files: {again:?}");
+            again.put = 2;
+        } else {
+            assert_eq!(again.put, 2, "{files} files: {again:?}");
+        }
         assert!(
             again.get <= 2 && again.list <= 4,
             "{files} files: {again:?}"

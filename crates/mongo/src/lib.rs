@@ -43,8 +43,9 @@ pub use restore::{RestoreOptions, RestoreReport, restore};
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::bson_stream::split_all as bson_stream;
-    pub use crate::meta::CollectionMeta;
-    pub use crate::replay::Op;
+    pub use crate::meta::{BackupMeta, CollectionMeta};
+    pub use crate::replay::{Change, Op, apply_diff};
+    pub use mongodb::bson;
 }
 
 /// `source_kind` of backup snapshots.

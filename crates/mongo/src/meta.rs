@@ -82,9 +82,9 @@ pub struct BackupMeta {
     pub documents: u64,
     /// Bytes of BSON read in all.
     pub bytes: u64,
-    /// Users stored (`admin/users.bson`).
+    /// Users stored (`databases/admin/system.users.bson`).
     pub users: u64,
-    /// Roles stored (`admin/roles.bson`).
+    /// Roles stored (`databases/admin/system.roles.bson`).
     pub roles: u64,
     /// When the dump began.
     pub started: jiff::Timestamp,

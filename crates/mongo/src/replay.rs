@@ -218,6 +218,29 @@ fn as_i64(v: &Bson) -> Option<i64> {
 /// # Errors
 /// [`Error::Corrupt`]: a diff that does not fit the document.
 pub fn apply_diff(doc: &mut Document, diff: &Document) -> Result<()> {
+    let mut budget = MAX_ARRAY_GROWTH;
+    apply_diff_within(doc, diff, &mut budget)
+}
+
+/// Array elements one diff may add, in all: a null element at index 2^20
+/// or more takes at least 9 bytes of BSON, so more than 2^21 of them cannot
+/// fit in a 16 MiB document. A diff asking for more is corrupt (and would
+/// otherwise make replay allocate without bound).
+const MAX_ARRAY_GROWTH: usize = 1 << 21;
+
+fn grow(a: &mut Vec<Bson>, len: usize, budget: &mut usize) -> Result<()> {
+    let more = len.saturating_sub(a.len());
+    if more > *budget {
+        return Err(bad(format!(
+            "array diff grows an array to {len} elements, more than a document can hold"
+        )));
+    }
+    *budget -= more;
+    a.resize(len, Bson::Null);
+    Ok(())
+}
+
+fn apply_diff_within(doc: &mut Document, diff: &Document, budget: &mut usize) -> Result<()> {
     for (k, v) in diff {
         match k.as_str() {
             "d" => {
@@ -234,8 +257,12 @@ pub fn apply_diff(doc: &mut Document, diff: &Document) -> Result<()> {
                 let field = &s[1..];
                 let sub = fields(v, k)?;
                 match doc.get_mut(field) {
-                    Some(Bson::Array(a)) if is_array_diff(sub) => apply_array_diff(a, sub)?,
-                    Some(Bson::Document(d)) if !is_array_diff(sub) => apply_diff(d, sub)?,
+                    Some(Bson::Array(a)) if is_array_diff(sub) => {
+                        apply_array_diff(a, sub, budget)?;
+                    }
+                    Some(Bson::Document(d)) if !is_array_diff(sub) => {
+                        apply_diff_within(d, sub, budget)?;
+                    }
                     _ => {
                         return Err(bad(format!(
                             "diff for field {field:?} does not match the document"
@@ -258,12 +285,16 @@ fn is_array_diff(d: &Document) -> bool {
     matches!(d.get("a"), Some(Bson::Boolean(true)))
 }
 
-fn apply_array_diff(a: &mut Vec<Bson>, diff: &Document) -> Result<()> {
+fn apply_array_diff(a: &mut Vec<Bson>, diff: &Document, budget: &mut usize) -> Result<()> {
     if let Some(l) = diff.get("l") {
         let len = as_i64(l)
             .and_then(|n| usize::try_from(n).ok())
             .ok_or_else(|| bad("array diff l"))?;
-        a.resize(len, Bson::Null);
+        if len < a.len() {
+            a.truncate(len);
+        } else {
+            grow(a, len, budget)?;
+        }
     }
     for (k, v) in diff {
         if k == "a" || k == "l" {
@@ -276,15 +307,19 @@ fn apply_array_diff(a: &mut Vec<Bson>, diff: &Document) -> Result<()> {
         match kind {
             "u" => {
                 if a.len() <= index {
-                    a.resize(index + 1, Bson::Null);
+                    grow(a, index.saturating_add(1), budget)?;
                 }
                 a[index] = v.clone();
             }
             "s" => {
                 let sub = fields(v, k)?;
                 match a.get_mut(index) {
-                    Some(Bson::Array(inner)) if is_array_diff(sub) => apply_array_diff(inner, sub)?,
-                    Some(Bson::Document(d)) if !is_array_diff(sub) => apply_diff(d, sub)?,
+                    Some(Bson::Array(inner)) if is_array_diff(sub) => {
+                        apply_array_diff(inner, sub, budget)?;
+                    }
+                    Some(Bson::Document(d)) if !is_array_diff(sub) => {
+                        apply_diff_within(d, sub, budget)?;
+                    }
                     _ => return Err(bad(format!("array diff {k:?} does not match the element"))),
                 }
             }
@@ -568,6 +603,26 @@ fn id_filter(doc: &Document, ns: &str, ts: OpTime) -> Result<Document> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_diff_cannot_grow_arrays_past_what_a_document_holds() {
+        for diff in [
+            doc! {"sv": {"a": true, "l": 1_i64 << 40}},
+            doc! {"sv": {"a": true, "u4000000000": 1}},
+            // Many arrays, each within the bound, together past it.
+            doc! {"sv": {"a": true, "l": 1_500_000}, "sw": {"a": true, "l": 1_500_000}},
+        ] {
+            let mut d = doc! {"v": [1], "w": [2]};
+            let e = apply_diff(&mut d, &diff).unwrap_err();
+            assert!(
+                e.to_string().contains("more than a document can hold"),
+                "{e}"
+            );
+        }
+        let mut d = doc! {"v": [1]};
+        apply_diff(&mut d, &doc! {"sv": {"a": true, "l": 1_000_000}}).unwrap();
+        assert_eq!(d.get_array("v").unwrap().len(), 1_000_000);
+    }
 
     #[test]
     fn diffs_apply_as_the_server_does() {
