@@ -39,10 +39,12 @@ if ! command -v qemu-nbd >/dev/null || ! command -v qemu-storage-daemon >/dev/nu
 fi
 # nx-27017 (PyPI), a MongoDB-wire server over SQLite, for the MongoDB
 # adapter's tests (TESSERA_TEST_MONGODB_URI names a real server instead).
+# MockupDB (PyPI) for the fake replica-set primary the oplog tests control.
 if ! command -v nx-27017 >/dev/null; then
   python3 -m pip install --quiet 'nx-27017==0.8.1'
   if command -v pyenv >/dev/null; then pyenv rehash; fi
 fi
+python3 -c 'import mockupdb' 2>/dev/null || python3 -m pip install --quiet 'mockupdb==1.8.1' 'pymongo>=4,<5'
 PG17_VERSION=17.11.0
 if [ "$(id -u)" -eq 0 ]; then PG17_HOME=/opt/tessera-test; else PG17_HOME="${XDG_DATA_HOME:-$HOME/.local/share}/tessera-test"; fi
 export TESSERA_TEST_PG17_BIN="$PG17_HOME/postgresql-$PG17_VERSION-x86_64-unknown-linux-gnu/bin"

@@ -60,6 +60,19 @@ pub struct Global {
     pub faults: Option<String>,
 }
 
+impl Command {
+    /// Whether the command answers SIGINT and SIGTERM itself (finishing
+    /// its work) instead of being stopped where it is.
+    pub fn handles_signals(&self) -> bool {
+        matches!(
+            self,
+            Command::Mongo {
+                command: MongoCommand::Oplog(_)
+            }
+        )
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Create a new repository

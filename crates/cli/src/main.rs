@@ -33,7 +33,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let own_signals = cli.command.handles_signals();
     let result = runtime.block_on(async {
+        if own_signals {
+            return commands::run(cli).await;
+        }
         tokio::select! {
             result = commands::run(cli) => result,
             (name, code) = signalled() => {
@@ -62,7 +66,7 @@ fn main() -> ExitCode {
 
 /// Waits for SIGINT or SIGTERM; returns its name and the exit status a
 /// shell gives a process it killed (128 + the signal's number).
-async fn signalled() -> (&'static str, u8) {
+pub(crate) async fn signalled() -> (&'static str, u8) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),

@@ -14,12 +14,37 @@ pub enum MongoCommand {
         after_help = "Examples:\n  tessera mongo restore --uri mongodb://localhost/\n  tessera mongo restore 4f2a9c1e --uri \"$URI\" --ns-include app.* --ns-from app.* --ns-to app_copy.*\n\nA target that already holds a collection to restore is refused unless --drop is given. Exit status: 0 done, 1 failed, 2 usage."
     )]
     Restore(MongoRestoreArgs),
-    /// List MongoDB backups
+    /// Archive a replica set's oplog continuously, a slice per interval (for point-in-time restores)
+    #[command(
+        after_help = "Examples:\n  tessera mongo oplog --uri mongodb://backup@db1,db2,db3/?replicaSet=rs0\n  tessera mongo oplog --uri \"$URI\" --slice 5m\n\nRuns until SIGTERM or SIGINT, then commits what the majority has confirmed and exits. Resumes after the last archived entry; if the oplog rolled over past it, the gap is reported and recorded (no point-in-time restore across it). Exit status: 0 stopped, 1 failed, 3 stopped after a gap."
+    )]
+    Oplog(MongoOplogArgs),
+    /// List MongoDB backups, and the oplog each replica set's archive covers
     List {
         /// Print JSON
         #[arg(long)]
         json: bool,
     },
+    /// Remove backups by policy, and the oplog slices no kept backup needs
+    Forget(crate::args::ForgetArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MongoOplogArgs {
+    #[command(flatten)]
+    pub uri: MongoUri,
+    /// How often a slice is committed: the most a lost server can cost
+    #[arg(long, default_value = "60s")]
+    pub slice: jiff::SignedDuration,
+    /// Tag each slice (repeatable)
+    #[arg(long)]
+    pub tag: Vec<String>,
+    /// Host name to record (default: this machine's)
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Print each event as a JSON line
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -60,9 +85,15 @@ pub struct MongoRestoreArgs {
     /// Drop each target collection that exists before restoring it
     #[arg(long)]
     pub drop: bool,
-    /// The newest backup finished by this time (RFC 3339 or "YYYY-MM-DD HH:MM:SS")
-    #[arg(long, conflicts_with = "snapshot")]
+    /// Restore to this time (RFC 3339 or "YYYY-MM-DD HH:MM:SS"): the newest backup before it, then the archived oplog up to it (without an archive: the newest backup consistent by then)
+    #[arg(long, conflicts_with = "ts")]
     pub time: Option<String>,
+    /// Restore to this oplog position, SECS:INC (that entry included)
+    #[arg(long)]
+    pub ts: Option<String>,
+    /// The replica set, where the repository holds several (for --time, --ts)
+    #[arg(long)]
+    pub set: Option<String>,
     /// Only these namespaces: DB, DB.*, DB.COLLECTION or * (repeatable)
     #[arg(long)]
     pub ns_include: Vec<String>,

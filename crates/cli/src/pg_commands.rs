@@ -628,10 +628,12 @@ async fn forget(g: &Global, a: &ForgetArgs) -> Result<ExitCode> {
         }
     }
     if a.json {
-        let mut doc = output::forget_json(&plans);
-        doc["wal_batches_released"] =
-            serde_json::json!(wal_gone.iter().map(|i| i.to_hex()).collect::<Vec<_>>());
-        doc["wal_files_released"] = serde_json::json!(wal_files);
+        // `forget --json`'s groups, and what the WAL retention released.
+        let doc = serde_json::json!({
+            "groups": output::forget_json(&plans),
+            "wal_batches_released": wal_gone.iter().map(|i| i.to_hex()).collect::<Vec<_>>(),
+            "wal_files_released": wal_files,
+        });
         println!("{doc}");
     } else if !g.quiet || a.dry_run {
         print!("{}", output::forget_table(&plans, a.dry_run));

@@ -11,7 +11,10 @@ mod crash;
 mod forget;
 mod keys;
 mod mongo;
-// Shared with the adapter's own tests, which use all of it.
+// Shared with the adapter's own tests, which use all of them.
+#[path = "../../mongo/tests/fake.rs"]
+#[allow(dead_code)]
+mod mongo_fake;
 #[path = "../../mongo/tests/server.rs"]
 #[allow(dead_code)]
 mod mongo_server;

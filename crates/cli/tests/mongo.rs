@@ -53,8 +53,9 @@ fn mongo_backup_list_restore() {
     let id = out["snapshot_id"].as_str().unwrap().to_owned();
 
     let list = json(&t.ok(&["mongo", "list", "--json"]));
-    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
-    assert_eq!(list[0]["snapshot_id"], id.as_str());
+    assert_eq!(list["backups"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["backups"][0]["snapshot_id"], id.as_str());
+    assert_eq!(list["oplog"], serde_json::json!([]), "{list}");
     assert!(
         t.ok(&["mongo", "list"])
             .contains("2 databases, 2 collections, 501 documents")
@@ -104,10 +105,135 @@ fn mongo_backup_list_restore() {
     let err = t.fails(&["mongo", "restore", "--uri", uri, "--ns-from", "a.*"]);
     assert!(err.contains("pairs"), "{err}");
     assert_eq!(
-        json(&t.ok(&["mongo", "list", "--json"]))
+        json(&t.ok(&["mongo", "list", "--json"]))["backups"]
             .as_array()
             .unwrap()
             .len(),
         1
     );
+}
+
+/// Waits for a JSON line of `message_type` on the follower's output.
+fn wait_for(
+    lines: &std::sync::mpsc::Receiver<String>,
+    kind: &str,
+    last: Option<&str>,
+) -> serde_json::Value {
+    loop {
+        let line = lines
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("no {kind} line from `mongo oplog`: {e}"));
+        let v = json(&line);
+        if v["message_type"] == kind && last.is_none_or(|l| v["last"] == l) {
+            return v;
+        }
+    }
+}
+
+#[test]
+fn mongo_oplog_follows_until_sigterm_and_restores_to_a_point_in_time() {
+    use crate::mongo_fake::{FakeReplSet, noop, op};
+    use std::io::BufRead;
+    let (Some(fake), Some(server)) = (FakeReplSet::start(), Server::start()) else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = db_name("pitr");
+    let ns = format!("{db}.users");
+    rt.block_on(fake.control(doc! {
+        "data": {&db: {"users": [{"_id": 1}, {"_id": 2}]}},
+        "append": [noop(3000)],
+    }));
+    let t = TestRepo::new(&[]);
+    let out = json(&t.ok(&["mongo", "backup", "--uri", &fake.uri, "--json"]));
+    assert_eq!(out["consistent"], "3000:1", "{out}");
+
+    let mut follower = t.cmd();
+    follower
+        .args([
+            "mongo", "oplog", "--uri", &fake.uri, "--slice", "300ms", "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut child = follower.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let started = wait_for(&lines, "started", None);
+    assert_eq!(started["after"], "3000:1", "{started}");
+    rt.block_on(fake.control(doc! {"append": [
+        op(3010, "i", &ns, doc! {"_id": 3}, Some(doc! {"_id": 3})),
+        noop(3020),
+    ]}));
+    wait_for(&lines, "slice", Some("3020:1"));
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let summary = wait_for(&lines, "summary", None);
+    assert_eq!(summary["last"], "3020:1", "{summary}");
+    assert_eq!(summary["gaps"], 0, "{summary}");
+    assert!(
+        child.wait().unwrap().success(),
+        "SIGTERM: exit 0 after committing"
+    );
+
+    let list = json(&t.ok(&["mongo", "list", "--json"]));
+    assert_eq!(
+        list["oplog"][0]["ranges"],
+        serde_json::json!([{"from": "3000:1", "to": "3020:1", "slices": list["oplog"][0]["slices"]}]),
+        "{list}"
+    );
+    assert!(t.ok(&["mongo", "list"]).contains("oplog archive of rs0"));
+
+    // To an oplog position, and to a wall-clock time (oplog seconds are
+    // the cluster's clock: 3005 s after the epoch).
+    let uri = server.uri.as_str();
+    let done = json(&t.ok(&["mongo", "restore", "--uri", uri, "--ts", "3010:1", "--json"]));
+    assert_eq!(
+        (done["slices"].as_u64(), done["consistent"].as_str()),
+        (Some(1), Some("3010:1")),
+        "{done}"
+    );
+    assert_eq!(count(uri, &db, "users"), 3);
+    t.ok(&[
+        "mongo",
+        "restore",
+        "--uri",
+        uri,
+        "--drop",
+        "--time",
+        "1970-01-01T00:50:05Z",
+    ]);
+    assert_eq!(count(uri, &db, "users"), 2);
+    let err = t.fails(&["mongo", "restore", "--uri", uri, "--drop", "--ts", "3999:1"]);
+    assert!(err.contains("reaches 3020:1"), "{err}");
+
+    // A newer backup: the first and the slices before the newer one's
+    // consistent point go; nothing a kept backup needs.
+    rt.block_on(fake.control(doc! {
+        "data": {&db: {"users": [{"_id": 1}, {"_id": 2}, {"_id": 3}]}},
+        "append": [noop(3030)],
+    }));
+    t.ok(&["mongo", "backup", "--uri", &fake.uri]);
+    let gone = json(&t.ok(&["mongo", "forget", "--keep-last", "1", "--json"]));
+    assert!(
+        !gone["oplog_slices_released"].as_array().unwrap().is_empty(),
+        "{gone}"
+    );
+    let list = json(&t.ok(&["mongo", "list", "--json"]));
+    assert_eq!(list["backups"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["oplog"], serde_json::json!([]), "{list}");
+    rt.block_on(async {
+        let c = mongodb::Client::with_uri_str(uri).await.unwrap();
+        c.database(&db).drop().await.unwrap();
+    });
 }

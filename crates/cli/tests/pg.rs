@@ -525,6 +525,24 @@ fn pg_forget_releases_only_unneeded_wal() {
     c.archive_now();
     let dry = c.tessera_ok(&["pg", "forget", "--keep-last", "1", "--dry-run"]);
     assert!(dry.contains("would remove 1"), "{dry}");
+    let plan: serde_json::Value = serde_json::from_str(&c.tessera_ok(&[
+        "pg",
+        "forget",
+        "--keep-last",
+        "1",
+        "--dry-run",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(
+        plan["groups"][0]["remove"].as_array().unwrap().len(),
+        1,
+        "{plan}"
+    );
+    assert!(
+        !plan["wal_batches_released"].as_array().unwrap().is_empty(),
+        "{plan}"
+    );
     let out = c.tessera_ok(&["pg", "forget", "--keep-last", "1", "--prune"]);
     let released: usize = out
         .split("needs: ")

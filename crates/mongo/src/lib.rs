@@ -27,7 +27,9 @@
 
 pub mod backup;
 pub mod bson_stream;
+pub mod catalog;
 mod client;
+pub mod follow;
 pub mod meta;
 pub mod names;
 pub mod oplog;
@@ -35,21 +37,25 @@ pub mod replay;
 pub mod restore;
 
 pub use backup::{BackupOptions, MongoBackup, backup};
+pub use catalog::{Catalog, PitrPlan};
 pub use client::{Connection, connect};
-pub use meta::{BackupMeta, CollectionMeta, OpTime};
-pub use restore::{RestoreOptions, RestoreReport, restore};
+pub use follow::{FollowEvent, FollowOptions, FollowReport, follow};
+pub use meta::{BackupMeta, CollectionMeta, OpTime, SliceMeta};
+pub use restore::{RestoreOptions, RestoreReport, restore, restore_to};
 
 /// Decoders' entry points for the fuzz targets.
 #[doc(hidden)]
 pub mod fuzzing {
     pub use crate::bson_stream::split_all as bson_stream;
-    pub use crate::meta::{BackupMeta, CollectionMeta};
+    pub use crate::meta::{BackupMeta, CollectionMeta, SliceMeta};
     pub use crate::replay::{Change, Op, apply_diff};
     pub use mongodb::bson;
 }
 
 /// `source_kind` of backup snapshots.
 pub const KIND_BACKUP: &str = "mongo";
+/// `source_kind` of the oplog follower's slices.
+pub const KIND_OPLOG: &str = "mongo-oplog";
 
 /// The snapshot's directory of databases.
 pub const DATABASES: &str = "databases";

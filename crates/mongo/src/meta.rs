@@ -184,6 +184,78 @@ impl BackupMeta {
     }
 }
 
+/// The `source_meta` of an oplog slice snapshot ([`crate::KIND_OPLOG`]):
+/// every oplog entry of a replica set after `after` up to `last`, as the
+/// follower archived them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SliceMeta {
+    /// [`MONGO_META_VERSION`].
+    pub version: u32,
+    /// The replica set.
+    pub set_name: String,
+    /// The hosts of the URI the follower read.
+    pub hosts: Vec<String>,
+    /// The entry archived before this slice's first (the previous slice's
+    /// `last`, or a backup's `consistent`): nothing lies between. `None`
+    /// for a slice after a gap.
+    pub after: Option<OpTime>,
+    /// Its first entry.
+    pub first: OpTime,
+    /// Its last entry.
+    pub last: OpTime,
+    /// Entries stored.
+    pub entries: u64,
+    /// Bytes of BSON stored.
+    pub bytes: u64,
+    /// The oplog had rolled over past the resume point: the entries after
+    /// `last_archived` and before `first_available` are lost.
+    pub gap: Option<Gap>,
+    /// When the follower read the first entry.
+    pub started: jiff::Timestamp,
+    /// When it committed the slice.
+    pub finished: jiff::Timestamp,
+}
+
+/// Entries lost between two archived ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gap {
+    /// The newest entry archived before it.
+    pub last_archived: OpTime,
+    /// The oldest entry the server still had.
+    pub first_available: OpTime,
+}
+
+impl SliceMeta {
+    /// Decodes a snapshot's `source_meta`.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] naming the snapshot.
+    pub fn from_value(value: &serde_json::Value, snapshot: &str) -> Result<Self> {
+        let meta: SliceMeta = serde_json::from_value(value.clone()).map_err(|e| {
+            Error::Corrupt(format!("snapshot {snapshot}: oplog slice metadata: {e}"))
+        })?;
+        if meta.version != MONGO_META_VERSION {
+            return Err(Error::Corrupt(format!(
+                "snapshot {snapshot}: oplog slice metadata version {} (this build reads {MONGO_META_VERSION})",
+                meta.version
+            )));
+        }
+        if meta.first > meta.last || meta.after.is_some_and(|a| a >= meta.first) {
+            return Err(Error::Corrupt(format!(
+                "snapshot {snapshot}: oplog slice from {} to {} after {:?} is out of order",
+                meta.first, meta.last, meta.after
+            )));
+        }
+        Ok(meta)
+    }
+
+    /// The position from which this slice holds every entry up to `last`:
+    /// `after`, or after a gap its first entry.
+    pub fn covers_from(&self) -> OpTime {
+        self.after.unwrap_or(self.first)
+    }
+}
+
 #[cfg(test)]
 mod golden {
     use super::*;
@@ -246,6 +318,42 @@ mod golden {
         assert_eq!(serde_json::to_string(&meta).unwrap(), text);
         let value: serde_json::Value = serde_json::from_str(text).unwrap();
         assert_eq!(BackupMeta::from_value(&value, "s").unwrap(), meta);
+
+        let slice = SliceMeta {
+            version: 1,
+            set_name: "rs0".into(),
+            hosts: vec!["db1:27017".into()],
+            after: Some(OpTime {
+                t: 1_700_000_009,
+                i: 3,
+            }),
+            first: OpTime {
+                t: 1_700_000_010,
+                i: 1,
+            },
+            last: OpTime {
+                t: 1_700_000_070,
+                i: 2,
+            },
+            entries: 12,
+            bytes: 3456,
+            gap: None,
+            started: "2026-12-04T10:00:10Z".parse().unwrap(),
+            finished: "2026-12-04T10:01:10Z".parse().unwrap(),
+        };
+        let text = r#"{"version":1,"set_name":"rs0","hosts":["db1:27017"],"after":{"t":1700000009,"i":3},"first":{"t":1700000010,"i":1},"last":{"t":1700000070,"i":2},"entries":12,"bytes":3456,"gap":null,"started":"2026-12-04T10:00:10Z","finished":"2026-12-04T10:01:10Z"}"#;
+        assert_eq!(serde_json::to_string(&slice).unwrap(), text);
+        let value: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(SliceMeta::from_value(&value, "s").unwrap(), slice);
+        let after_gap = r#"{"version":1,"set_name":"rs0","hosts":["db1:27017"],"after":null,"first":{"t":1700000500,"i":1},"last":{"t":1700000560,"i":1},"entries":3,"bytes":300,"gap":{"last_archived":{"t":1700000070,"i":2},"first_available":{"t":1700000500,"i":1}},"started":"2026-12-04T10:08:20Z","finished":"2026-12-04T10:09:20Z"}"#;
+        let value: serde_json::Value = serde_json::from_str(after_gap).unwrap();
+        let m = SliceMeta::from_value(&value, "s").unwrap();
+        assert_eq!(m.covers_from(), m.first);
+        assert_eq!(serde_json::to_string(&m).unwrap(), after_gap);
+        let mut bad = slice.clone();
+        bad.after = Some(bad.first);
+        let e = SliceMeta::from_value(&serde_json::to_value(&bad).unwrap(), "s1").unwrap_err();
+        assert!(e.to_string().contains("out of order"), "{e}");
     }
 
     fn hex(b: &[u8]) -> String {

@@ -1,8 +1,9 @@
 //! Restores: collections with their options (created first), their
 //! documents, their indexes (built after the data), views, users and
 //! roles, then the oplog stored with the backup replayed to its consistent
-//! point. A target that already holds a collection to restore is refused
-//! unless the caller asks to drop it.
+//! point, and for a point-in-time restore ([`restore_to`]) the archived
+//! oplog slices after it up to the target. A target that already holds a
+//! collection to restore is refused unless the caller asks to drop it.
 
 use futures::TryStreamExt;
 use mongodb::bson::{Bson, Document, RawDocumentBuf, doc};
@@ -11,9 +12,10 @@ use tessera_core::{Node, NodeKind, Repository, SnapshotEntry, Tree};
 use tokio::sync::mpsc;
 
 use crate::bson_stream::DocSplitter;
+use crate::catalog::{PitrPlan, Slice};
 use crate::meta::{BackupMeta, CollectionMeta, OpTime};
 use crate::names::{split_namespace, unescape};
-use crate::replay::{ReplayStats, Replayer};
+use crate::replay::Replayer;
 use crate::{Connection, DATA_SUFFIX, DATABASES, Error, KIND_BACKUP, META_SUFFIX, OPLOG, Result};
 
 /// Bytes of documents per insert.
@@ -62,6 +64,8 @@ pub struct RestoreReport {
     pub oplog_skipped: u64,
     /// The point reached (replica set backups).
     pub consistent: Option<String>,
+    /// Oplog slices replayed after the backup (point-in-time restores).
+    pub slices: u64,
     /// What was not replayed, and why.
     pub warnings: Vec<String>,
 }
@@ -147,6 +151,45 @@ pub async fn restore(
     conn: &Connection,
     options: &RestoreOptions,
 ) -> Result<RestoreReport> {
+    restore_with(repo, snapshot, conn, options, &[], None).await
+}
+
+/// Restores the plan's backup, then replays the oplog slices after its
+/// consistent point up to the plan's target: the data as it was then.
+///
+/// # Errors
+/// As [`restore`]; a slice that cannot be read (named); with
+/// `no_oplog_replay`, [`Error::InvalidArgument`].
+pub async fn restore_to(
+    repo: &Repository,
+    plan: &PitrPlan,
+    conn: &Connection,
+    options: &RestoreOptions,
+) -> Result<RestoreReport> {
+    if options.no_oplog_replay && plan.target.is_some() {
+        return Err(Error::InvalidArgument(
+            "a point-in-time restore replays the oplog: it cannot leave it out".into(),
+        ));
+    }
+    restore_with(
+        repo,
+        &plan.backup.entry,
+        conn,
+        options,
+        &plan.slices,
+        plan.target,
+    )
+    .await
+}
+
+async fn restore_with(
+    repo: &Repository,
+    snapshot: &SnapshotEntry,
+    conn: &Connection,
+    options: &RestoreOptions,
+    slices: &[Slice],
+    target: Option<OpTime>,
+) -> Result<RestoreReport> {
     let sid = snapshot.id.short();
     if snapshot.snapshot.source_kind != KIND_BACKUP {
         return Err(Error::InvalidArgument(format!(
@@ -181,16 +224,35 @@ pub async fn restore(
     if !users.is_empty() {
         report.users = merge_users(repo, client, &users, options.drop).await?;
     }
+    let map = |ns: &str| selection.map(ns);
+    let mut replayer = Replayer::new(client, &map);
     if let Some(node) = root
         .get(OPLOG.as_bytes())
         .filter(|_| !options.no_oplog_replay)
     {
-        let stats = replay(repo, node, client, &selection, meta.consistent).await?;
-        report.oplog_applied = stats.applied;
-        report.oplog_skipped = stats.skipped;
-        report.warnings = stats.warnings;
+        replay(repo, node, &mut replayer, None, meta.consistent, OPLOG).await?;
     }
-    report.consistent = meta.consistent.map(|c| c.to_string());
+    // Each slice from where the last one (or the backup) ended.
+    let mut pos = meta.consistent;
+    for s in slices {
+        let what = format!("oplog slice {}", s.entry.id.short());
+        let root = repo.read_tree(s.entry.snapshot.tree, &what).await?;
+        let node = root
+            .get(OPLOG.as_bytes())
+            .ok_or_else(|| Error::Corrupt(format!("{what} has no {OPLOG}")))?;
+        replay(repo, node, &mut replayer, pos, target, &what).await?;
+        pos = Some(target.map_or(s.meta.last, |t| t.min(s.meta.last)));
+        report.slices += 1;
+    }
+    let stats = replayer.stats;
+    report.oplog_applied = stats.applied;
+    report.oplog_skipped = stats.skipped;
+    report.warnings = stats.warnings;
+    report.consistent = if slices.is_empty() {
+        meta.consistent.map(|c| c.to_string())
+    } else {
+        pos.map(|c| c.to_string())
+    };
     Ok(report)
 }
 
@@ -487,33 +549,33 @@ async fn merge_users(
     Ok(n)
 }
 
-/// Replays a stored oplog stream up to `until`.
+/// Replays the entries of a stored oplog stream after `after` up to
+/// `until`.
 async fn replay(
     repo: &Repository,
     node: &Node,
-    client: &Client,
-    selection: &Selection,
+    replayer: &mut Replayer<'_>,
+    after: Option<OpTime>,
     until: Option<OpTime>,
-) -> Result<ReplayStats> {
-    let map = |ns: &str| selection.map(ns);
-    let mut replayer = Replayer::new(client, &map);
+    what: &str,
+) -> Result<()> {
     let mut chunks = repo.node_chunks(node).await?;
     let mut splitter = DocSplitter::new();
     let mut docs = Vec::new();
     while let Some(plains) = chunks.try_next().await? {
         for p in plains {
-            splitter.push(&p, &mut docs, OPLOG)?;
+            splitter.push(&p, &mut docs, what)?;
             for d in docs.drain(..) {
                 let ts = crate::oplog::entry_ts(&d)?;
-                if until.is_some_and(|u| ts > u) {
+                if until.is_some_and(|u| ts > u) || after.is_some_and(|a| ts <= a) {
                     continue;
                 }
                 replayer.apply_entry(&d).await?;
             }
         }
     }
-    splitter.finish(OPLOG)?;
-    Ok(replayer.stats)
+    splitter.finish(what)?;
+    Ok(())
 }
 
 #[cfg(test)]
