@@ -11,7 +11,7 @@ pub enum MongoCommand {
     Backup(MongoBackupArgs),
     /// Restore a backup (default: the latest) onto a server
     #[command(
-        after_help = "Examples:\n  tessera mongo restore --uri mongodb://localhost/\n  tessera mongo restore 4f2a9c1e --uri \"$URI\" --ns-include app.* --ns-from app.* --ns-to app_copy.*\n\nA target that already holds a collection to restore is refused unless --drop is given. Exit status: 0 done, 1 failed, 2 usage."
+        after_help = "Examples:\n  tessera mongo restore --uri mongodb://localhost/\n  tessera mongo restore 4f2a9c1e --uri \"$URI\" --ns-include app.* --ns-from app.* --ns-to app_copy.*\n  tessera mongo restore --uri \"$URI\" --time \"2026-12-04 03:00:00\"   (point in time: a backup, then the archived oplog)\n\nA target that already holds a collection to restore is refused unless --drop is given. A point-in-time restore is refused across a gap in the oplog archive. Exit status: 0 done, 1 failed, 2 usage."
     )]
     Restore(MongoRestoreArgs),
     /// Archive a replica set's oplog continuously, a slice per interval (for point-in-time restores)

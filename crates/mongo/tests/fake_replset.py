@@ -11,7 +11,8 @@ local.oplog.rs, tailable or not) from its state, and one command of its own,
   majority: Timestamp         the majority point hello reports (default: the newest entry)
   truncateBefore: Timestamp   drop older entries (the oplog rolled over)
   loseCursors: true           every open oplog cursor fails its next getMore (CursorNotFound)
-  stats: true                 reply with counts of what was asked
+  (any)                       the reply carries `asked`: counts of finds and getMores
+Logins (saslStart) fail with AuthenticationFailed, as for a wrong password.
 Built on ../shared/mongo/fake_replset.py, the tested recipe.
 """
 import datetime
@@ -167,6 +168,8 @@ def kill_cursors(r):
 s = MockupDB(port=port, auto_ismaster=False)
 for handler in (hello, control, list_databases, list_collections, list_indexes, find, get_more, kill_cursors):
     s.autoresponds(handler)
+# No user exists: every login fails as a real server's does.
+s.autoresponds("saslStart", {"ok": 0, "code": 18, "codeName": "AuthenticationFailed", "errmsg": "Authentication failed."})
 s.autoresponds("ping", {"ok": 1})
 s.autoresponds("endSessions", {"ok": 1})
 s.run()

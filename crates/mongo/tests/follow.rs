@@ -342,7 +342,9 @@ async fn point_in_time_restores_replay_the_archive_up_to_the_target() {
 /// stand-in cannot keep included, as the test builds them.
 fn every_type() -> Vec<Document> {
     use mongodb::bson::spec::BinarySubtype;
-    use mongodb::bson::{Binary, DateTime, Decimal128, JavaScriptCodeWithScope, Regex, oid::ObjectId};
+    use mongodb::bson::{
+        Binary, DateTime, Decimal128, JavaScriptCodeWithScope, Regex, oid::ObjectId,
+    };
     let bin = |subtype, bytes: &[u8]| {
         Bson::Binary(Binary {
             subtype,
@@ -394,8 +396,13 @@ async fn every_bson_type_is_stored_byte_for_byte() {
         .await;
     let repo = repo().await;
     let source = tessera_mongo::connect(&fake.uri).await.unwrap();
-    let b = backup(&repo, &source, BackupOptions::default()).await.unwrap();
-    let root = repo.read_tree(b.summary.snapshot.tree, "root").await.unwrap();
+    let b = backup(&repo, &source, BackupOptions::default())
+        .await
+        .unwrap();
+    let root = repo
+        .read_tree(b.summary.snapshot.tree, "root")
+        .await
+        .unwrap();
     let dir = |tree: &tessera_core::Tree, name: &[u8]| match &tree.get(name).unwrap().kind {
         tessera_core::NodeKind::Dir { subtree } => *subtree,
         other => panic!("not a directory: {other:?}"),
@@ -420,11 +427,30 @@ async fn every_bson_type_is_stored_byte_for_byte() {
                 .as_bytes(),
         );
     }
-    assert_eq!(stored, want, "the stored stream differs from the documents sent");
+    assert_eq!(
+        stored, want,
+        "the stored stream differs from the documents sent"
+    );
     let back: Vec<Document> = split_all(&stored, "all.bson")
         .unwrap()
         .iter()
         .map(|d| Document::try_from(d.as_ref()).unwrap())
         .collect();
     assert_eq!(back, docs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_are_named() {
+    let Some(fake) = FakeReplSet::start() else {
+        return;
+    };
+    let uri = fake.uri.replace("mongodb://", "mongodb://backup:wrong@");
+    let e = tessera_mongo::connect(&uri).await.unwrap_err().to_string();
+    let host = fake.uri.split('/').nth(2).unwrap();
+    assert!(
+        e.contains(&format!("connecting to MongoDB at {host}"))
+            && e.contains("Authentication failed"),
+        "{e}"
+    );
+    assert!(!e.contains("wrong"), "the password is in the message: {e}");
 }
