@@ -272,6 +272,18 @@ fn summarize(
     }
 }
 
+/// "collection A renamed to B" when an oplog entry is a
+/// `renameCollection` command.
+fn renamed(entry: &mongodb::bson::RawDocument) -> Option<String> {
+    if entry.get_str("op").ok()? != "c" {
+        return None;
+    }
+    let o = entry.get_document("o").ok()?;
+    let from = o.get_str("renameCollection").ok()?;
+    let to = o.get_str("to").unwrap_or("?");
+    Some(format!("collection {from} was renamed to {to}"))
+}
+
 /// `lastWrite.<field>.ts` of a `hello` reply.
 fn last_write(hello: &Document, field: &str) -> Option<OpTime> {
     let ts = hello
@@ -610,6 +622,11 @@ async fn read_source(source: Source, tx: &mpsc::Sender<std::io::Result<Vec<u8>>>
                 }
                 if ts > end {
                     break;
+                }
+                if let Some(rename) = renamed(entry) {
+                    return Err(Error::InvalidArgument(format!(
+                        "{rename} during the dump (oplog entry {ts} of {server}): the collections were read on both sides of it, so no replay makes them one consistent state; run the backup again (mongodump --oplog refuses this too)"
+                    )));
                 }
                 counters.add(entry.as_bytes());
                 batch.extend_from_slice(entry.as_bytes());

@@ -9,6 +9,8 @@ local.oplog.rs, tailable or not) from its state, and one command of its own,
   data: {db: {coll: [docs]}}  the collections (replaces them)
   append: [entries]           oplog entries, added in ts order
   majority: Timestamp         the majority point hello reports (default: the newest entry)
+  opTime: Timestamp           the last write hello reports (default: the newest entry), so
+                              entries after it fall inside a backup's dump
   truncateBefore: Timestamp   drop older entries (the oplog rolled over)
   loseCursors: true           every open oplog cursor fails its next getMore (CursorNotFound)
   (any)                       the reply carries `asked`: counts of finds and getMores
@@ -38,7 +40,7 @@ def hello(r):
     if r.command_name not in ("hello", "ismaster", "isMaster"):
         return False
     with lock:
-        op = SON([("ts", newest()), ("t", Int64(1))])
+        op = SON([("ts", state.get("opTime") or newest()), ("t", Int64(1))])
         maj = SON([("ts", state["majority"] or newest()), ("t", Int64(1))])
     r.reply(SON([("ok", 1), ("isWritablePrimary", True), ("ismaster", True), ("setName", "rs0"),
                  ("setVersion", 1), ("hosts", [me]), ("primary", me), ("me", me),
@@ -67,6 +69,8 @@ def control(r):
             state["oplog"] = sorted(state["oplog"] + list(d["append"]), key=lambda e: e["ts"])
         if "majority" in d:
             state["majority"] = d["majority"]
+        if "opTime" in d:
+            state["opTime"] = d["opTime"]
         if "truncateBefore" in d:
             state["oplog"] = [e for e in state["oplog"] if e["ts"] >= d["truncateBefore"]]
         if d.get("loseCursors"):

@@ -454,3 +454,83 @@ async fn wrong_credentials_are_named() {
     );
     assert!(!e.contains("wrong"), "the password is in the message: {e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rename_during_the_dump_fails_the_backup() {
+    let Some(fake) = FakeReplSet::start() else {
+        return;
+    };
+    // The dump starts at 100; writes and a rename land while it reads.
+    fake.control(doc! {
+        "data": {"app": {"a": [user(1, "x")]}},
+        "opTime": ts(100),
+        "append": [
+            noop(100),
+            op(101, "i", "app.a", user(2, "y"), Some(doc! {"_id": 2})),
+            op(102, "c", "app.$cmd", doc! {"renameCollection": "app.a", "to": "app.b", "dropTarget": false}, None),
+        ],
+    })
+    .await;
+    let repo = repo().await;
+    let source = tessera_mongo::connect(&fake.uri).await.unwrap();
+    let e = backup(&repo, &source, BackupOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("collection app.a was renamed to app.b") && e.contains("102:1"),
+        "{e}"
+    );
+    assert!(
+        repo.snapshots().await.unwrap().is_empty(),
+        "a snapshot was committed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_during_the_dump_are_stored_and_replayed_to_the_consistent_point() {
+    let (Some(fake), Some(target)) = (FakeReplSet::start(), Server::start()) else {
+        return;
+    };
+    let db = db_name("during");
+    let ns = format!("{db}.users");
+    // The collection was read before these writes reached it: the oplog of
+    // the dump carries them.
+    fake.control(doc! {
+        "data": {&db: {"users": [user(1, "a"), user(2, "b")]}},
+        "opTime": ts(100),
+        "append": [
+            noop(100),
+            op(101, "i", &ns, user(3, "c"), Some(doc! {"_id": 3})),
+            op(102, "u", &ns, doc! {"$v": 2, "diff": {"u": {"name": "a2"}}}, Some(doc! {"_id": 1})),
+            op(103, "d", &ns, doc! {"_id": 2}, None),
+        ],
+        "majority": ts(102),
+    })
+    .await;
+    let repo = repo().await;
+    let source = tessera_mongo::connect(&fake.uri).await.unwrap();
+    let b = backup(&repo, &source, BackupOptions::default())
+        .await
+        .unwrap();
+    // Up to the majority point only: 103 could still be rolled back.
+    assert_eq!(
+        (b.meta.start, b.meta.consistent),
+        (Some(at(100)), Some(at(102)))
+    );
+    assert_eq!(b.meta.oplog_entries, 2);
+    let conn = target.connect().await;
+    let entry = tessera_core::SnapshotEntry {
+        id: b.summary.id,
+        snapshot: b.summary.snapshot.clone(),
+    };
+    let report = tessera_mongo::restore(&repo, &entry, &conn, &RestoreOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.oplog_applied, 2, "{report:?}");
+    assert_eq!(
+        users(&conn, &db).await,
+        [user(1, "a2"), user(2, "b"), user(3, "c")]
+    );
+    conn.client.database(&db).drop().await.unwrap();
+}

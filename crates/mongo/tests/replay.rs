@@ -126,3 +126,99 @@ async fn replaying_twice_gives_what_replaying_once_gives() {
     }
     conn.client.database(&db).drop().await.unwrap();
 }
+
+/// The keys of a collection's indexes, sorted (the stand-in server names
+/// indexes its own way).
+async fn indexes(conn: &tessera_mongo::Connection, db: &str, coll: &str) -> Vec<String> {
+    let mut keys: Vec<String> = conn
+        .client
+        .database(db)
+        .collection::<Document>(coll)
+        .list_indexes()
+        .await
+        .unwrap()
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap()
+        .iter()
+        .map(|i| i.keys.to_string())
+        .collect();
+    keys.sort();
+    keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_replay_in_order_once_or_twice() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let conn = server.connect().await;
+    let db = db_name("ddl");
+    let cmd = format!("{db}.$cmd");
+    let entries = vec![
+        entry(1, "c", &cmd, doc! {"create": "kept"}, None),
+        entry(2, "i", &format!("{db}.kept"), doc! {"_id": 1, "n": 1}, None),
+        // The oplog's form: one index per entry.
+        entry(
+            3,
+            "c",
+            &cmd,
+            doc! {"createIndexes": "kept", "v": 2, "key": {"n": 1}, "name": "n_1"},
+            None,
+        ),
+        entry(
+            4,
+            "c",
+            &cmd,
+            doc! {"createIndexes": "kept", "v": 2, "key": {"m": -1}, "name": "m_-1"},
+            None,
+        ),
+        entry(
+            5,
+            "c",
+            &cmd,
+            doc! {"dropIndexes": "kept", "index": "m_-1"},
+            None,
+        ),
+        entry(
+            6,
+            "c",
+            &cmd,
+            doc! {"collMod": "kept", "validator": {}},
+            None,
+        ),
+        entry(7, "c", &cmd, doc! {"create": "gone"}, None),
+        entry(8, "i", &format!("{db}.gone"), doc! {"_id": 1}, None),
+        entry(9, "c", &cmd, doc! {"drop": "gone"}, None),
+        entry(10, "c", &cmd, doc! {"unknownCommand": "x"}, None),
+    ];
+    let map = |ns: &str| Some(ns.to_owned());
+    for round in 1..=2 {
+        let mut r = Replayer::new(&conn.client, &map);
+        for e in &entries {
+            r.apply_entry(e).await.unwrap();
+        }
+        assert_eq!(
+            indexes(&conn, &db, "kept").await,
+            [r#"{ "_id": 1 }"#, r#"{ "n": 1 }"#],
+            "round {round}"
+        );
+        let mut names = conn
+            .client
+            .database(&db)
+            .list_collection_names()
+            .await
+            .unwrap();
+        names.sort();
+        assert_eq!(names, ["kept"], "round {round}");
+        assert!(
+            r.stats
+                .warnings
+                .iter()
+                .any(|w| w.contains("unknownCommand")),
+            "{:?}",
+            r.stats.warnings
+        );
+    }
+    conn.client.database(&db).drop().await.unwrap();
+}
