@@ -104,61 +104,14 @@ pub async fn backup(
     let handle = Handle::current();
     let failed: Arc<Mutex<Option<Error>>> = Arc::new(Mutex::new(None));
     let counters: Vec<Arc<Counters>> = planned.iter().map(|_| Arc::default()).collect();
-    let mut entries = vec![Entry::Dir {
-        name: DATABASES.into(),
-        meta: Meta::null(),
-    }];
-    let mut open_db: Option<&str> = None;
-    for (p, counter) in planned.iter().zip(&counters) {
-        if open_db != Some(p.db.as_str()) {
-            if open_db.is_some() {
-                entries.push(Entry::EndDir);
-            }
-            entries.push(Entry::Dir {
-                name: escape(&p.db).into_bytes(),
-                meta: Meta::null(),
-            });
-            open_db = Some(&p.db);
-        }
-        let file = escape(&p.meta.name);
-        entries.push(Entry::File {
-            name: format!("{file}{META_SUFFIX}").into_bytes(),
-            meta: Meta::null(),
-            content: Content::Read(Box::new(std::io::Cursor::new(p.meta.encode()?))),
-            on_stored: None,
-        });
-        if p.meta.kind != "view" {
-            let mut coll_options = CollectionOptions::default();
-            if set_name.is_some() {
-                // Nothing a rollback could take back.
-                coll_options.read_concern = Some(ReadConcern::majority());
-            }
-            let coll = client
-                .database(&p.db)
-                .collection_with_options::<RawDocumentBuf>(&p.meta.name, coll_options);
-            let source = Source::Collection {
-                coll,
-                counters: counter.clone(),
-                kind: p.meta.kind.clone(),
-                on_done: options.on_collection.clone(),
-            };
-            entries.push(Entry::File {
-                name: format!("{file}{DATA_SUFFIX}").into_bytes(),
-                meta: Meta::null(),
-                content: Content::Read(Box::new(Prefetch::new(
-                    handle.clone(),
-                    format!("{}.{}", p.db, p.meta.name),
-                    source,
-                    failed.clone(),
-                ))),
-                on_stored: None,
-            });
-        }
-    }
-    if open_db.is_some() {
-        entries.push(Entry::EndDir);
-    }
-    entries.push(Entry::EndDir);
+    let mut entries = collection_entries(
+        client,
+        &planned,
+        &counters,
+        set_name.is_some(),
+        &failed,
+        options.on_collection.clone(),
+    )?;
     let oplog = Arc::new(Counters::default());
     let consistent: Arc<Mutex<Option<OpTime>>> = Arc::new(Mutex::new(start));
     if let Some(start) = start {
@@ -213,6 +166,75 @@ pub async fn backup(
     };
     let summary = repo.commit_snapshot(tree, commit).await?;
     Ok(MongoBackup { summary, meta })
+}
+
+/// The `databases/` directory of a backup: per collection its definition
+/// and a stream its documents are read into as the engine asks.
+fn collection_entries(
+    client: &Client,
+    planned: &[Planned],
+    counters: &[Arc<Counters>],
+    majority: bool,
+    failed: &Arc<Mutex<Option<Error>>>,
+    on_collection: Option<OnCollection>,
+) -> Result<Vec<Entry>> {
+    let handle = Handle::current();
+    let mut entries = vec![Entry::Dir {
+        name: DATABASES.into(),
+        meta: Meta::null(),
+    }];
+    let mut open_db: Option<&str> = None;
+    for (p, counter) in planned.iter().zip(counters) {
+        if open_db != Some(p.db.as_str()) {
+            if open_db.is_some() {
+                entries.push(Entry::EndDir);
+            }
+            entries.push(Entry::Dir {
+                name: escape(&p.db).into_bytes(),
+                meta: Meta::null(),
+            });
+            open_db = Some(&p.db);
+        }
+        let file = escape(&p.meta.name);
+        entries.push(Entry::File {
+            name: format!("{file}{META_SUFFIX}").into_bytes(),
+            meta: Meta::null(),
+            content: Content::Read(Box::new(std::io::Cursor::new(p.meta.encode()?))),
+            on_stored: None,
+        });
+        if p.meta.kind != "view" {
+            let mut coll_options = CollectionOptions::default();
+            if majority {
+                // Nothing a rollback could take back.
+                coll_options.read_concern = Some(ReadConcern::majority());
+            }
+            let coll = client
+                .database(&p.db)
+                .collection_with_options::<RawDocumentBuf>(&p.meta.name, coll_options);
+            let source = Source::Collection {
+                coll,
+                counters: counter.clone(),
+                kind: p.meta.kind.clone(),
+                on_done: on_collection.clone(),
+            };
+            entries.push(Entry::File {
+                name: format!("{file}{DATA_SUFFIX}").into_bytes(),
+                meta: Meta::null(),
+                content: Content::Read(Box::new(Prefetch::new(
+                    handle.clone(),
+                    format!("{}.{}", p.db, p.meta.name),
+                    source,
+                    Arc::clone(failed),
+                ))),
+                on_stored: None,
+            });
+        }
+    }
+    if open_db.is_some() {
+        entries.push(Entry::EndDir);
+    }
+    entries.push(Entry::EndDir);
+    Ok(entries)
 }
 
 fn poisoned() -> Error {
