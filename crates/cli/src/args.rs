@@ -579,7 +579,7 @@ pub enum KeyCommand {
 }
 
 /// `123`, `4K`, `500M`, `2G`, `1T` (powers of 1024).
-fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let (num, mult) = match s.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => {

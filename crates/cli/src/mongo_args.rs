@@ -64,6 +64,9 @@ pub struct MongoBackupArgs {
     /// Only this collection, DB.COLLECTION (repeatable)
     #[arg(long = "collection")]
     pub collections: Vec<String>,
+    /// Average chunk of a collection's stream, cut at document boundaries (default 4K): smaller stores less after scattered updates, for more index entries
+    #[arg(long, value_parser = crate::args::parse_size)]
+    pub chunk_size: Option<u64>,
     /// Tag the snapshot (repeatable)
     #[arg(long)]
     pub tag: Vec<String>,

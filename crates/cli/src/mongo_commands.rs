@@ -29,6 +29,7 @@ async fn backup(g: &Global, a: MongoBackupArgs) -> Result<ExitCode> {
     let options = BackupOptions {
         databases: a.databases,
         collections: a.collections,
+        chunk_size: a.chunk_size.map(|c| c as usize),
         tags: a.tag,
         hostname: a.host,
         on_collection: (!quiet).then(|| {
