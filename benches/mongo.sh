@@ -14,6 +14,7 @@
 #                                        database tessera_bench is dropped)
 #   MONGO_REPEAT=3                       rounds of floor / first backup,
 #                                        alternating; medians shown
+#   MONGO_CHUNK=2K                       mongo backup --chunk-size (default 4K)
 #
 # The server here is nx-27017 (PyPI, a MongoDB-wire server over SQLite,
 # no real mongod on these machines): it, not the client, sets the pace, so
@@ -25,6 +26,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${MONGO_WORK:-/tmp/tessera-mongobench}
 DOCS=${MONGO_DOCS:-1000000}
 REPEAT=${MONGO_REPEAT:-3}
+CHUNK=${MONGO_CHUNK:-4K}
 export TESSERA_PASSWORD=bench
 
 command -v nx-27017 >/dev/null || python3 -m pip install --quiet 'nx-27017==0.8.1'
@@ -68,7 +70,7 @@ for r in $(seq "$REPEAT"); do
   read -r n bytes s < <("$FLOOR" "$MONGO_URI" tessera_bench docs)
   floor+=("$s")
   rm -rf "$WORK/r$r"; "$T" -r "$WORK/r$r" init >/dev/null
-  a=$(now); "$T" -r "$WORK/r$r" -q mongo backup --uri "$MONGO_URI" --db tessera_bench --json > "first$r.json"; b=$(now)
+  a=$(now); "$T" -r "$WORK/r$r" -q mongo backup --uri "$MONGO_URI" --db tessera_bench --chunk-size "$CHUNK" --json > "first$r.json"; b=$(now)
   first+=("$(secs "$a" "$b")")
 done
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -83,7 +85,7 @@ coll = c.tessera_bench.docs
 for i in rnd.sample(range(n), n // 100):
     coll.update_one({"_id": i}, {"$set": {"score": rnd.random(), "changed": True}})
 EOF
-a=$(now); "$T" -r "$WORK/r1" -q mongo backup --uri "$MONGO_URI" --db tessera_bench --json > second.json; b=$(now)
+a=$(now); "$T" -r "$WORK/r1" -q mongo backup --uri "$MONGO_URI" --db tessera_bench --chunk-size "$CHUNK" --json > second.json; b=$(now)
 B2=$(secs "$a" "$b")
 second_stored=$(python3 -c "import json; print(json.load(open('second.json'))['stored_bytes'])")
 
@@ -98,11 +100,11 @@ if command -v mongodump >/dev/null && command -v mongorestore >/dev/null; then
   a=$(now); mongorestore --uri "$MONGO_URI" --nsFrom 'tessera_bench.*' --nsTo 'tessera_bench_dump.*' dump >/dev/null 2>&1; b=$(now); mrest="$(secs "$a" "$b") s"
 fi
 
-python3 - "$DOCS" "$bytes" "$F" "$B1" "$B2" "$R" "$first_stored" "$second_stored" "$dump" "$mrest" "${floor[*]}" "${first[*]}" <<'EOF'
+python3 - "$DOCS" "$bytes" "$F" "$B1" "$B2" "$R" "$first_stored" "$second_stored" "$dump" "$mrest" "${floor[*]}" "${first[*]}" "$CHUNK" <<'EOF'
 import sys
 docs, bts = int(sys.argv[1]), int(sys.argv[2])
 F, B1, B2, R = map(float, sys.argv[3:7]); s1, s2 = int(sys.argv[7]), int(sys.argv[8])
-print(f"{docs:,} documents, {bts/1e6:.1f} MB of BSON; rounds: floor {sys.argv[11]} s, first backup {sys.argv[12]} s")
+print(f"{docs:,} documents, {bts/1e6:.1f} MB of BSON, chunks of {sys.argv[13]} on average; rounds: floor {sys.argv[11]} s, first backup {sys.argv[12]} s")
 print()
 print("| step | seconds | documents/s | MB/s | vs floor | stored |")
 print("|---|---|---|---|---|---|")

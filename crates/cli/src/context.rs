@@ -235,6 +235,36 @@ pub(crate) fn retention_plans(
     )?)
 }
 
+/// The snapshots retention plans remove.
+pub(crate) fn removed_by(
+    plans: &[retention::GroupPlan],
+) -> std::collections::HashSet<tessera_core::SnapshotId> {
+    plans
+        .iter()
+        .flat_map(|p| &p.decisions)
+        .filter(|d| !d.keep)
+        .map(|d| d.id)
+        .collect()
+}
+
+/// Removes these snapshot objects, naming the one that fails; nothing on
+/// a dry run.
+pub(crate) async fn forget_all<'a>(
+    repo: &Repository,
+    ids: impl IntoIterator<Item = &'a tessera_core::SnapshotId>,
+    dry_run: bool,
+) -> Result<()> {
+    if dry_run {
+        return Ok(());
+    }
+    for id in ids {
+        repo.forget_snapshot(*id)
+            .await
+            .with_context(|| format!("removing snapshot {}", id.short()))?;
+    }
+    Ok(())
+}
+
 pub(crate) async fn prune_repo(
     g: &Global,
     repo: &Repository,

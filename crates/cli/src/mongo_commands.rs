@@ -8,7 +8,7 @@ use tessera_mongo::catalog::{Backup, Catalog, PitrPlan, at_time};
 use tessera_mongo::{BackupOptions, FollowEvent, FollowOptions, OpTime, RestoreOptions};
 
 use crate::args::{ForgetArgs, Global};
-use crate::context::{open, parse_time, prune_repo, retention_plans};
+use crate::context::{forget_all, open, parse_time, prune_repo, removed_by, retention_plans};
 use crate::mongo_args::{MongoBackupArgs, MongoCommand, MongoOplogArgs, MongoRestoreArgs};
 use crate::output;
 
@@ -398,12 +398,7 @@ async fn forget(g: &Global, a: &ForgetArgs) -> Result<ExitCode> {
     let all = repo.snapshots().await?;
     let catalog = Catalog::from_entries(all.iter().cloned())?;
     let plans = retention_plans(a, &all, |kind| kind == tessera_mongo::KIND_BACKUP)?;
-    let removed: std::collections::HashSet<_> = plans
-        .iter()
-        .flat_map(|p| &p.decisions)
-        .filter(|d| !d.keep)
-        .map(|d| d.id)
-        .collect();
+    let removed = removed_by(&plans);
     let kept: Vec<&Backup> = catalog
         .backups
         .iter()
@@ -415,13 +410,7 @@ async fn forget(g: &Global, a: &ForgetArgs) -> Result<ExitCode> {
         .flat_map(|set| catalog.releasable(set, &kept))
         .map(|s| s.entry.id)
         .collect();
-    if !a.dry_run {
-        for id in removed.iter().chain(&slices) {
-            repo.forget_snapshot(*id)
-                .await
-                .with_context(|| format!("removing snapshot {}", id.short()))?;
-        }
-    }
+    forget_all(&repo, removed.iter().chain(&slices), a.dry_run).await?;
     if a.json {
         // `forget --json`'s groups, and the slices released with them.
         let doc = serde_json::json!({

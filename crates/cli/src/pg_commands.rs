@@ -19,7 +19,9 @@ use crate::args::{
     ArchiveWalArgs, ForgetArgs, Global, PgBackupArgs, PgCommand, PgConnection, PgDumpArgs,
     PgRestoreArgs, PgRestoreDumpArgs, RestoreWalArgs, TargetActionArg, WalCallArgs,
 };
-use crate::context::{cache_base, location, open, prune_repo, retention_plans};
+use crate::context::{
+    cache_base, forget_all, location, open, prune_repo, removed_by, retention_plans,
+};
 use crate::output;
 
 /// restore-wal's exit status when the repository cannot answer: above 125,
@@ -612,21 +614,10 @@ async fn forget(g: &Global, a: &ForgetArgs) -> Result<ExitCode> {
     let repo = open(g).await?;
     let all = repo.snapshots().await?;
     let plans = retention_plans(a, &all, |kind| kind == KIND_BASE)?;
-    let removed: std::collections::HashSet<_> = plans
-        .iter()
-        .flat_map(|p| &p.decisions)
-        .filter(|d| !d.keep)
-        .map(|d| d.id)
-        .collect();
+    let removed = removed_by(&plans);
     let release = tessera_postgres::retention::forget_plan(&all, &removed)?;
     let (wal_gone, wal_files) = (&release.batches, release.files);
-    if !a.dry_run {
-        for id in removed.iter().chain(wal_gone) {
-            repo.forget_snapshot(*id)
-                .await
-                .with_context(|| format!("removing snapshot {}", id.short()))?;
-        }
-    }
+    forget_all(&repo, removed.iter().chain(wal_gone), a.dry_run).await?;
     if a.json {
         // `forget --json`'s groups, and what the WAL retention released.
         let doc = serde_json::json!({
