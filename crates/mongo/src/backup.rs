@@ -636,25 +636,36 @@ impl DocCutter {
             return true;
         }
         let bytes = doc.as_bytes();
-        // The `_id` element's value (a document without one: all of it).
-        let key = doc
-            .get("_id")
-            .ok()
-            .flatten()
-            .map(|v| id_bytes(&v))
-            .unwrap_or_else(|| bytes.to_vec());
-        let h = blake3::hash(&key);
+        let h = id_hash(doc);
         let h = u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or_default());
         let p = (bytes.len() as u64).min(self.target);
         h < (u64::MAX / self.target).saturating_mul(p)
     }
 }
 
-/// A stable byte form of an `_id` value: its BSON type and encoding.
-fn id_bytes(v: &mongodb::bson::RawBsonRef<'_>) -> Vec<u8> {
-    let mut doc = mongodb::bson::RawDocumentBuf::new();
-    doc.append("", v.to_raw_bson());
-    doc.into_bytes()
+/// BLAKE3 of a document's `_id`: its BSON type and value bytes, hashed
+/// in place for the common types (this runs once per document dumped);
+/// other types through a one-element document; a document without an
+/// `_id`, all of it.
+fn id_hash(doc: &mongodb::bson::RawDocument) -> blake3::Hash {
+    use mongodb::bson::RawBsonRef;
+    let Some(v) = doc.get("_id").ok().flatten() else {
+        return blake3::hash(doc.as_bytes());
+    };
+    let mut h = blake3::Hasher::new();
+    h.update(&[v.element_type() as u8]);
+    match v {
+        RawBsonRef::ObjectId(o) => h.update(&o.bytes()),
+        RawBsonRef::Int32(i) => h.update(&i.to_le_bytes()),
+        RawBsonRef::Int64(i) => h.update(&i.to_le_bytes()),
+        RawBsonRef::String(s) => h.update(s.as_bytes()),
+        other => {
+            let mut one = mongodb::bson::RawDocumentBuf::new();
+            one.append("", other.to_raw_bson());
+            h.update(one.as_bytes())
+        }
+    };
+    h.finalize()
 }
 
 async fn read_source(source: Source, tx: &BatchSender) -> Result<()> {

@@ -38,3 +38,23 @@ pub fn by_id(mut docs: Vec<mongodb::bson::Document>) -> Vec<mongodb::bson::Docum
     });
     docs
 }
+
+/// Every document of a collection, in `_id` order.
+pub async fn documents(
+    conn: &tessera_mongo::Connection,
+    db: &str,
+    coll: &str,
+) -> Vec<mongodb::bson::Document> {
+    use futures::TryStreamExt;
+    let docs = conn
+        .client
+        .database(db)
+        .collection::<mongodb::bson::Document>(coll)
+        .find(mongodb::bson::doc! {})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    by_id(docs)
+}

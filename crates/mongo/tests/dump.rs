@@ -6,7 +6,7 @@ use mongodb::bson::{
 };
 use tessera_mongo::{BackupOptions, Error, RestoreOptions, backup, restore};
 
-use crate::common::{Server, db_name, repo};
+use crate::common::{Server, db_name, documents, repo};
 
 fn user(i: i32) -> Document {
     doc! {
@@ -22,19 +22,6 @@ fn user(i: i32) -> Document {
         "blob": Binary { subtype: BinarySubtype::Generic, bytes: vec![i as u8; 40] },
         "sub": {"x": {"y": {"z": i}}},
     }
-}
-
-async fn all(conn: &tessera_mongo::Connection, db: &str, coll: &str) -> Vec<Document> {
-    conn.client
-        .database(db)
-        .collection::<Document>(coll)
-        .find(doc! {})
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .map(crate::common::by_id)
-        .unwrap()
 }
 
 async fn fill(conn: &tessera_mongo::Connection, app: &str, logs: &str) {
@@ -62,8 +49,8 @@ async fn databases_and_collections_back_up_and_restore_as_they_were() {
     let conn = server.connect().await;
     let (app, logs) = (db_name("app"), db_name("logs"));
     fill(&conn, &app, &logs).await;
-    let before_users = all(&conn, &app, "users").await;
-    let before_orders = all(&conn, &app, "orders_2026").await;
+    let before_users = documents(&conn, &app, "users").await;
+    let before_orders = documents(&conn, &app, "orders_2026").await;
     let repo = repo().await;
     let done = backup(
         &repo,
@@ -126,7 +113,7 @@ async fn databases_and_collections_back_up_and_restore_as_they_were() {
         err.to_string().contains(&format!("{app}.users")) && err.to_string().contains("--drop"),
         "{err}"
     );
-    assert_eq!(all(&conn, &app, "users").await.len(), 3000);
+    assert_eq!(documents(&conn, &app, "users").await.len(), 3000);
 
     // With --drop, and into an emptied server: the same documents.
     conn.client
@@ -147,15 +134,15 @@ async fn databases_and_collections_back_up_and_restore_as_they_were() {
     .await
     .unwrap();
     assert_eq!((report.collections, report.documents), (3, 3060));
-    assert_eq!(all(&conn, &app, "users").await, before_users);
-    assert_eq!(all(&conn, &app, "orders_2026").await, before_orders);
+    assert_eq!(documents(&conn, &app, "users").await, before_users);
+    assert_eq!(documents(&conn, &app, "orders_2026").await, before_orders);
     for db in [&app, &logs] {
         conn.client.database(db).drop().await.unwrap();
     }
     restore(&repo, &snap, &conn, &RestoreOptions::default())
         .await
         .unwrap();
-    assert_eq!(all(&conn, &app, "users").await, before_users);
+    assert_eq!(documents(&conn, &app, "users").await, before_users);
 
     // One namespace, renamed.
     let logs2 = db_name("logs2");
@@ -173,8 +160,8 @@ async fn databases_and_collections_back_up_and_restore_as_they_were() {
     .unwrap();
     assert_eq!((report.collections, report.documents), (1, 10));
     assert_eq!(
-        all(&conn, &logs2, "jan").await,
-        all(&conn, &logs, "jan").await
+        documents(&conn, &logs2, "jan").await,
+        documents(&conn, &logs, "jan").await
     );
     for db in [&app, &logs, &logs2] {
         conn.client.database(db).drop().await.unwrap();

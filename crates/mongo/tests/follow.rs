@@ -7,7 +7,6 @@
 
 use std::time::Duration;
 
-use futures::TryStreamExt;
 use mongodb::bson::{Bson, Document, Timestamp, doc};
 use tessera_core::Repository;
 use tessera_mongo::bson_stream::split_all;
@@ -18,7 +17,7 @@ use tessera_mongo::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::common::{Server, by_id, db_name, repo};
+use crate::common::{Server, db_name, documents, repo};
 use crate::fake::{FakeReplSet, noop, op, ts};
 
 /// A follower running in the background.
@@ -189,19 +188,9 @@ async fn the_follower_slices_resumes_and_reports_gaps() {
     assert_eq!(gap_slice.meta.gap.unwrap().last_archived, at(1007));
 }
 
-/// The documents of a collection, in `_id` order.
+/// The documents of `db.users`, in `_id` order.
 async fn users(conn: &tessera_mongo::Connection, db: &str) -> Vec<Document> {
-    let docs: Vec<Document> = conn
-        .client
-        .database(db)
-        .collection::<Document>("users")
-        .find(doc! {})
-        .await
-        .unwrap()
-        .try_collect()
-        .await
-        .unwrap();
-    by_id(docs)
+    documents(conn, db, "users").await
 }
 
 fn user(id: i32, name: &str) -> Document {

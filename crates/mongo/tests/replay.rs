@@ -111,17 +111,7 @@ async fn replaying_twice_gives_what_replaying_once_gives() {
             r.apply_entry(e).await.unwrap();
         }
         assert_eq!(r.stats.skipped, 1, "round {round}");
-        let got: Vec<Document> = conn
-            .client
-            .database(&db)
-            .collection::<Document>("users")
-            .find(doc! {})
-            .await
-            .unwrap()
-            .try_collect()
-            .await
-            .map(crate::common::by_id)
-            .unwrap();
+        let got = crate::common::documents(&conn, &db, "users").await;
         assert_eq!(got, expected, "round {round}");
     }
     conn.client.database(&db).drop().await.unwrap();
